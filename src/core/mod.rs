@@ -1,0 +1,10 @@
+//! The pure core: protocol rules and state arithmetic, with no I/O. Everything here is unit
+//! tested exhaustively; the adapters (HTTP, Kubernetes) only move data in and out.
+
+pub mod duration;
+pub mod freshness;
+pub mod protocol;
+pub mod readiness;
+pub mod report;
+pub mod signature;
+pub mod tokens;

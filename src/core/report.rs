@@ -1,0 +1,192 @@
+//! Applying a verified report to a control's status: the replay check and the fields it sets.
+//!
+//! The remembered nonces live in the control's status, which every replica reads and writes
+//! with a resourceVersion precondition: a nonce accepted by one replica is refused by all.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::protocol::Rejection;
+use crate::crd::{ControlStatus, ExternalControlStatus, RecentNonce};
+
+/// A verified call from a checker, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub status: ControlStatus,
+    pub nonce: String,
+    /// When the nonce may be forgotten (the call would be expired by then anyway).
+    pub nonce_expires_at: Timestamp,
+    pub received_at: Timestamp,
+}
+
+/// The status fields a report writes (the endpoint owns exactly these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportUpdate {
+    /// The status before this report (`pending` for a control never written yet).
+    pub previous: ControlStatus,
+    pub status: ControlStatus,
+    pub last_update_time: Time,
+    pub recent_nonces: Vec<RecentNonce>,
+}
+
+impl ReportUpdate {
+    pub fn changes_status(&self) -> bool {
+        self.previous != self.status
+    }
+
+    /// Writes these fields into a status (used by stores that keep typed objects).
+    pub fn apply_to(&self, status: &mut ExternalControlStatus) {
+        status.status = Some(self.status);
+        status.last_update_time = Some(self.last_update_time.clone());
+        status.recent_nonces = self.recent_nonces.clone();
+    }
+}
+
+/// Refuses a nonce that an earlier accepted call used and that has not expired yet.
+pub fn ensure_nonce_unused(
+    status: Option<&ExternalControlStatus>,
+    nonce: &str,
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    let used = status.is_some_and(|s| {
+        s.recent_nonces
+            .iter()
+            .any(|seen| seen.nonce == nonce && seen.expires_at.0 > now)
+    });
+    if used {
+        Err(Rejection::InvalidNonce)
+    } else {
+        Ok(())
+    }
+}
+
+/// The update that stores `report` on top of `current`, or `InvalidNonce` for a replay.
+/// Expired nonces are dropped, so the list stays as short as the timestamp window allows.
+pub fn apply(
+    current: Option<&ExternalControlStatus>,
+    report: &Report,
+) -> Result<ReportUpdate, Rejection> {
+    ensure_nonce_unused(current, &report.nonce, report.received_at)?;
+    let mut recent_nonces: Vec<RecentNonce> = current
+        .map(|s| &s.recent_nonces[..])
+        .unwrap_or_default()
+        .iter()
+        .filter(|seen| seen.expires_at.0 > report.received_at)
+        .cloned()
+        .collect();
+    recent_nonces.push(RecentNonce {
+        nonce: report.nonce.clone(),
+        expires_at: Time(report.nonce_expires_at),
+    });
+    Ok(ReportUpdate {
+        previous: current_status(current),
+        status: report.status,
+        last_update_time: Time(report.received_at),
+        recent_nonces,
+    })
+}
+
+/// A control whose status was never written is `pending`, as a new GitLab control is.
+pub fn current_status(status: Option<&ExternalControlStatus>) -> ControlStatus {
+    status
+        .and_then(|s| s.status)
+        .unwrap_or(ControlStatus::Pending)
+}
+
+/// GitLab's audit-event wording for a status change.
+pub fn change_message(from: ControlStatus, to: ControlStatus) -> String {
+    format!("Changed compliance control status from '{from}' to '{to}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).unwrap()
+    }
+
+    fn report(status: ControlStatus, nonce: &str, second: i64) -> Report {
+        Report {
+            status,
+            nonce: nonce.into(),
+            nonce_expires_at: at(second + 15),
+            received_at: at(second),
+        }
+    }
+
+    fn stored(update: &ReportUpdate) -> ExternalControlStatus {
+        let mut status = ExternalControlStatus::default();
+        update.apply_to(&mut status);
+        status
+    }
+
+    #[test]
+    fn first_report_on_a_new_control_changes_it_from_pending() {
+        let update = apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap();
+        assert_eq!(update.previous, ControlStatus::Pending);
+        assert_eq!(update.status, ControlStatus::Pass);
+        assert!(update.changes_status());
+        assert_eq!(update.last_update_time, Time(at(0)));
+        assert_eq!(update.recent_nonces.len(), 1);
+        assert_eq!(update.recent_nonces[0].expires_at, Time(at(15)));
+    }
+
+    #[test]
+    fn same_status_again_is_not_a_change_but_is_stored() {
+        let first = stored(&apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap());
+        let other = "ffffffffffffffffffffffffffffffff";
+        let again = apply(Some(&first), &report(ControlStatus::Pass, other, 1)).unwrap();
+        assert!(!again.changes_status());
+        assert_eq!(again.last_update_time, Time(at(1)));
+        assert_eq!(again.recent_nonces.len(), 2);
+    }
+
+    #[test]
+    fn a_replayed_nonce_is_refused_until_it_expires() {
+        let first = stored(&apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap());
+        for second in [0, 1, 14] {
+            assert_eq!(
+                apply(Some(&first), &report(ControlStatus::Fail, NONCE, second)),
+                Err(Rejection::InvalidNonce),
+                "second {second}"
+            );
+        }
+        // By 15 s the signed timestamp itself has expired; the nonce may be forgotten.
+        assert!(apply(Some(&first), &report(ControlStatus::Fail, NONCE, 15)).is_ok());
+    }
+
+    #[test]
+    fn expired_nonces_are_pruned_on_write() {
+        let first = stored(&apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap());
+        let other = "ffffffffffffffffffffffffffffffff";
+        let later = apply(Some(&first), &report(ControlStatus::Fail, other, 20)).unwrap();
+        assert_eq!(later.recent_nonces.len(), 1);
+        assert_eq!(later.recent_nonces[0].nonce, other);
+    }
+
+    #[test]
+    fn apply_to_keeps_fields_the_endpoint_does_not_own() {
+        let mut status = ExternalControlStatus {
+            observed_generation: Some(3),
+            next_ping_time: Some(Time(at(100))),
+            ..Default::default()
+        };
+        apply(None, &report(ControlStatus::Fail, NONCE, 0))
+            .unwrap()
+            .apply_to(&mut status);
+        assert_eq!(status.status, Some(ControlStatus::Fail));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.next_ping_time, Some(Time(at(100))));
+    }
+
+    #[test]
+    fn change_message_is_gitlabs_audit_wording() {
+        assert_eq!(
+            change_message(ControlStatus::Pending, ControlStatus::Pass),
+            "Changed compliance control status from 'pending' to 'pass'"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! GitLab's external-control request signature.
+//!
+//! The signed message is the plain concatenation, without separators, of
+//! `timestamp + nonce + path + "status=" + status`, where `path` is rebuilt from the route
+//! parameters (never the raw request line). The signature is the lowercase hex HMAC-SHA256 of
+//! that message keyed with the control's secret token. The same HMAC, over a raw JSON body,
+//! signs extctl's outbound pings (`X-GitLab-Signature`).
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of a hex-encoded HMAC-SHA256.
+const SIGNATURE_HEX_LEN: usize = 64;
+
+/// The request path GitLab signs for a status update of `control` in `project`.
+pub fn status_path(project: &str, control: &str) -> String {
+    format!("/api/v4/projects/{project}/compliance_external_controls/{control}/status")
+}
+
+/// The exact string a checker signs: `timestamp + nonce + path + "status=" + status`.
+pub fn signed_string(timestamp: &str, nonce: &str, path: &str, status: &str) -> String {
+    format!("{timestamp}{nonce}{path}status={status}")
+}
+
+/// Lowercase hex HMAC-SHA256 of `message` keyed with `token`.
+pub fn sign(token: &[u8], message: &[u8]) -> String {
+    hex::encode(keyed(token, message).finalize().into_bytes())
+}
+
+/// Checks `signature` (lowercase hex, as GitLab compares it) in constant time.
+///
+/// Uppercase hex is rejected because GitLab compares the hex strings themselves; a checker that
+/// works against extctl must also work against GitLab.
+pub fn verify(token: &[u8], message: &[u8], signature: &str) -> bool {
+    let is_lowercase_hex = signature.len() == SIGNATURE_HEX_LEN
+        && signature
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let Ok(expected) = hex::decode(signature) else {
+        return false;
+    };
+    // `verify_slice` compares in constant time; the format check above leaks only the format.
+    is_lowercase_hex && keyed(token, message).verify_slice(&expected).is_ok()
+}
+
+fn keyed(token: &[u8], message: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(token).expect("HMAC accepts keys of any length");
+    mac.update(message);
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The protocol document's test vectors, computed independently with Python's `hmac`.
+    const VECTORS: [(&str, &str, &str, &str, &str, &str, &str); 2] = [
+        (
+            "foo",
+            "1700000000",
+            "0123456789abcdef0123456789abcdef",
+            "1",
+            "2",
+            "pass",
+            "25de0cc08468ff622368cd3e065faff71b6820ca3555fba5ef050fee2509092b",
+        ),
+        (
+            "s3cr3t-t0ken",
+            "1700000000",
+            "fedcba9876543210fedcba9876543210",
+            "42",
+            "7",
+            "fail",
+            "df2a5ddb4dfb05f4a77e28b89fef12ab824b522a07773b7b4d09e67e68fbd65f",
+        ),
+    ];
+
+    fn vector_message(v: &(&str, &str, &str, &str, &str, &str, &str)) -> String {
+        signed_string(v.1, v.2, &status_path(v.3, v.4), v.5)
+    }
+
+    #[test]
+    fn path_and_signed_string_match_the_protocol() {
+        assert_eq!(
+            status_path("42", "7"),
+            "/api/v4/projects/42/compliance_external_controls/7/status"
+        );
+        assert_eq!(
+            signed_string("1700000000", "n", "/p", "pass"),
+            "1700000000n/pstatus=pass"
+        );
+    }
+
+    #[test]
+    fn signs_the_protocol_test_vectors() {
+        for v in &VECTORS {
+            assert_eq!(sign(v.0.as_bytes(), vector_message(v).as_bytes()), v.6);
+        }
+    }
+
+    #[test]
+    fn verifies_the_protocol_test_vectors() {
+        for v in &VECTORS {
+            assert!(verify(v.0.as_bytes(), vector_message(v).as_bytes(), v.6));
+        }
+    }
+
+    #[test]
+    fn rejects_any_change_to_the_signed_fields_or_key() {
+        let v = &VECTORS[0];
+        let good = vector_message(v);
+        let altered = [
+            signed_string("1700000001", v.2, &status_path(v.3, v.4), v.5),
+            signed_string(
+                v.1,
+                "1123456789abcdef0123456789abcdef",
+                &status_path(v.3, v.4),
+                v.5,
+            ),
+            signed_string(v.1, v.2, &status_path("2", v.4), v.5),
+            signed_string(v.1, v.2, &status_path(v.3, "3"), v.5),
+            signed_string(v.1, v.2, &status_path(v.3, v.4), "fail"),
+        ];
+        for message in &altered {
+            assert!(
+                !verify(v.0.as_bytes(), message.as_bytes(), v.6),
+                "{message}"
+            );
+        }
+        assert!(!verify(b"bar", good.as_bytes(), v.6));
+    }
+
+    #[test]
+    fn rejects_malformed_signatures() {
+        let v = &VECTORS[0];
+        let message = vector_message(v);
+        let upper = v.6.to_uppercase();
+        let truncated = &v.6[..62];
+        let extended = format!("{}00", v.6);
+        let non_hex = format!("{}zz", &v.6[..62]);
+        for signature in [upper.as_str(), truncated, &extended, &non_hex, "", " "] {
+            assert!(
+                !verify(v.0.as_bytes(), message.as_bytes(), signature),
+                "{signature}"
+            );
+        }
+    }
+}

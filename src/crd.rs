@@ -1,0 +1,358 @@
+//! The `ExternalControl` custom resource (`extctl.dev/v1alpha1`), defined once here.
+//!
+//! Validation lives in the generated OpenAPI schema (minimums, lengths, patterns, defaults and a
+//! CEL rule for durations) so `kubectl apply` of a bad manifest fails with the API server's own
+//! message; `extctl crd` prints the CRD and `crds/` holds a copy that a test keeps in sync.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::core::duration;
+
+/// The name of the generated CustomResourceDefinition.
+pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
+
+/// Which GitLab project and control this is, where its signing token lives, and how it is pinged.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "extctl.dev",
+    version = "v1alpha1",
+    kind = "ExternalControl",
+    namespaced,
+    status = "ExternalControlStatus",
+    shortname = "ec",
+    category = "compliance",
+    doc = "An external compliance control whose status (pending, pass or fail) is set by a signed call from an external checker, GitLab-compatible.",
+    printcolumn(name = "Project", type_ = "integer", json_path = ".spec.projectId"),
+    printcolumn(name = "Control", type_ = "integer", json_path = ".spec.controlId"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
+    printcolumn(name = "Ping", type_ = "boolean", json_path = ".spec.pingEnabled"),
+    printcolumn(
+        name = "Last Update",
+        type_ = "date",
+        json_path = ".status.lastUpdateTime"
+    ),
+    printcolumn(name = "Next Ping", type_ = "date", json_path = ".status.nextPingTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalControlSpec {
+    /// GitLab project id the control belongs to; the `:id` of the status API path.
+    #[schemars(range(min = 1))]
+    pub project_id: i64,
+
+    /// Control id, unique among the controls extctl serves; the `:external_control_id` of the
+    /// status API path.
+    #[schemars(range(min = 1))]
+    pub control_id: i64,
+
+    /// Whether extctl resets the status to `pending` every `pingInterval`, as GitLab's ping does.
+    #[serde(default = "default_ping_enabled")]
+    pub ping_enabled: bool,
+
+    /// How often a pinged control is reset to `pending`, such as `90s`, `30m` or `12h`.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: DurationString,
+
+    /// The Secret, in the control's namespace, that holds the signing token.
+    pub secret_ref: SecretKeyRef,
+
+    /// URL that extctl notifies (signed POST) after each reset to `pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^https?://"))]
+    pub external_url: Option<String>,
+
+    /// How long a notified checker has to answer before a still-`pending` status becomes `fail`.
+    #[serde(default = "default_pending_timeout")]
+    pub pending_timeout: DurationString,
+
+    /// A human-readable name for the control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub display_name: Option<String>,
+}
+
+/// Reference to the key of a Secret in the control's namespace holding the signing token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key holding the current token. The key `previousToken`, when present, is accepted too,
+    /// so a token can be rotated without downtime.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The Secret key that, when present, holds a token still accepted during a rotation.
+pub const PREVIOUS_TOKEN_KEY: &str = "previousToken";
+
+/// The status of a control, as GitLab names it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlStatus {
+    Pending,
+    Pass,
+    Fail,
+}
+
+impl ControlStatus {
+    /// The lowercase name GitLab uses on the wire and in audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+        }
+    }
+
+    /// A status a checker may report: exactly `pass` or `fail` (GitLab rejects anything else).
+    pub fn from_report(value: &str) -> Option<Self> {
+        match value {
+            "pass" => Some(Self::Pass),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ControlStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state of an `ExternalControl`, written through the status subresource.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalControlStatus {
+    /// `pending`, `pass` or `fail`; a new control starts `pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "status_value_schema")]
+    pub status: Option<ControlStatus>,
+
+    /// When a checker's report or a reset last set `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<Time>,
+
+    /// When the control was last reset to `pending` by ping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping_time: Option<Time>,
+
+    /// When the next reset to `pending` is due (absent while ping is disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ping_time: Option<Time>,
+
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions; `Ready` says whether calls for this control can succeed, and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Nonces of accepted calls, kept until their timestamps expire, so that a replayed call is
+    /// refused by every replica (the status is the state all replicas share).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_nonces: Vec<RecentNonce>,
+}
+
+/// A nonce seen in an accepted call, and when it may be forgotten.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentNonce {
+    pub nonce: String,
+    pub expires_at: Time,
+}
+
+/// A duration string such as `90s`, `30m`, `12h` or `1h30m`; at least `1s`.
+///
+/// Kept as the text the user wrote (and parsed on use) so that one object written around the
+/// schema can never break deserialization of the whole watch stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DurationString(pub String);
+
+impl DurationString {
+    pub fn parse(&self) -> Result<std::time::Duration, duration::DurationError> {
+        duration::parse(&self.0)
+    }
+}
+
+impl JsonSchema for DurationString {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": duration::PATTERN,
+            "maxLength": duration::MAX_LENGTH,
+            "x-kubernetes-validations": [{
+                "rule": "duration(self) >= duration('1s')",
+                "message": "must be at least 1s"
+            }]
+        })
+    }
+}
+
+/// The status value without the `null` that schemars adds for an `Option<enum>`: a structural
+/// schema must not list `null` among enum values, and extctl never writes a null status.
+fn status_value_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["pending", "pass", "fail"],
+        "description": "`pending`, `pass` or `fail`; a new control starts `pending`."
+    })
+}
+
+fn default_ping_enabled() -> bool {
+    true
+}
+
+fn default_ping_interval() -> DurationString {
+    DurationString("12h".into())
+}
+
+fn default_pending_timeout() -> DurationString {
+    DurationString("30m".into())
+}
+
+fn default_secret_key() -> String {
+    "token".into()
+}
+
+/// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&ExternalControl::crd()).expect("a CRD always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn schema() -> Value {
+        let crd = serde_json::to_value(ExternalControl::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    #[test]
+    fn crd_names_scope_and_subresource() {
+        let crd = serde_json::to_value(ExternalControl::crd()).unwrap();
+        assert_eq!(crd["metadata"]["name"], CRD_NAME);
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["ec"]));
+        assert_eq!(crd["spec"]["names"]["categories"], json!(["compliance"]));
+        assert_eq!(
+            crd["spec"]["versions"][0]["subresources"]["status"],
+            json!({})
+        );
+    }
+
+    #[test]
+    fn printer_columns_are_the_documented_ones() {
+        let crd = serde_json::to_value(ExternalControl::crd()).unwrap();
+        let names: Vec<_> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Project",
+                "Control",
+                "Status",
+                "Ping",
+                "Last Update",
+                "Next Ping",
+                "Age"
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_schema_validates_and_defaults() {
+        let spec = &schema()["properties"]["spec"];
+        let props = &spec["properties"];
+        assert_eq!(
+            spec["required"],
+            json!(["controlId", "projectId", "secretRef"])
+        );
+        assert_eq!(props["projectId"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(props["controlId"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(props["pingEnabled"]["default"], true);
+        assert_eq!(props["pingInterval"]["default"], "12h");
+        assert_eq!(props["pendingTimeout"]["default"], "30m");
+        assert_eq!(props["pingInterval"]["pattern"], duration::PATTERN);
+        assert_eq!(
+            props["pingInterval"]["x-kubernetes-validations"][0]["rule"],
+            "duration(self) >= duration('1s')"
+        );
+        assert_eq!(props["externalUrl"]["maxLength"], 1024);
+        assert_eq!(props["displayName"]["maxLength"], 255);
+        assert_eq!(props["secretRef"]["properties"]["key"]["default"], "token");
+    }
+
+    #[test]
+    fn status_schema_enumerates_the_gitlab_values() {
+        let status = &schema()["properties"]["status"]["properties"]["status"];
+        assert_eq!(status["enum"], json!(["pending", "pass", "fail"]));
+    }
+
+    #[test]
+    fn a_minimal_manifest_gets_the_documented_defaults() {
+        let control: ExternalControl = serde_json::from_value(json!({
+            "apiVersion": "extctl.dev/v1alpha1",
+            "kind": "ExternalControl",
+            "metadata": {"name": "sast", "namespace": "default"},
+            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "sast-token"}}
+        }))
+        .unwrap();
+        assert!(control.spec.ping_enabled);
+        assert_eq!(
+            control.spec.ping_interval.parse().unwrap().as_secs(),
+            43_200
+        );
+        assert_eq!(
+            control.spec.pending_timeout.parse().unwrap().as_secs(),
+            1800
+        );
+        assert_eq!(control.spec.secret_ref.key, "token");
+    }
+
+    #[test]
+    fn only_pass_and_fail_can_be_reported() {
+        assert_eq!(
+            ControlStatus::from_report("pass"),
+            Some(ControlStatus::Pass)
+        );
+        assert_eq!(
+            ControlStatus::from_report("fail"),
+            Some(ControlStatus::Fail)
+        );
+        for bad in ["pending", "PASS", "Pass", " pass", "", "passed"] {
+            assert_eq!(ControlStatus::from_report(bad), None, "{bad:?}");
+        }
+    }
+}

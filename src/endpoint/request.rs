@@ -1,0 +1,147 @@
+//! Reading a status call off the wire: the bounded body and the `status` parameter.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+
+use super::error_response;
+use crate::core::protocol::Rejection;
+use crate::crd::ControlStatus;
+
+/// Everything the checks need from one request.
+pub struct StatusCall<'a> {
+    pub project: &'a str,
+    pub control: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl StatusCall<'_> {
+    /// A header's value, or `None` when absent or not text (GitLab treats both as missing).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `status` parameter from a JSON body, a form body or the query string (body first, as
+    /// GitLab's parameter merging does); anything but `pass`/`fail` is invalid.
+    pub fn reported_status(&self) -> Result<ControlStatus, Rejection> {
+        let from_body = match media_type(self.headers).as_deref() {
+            Some("application/json") => status_from_json(self.body),
+            Some("application/x-www-form-urlencoded") => status_from_form(self.body),
+            _ => None,
+        };
+        from_body
+            .or_else(|| self.query.and_then(|q| status_from_form(q.as_bytes())))
+            .as_deref()
+            .and_then(ControlStatus::from_report)
+            .ok_or(Rejection::InvalidStatus)
+    }
+}
+
+/// Reads at most `limit` bytes within `timeout`: 413 beyond the limit, 408 for a slow client.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large: at most {limit} bytes"),
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request body not received in time",
+        )),
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default();
+    Some(essence.trim().to_ascii_lowercase())
+}
+
+fn status_from_json(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("status")?.as_str().map(str::to_owned)
+}
+
+fn status_from_form(form: &[u8]) -> Option<String> {
+    // The last occurrence wins, as in Rack's parameter parsing.
+    form_urlencoded::parse(form)
+        .filter(|(key, _)| key == "status")
+        .map(|(_, value)| value.into_owned())
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn status(
+        content_type: Option<&str>,
+        body: &str,
+        query: Option<&str>,
+    ) -> Result<ControlStatus, Rejection> {
+        let mut headers = HeaderMap::new();
+        if let Some(ct) = content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        }
+        let call = StatusCall {
+            project: "1",
+            control: "2",
+            query,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        call.reported_status()
+    }
+
+    const JSON: Option<&str> = Some("application/json");
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    #[test]
+    fn reads_json_form_and_query() {
+        assert_eq!(
+            status(JSON, r#"{"status":"pass"}"#, None),
+            Ok(ControlStatus::Pass)
+        );
+        let charset = Some("application/json; charset=utf-8");
+        assert_eq!(
+            status(charset, r#"{"status":"fail"}"#, None),
+            Ok(ControlStatus::Fail)
+        );
+        assert_eq!(status(FORM, "status=fail", None), Ok(ControlStatus::Fail));
+        assert_eq!(
+            status(None, "", Some("status=pass")),
+            Ok(ControlStatus::Pass)
+        );
+        let upper = Some("Application/JSON");
+        assert_eq!(
+            status(upper, r#"{"status":"pass"}"#, None),
+            Ok(ControlStatus::Pass)
+        );
+    }
+
+    #[test]
+    fn body_wins_over_query() {
+        let both = status(JSON, r#"{"status":"fail"}"#, Some("status=pass"));
+        assert_eq!(both, Ok(ControlStatus::Fail));
+    }
+
+    #[test]
+    fn missing_or_invalid_values_are_refused() {
+        let invalid = Err(Rejection::InvalidStatus);
+        assert_eq!(status(None, "", None), invalid);
+        assert_eq!(status(JSON, r#"{"status":"pending"}"#, None), invalid);
+        assert_eq!(status(JSON, r#"{"status":true}"#, None), invalid);
+        assert_eq!(status(JSON, "{not json", None), invalid);
+        assert_eq!(status(FORM, "status=PASS", None), invalid);
+        assert_eq!(status(None, "", Some("state=pass")), invalid);
+        // A body is only read as its declared media type.
+        assert_eq!(status(Some("text/plain"), "status=pass", None), invalid);
+    }
+}

@@ -1,0 +1,40 @@
+//! What the endpoint needs from wherever controls live.
+//!
+//! `extctl run` implements it on Kubernetes (reflector stores and status-subresource writes);
+//! any other store (such as an in-memory one for a local sandbox) implements the same trait, so
+//! the endpoint's verification code is shared, never copied.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::core::protocol::Rejection;
+use crate::core::report::Report;
+use crate::core::tokens::SigningTokens;
+use crate::crd::{ControlStatus, ExternalControl};
+
+/// The outcome of a stored report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub previous: ControlStatus,
+    pub stored: ControlStatus,
+}
+
+pub trait ControlRegistry: Send + Sync + 'static {
+    /// Whether controls and Secrets have been loaded, so lookups can be trusted.
+    fn ready(&self) -> bool;
+
+    /// The one control with this `controlId`: `ControlNotFound`, `ControlAmbiguous` when several
+    /// claim it, `Unavailable` while controls are still loading. Answered from memory.
+    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
+
+    /// The control's signing tokens, or `TokenUnavailable`. Answered from memory.
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection>;
+
+    /// Stores a verified report, atomically with its nonce: a nonce already recorded by anyone
+    /// (any replica) yields `InvalidNonce`. Returns only once the store has accepted the write.
+    fn record(
+        &self,
+        control: &ExternalControl,
+        report: Report,
+    ) -> impl Future<Output = Result<Recorded, Rejection>> + Send;
+}
