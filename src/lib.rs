@@ -4,9 +4,13 @@
 //! - [`crd`]: the `ExternalControl` resource;
 //! - [`registry`]: what the endpoint needs from a control store, whatever backs it;
 //! - [`endpoint`]: the GitLab-compatible HTTP endpoint (axum);
-//! - [`kubernetes`]: the Kubernetes adapters (reflectors, status writes, events, reconciler).
+//! - [`kubernetes`]: the Kubernetes adapters (reflectors, status writes, events, reconciler);
+//! - [`cli`], [`telemetry`]: the command line and logging.
 
+pub mod cli;
 pub mod core;
 pub mod crd;
 pub mod endpoint;
+pub mod kubernetes;
 pub mod registry;
+pub mod telemetry;

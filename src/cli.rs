@@ -1,0 +1,150 @@
+//! Command-line interface: `extctl run` and `extctl crd`. Every flag has an environment
+//! variable fallback (shown in `--help`), which is how the Helm chart configures the operator.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::core::duration;
+use crate::core::freshness::TimestampWindow;
+use crate::endpoint::EndpointConfig;
+use crate::kubernetes::RunSettings;
+use crate::kubernetes::watch::Scope;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "extctl",
+    version,
+    about = "GitLab-compatible external compliance controls on Kubernetes",
+    long_about = "GitLab-compatible external compliance controls on Kubernetes.\n\n\
+        ExternalControl resources hold a project id, a control id and a reference to the Secret \
+        with the signing token; external checkers set their status (pass or fail) with the same \
+        signed call they send to GitLab."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable text or one JSON object per line. The level is set with
+    /// RUST_LOG (default: info).
+    #[arg(long, env = "EXTCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator: the signed status endpoint and the reconciler.
+    ///
+    /// Connects to Kubernetes with the in-cluster service account, or KUBECONFIG /
+    /// ~/.kube/config outside a cluster.
+    Run(RunArgs),
+    /// Print the ExternalControl CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
+    Crd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address the status endpoint (and /healthz, /readyz) listens on.
+    #[arg(long, env = "EXTCTL_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Serve only the ExternalControls, and read only the Secrets, of this namespace
+    /// (default: all namespaces).
+    #[arg(long, env = "EXTCTL_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Calls signed this long ago or earlier are refused as expired (GitLab: 15s).
+    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = parse_max_age)]
+    pub timestamp_max_age: Duration,
+
+    /// How far ahead of this clock a call's timestamp may be (GitLab: 0s, none).
+    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_SKEW", default_value = "0s", value_parser = parse_duration)]
+    pub timestamp_max_skew: Duration,
+
+    /// Largest request body accepted, in bytes; larger ones are refused with 413.
+    #[arg(long, env = "EXTCTL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_body_bytes: u32,
+
+    /// Time allowed to receive a request body, and to store a status, before giving up.
+    #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_max_age)]
+    pub request_timeout: Duration,
+
+    /// This replica's name in Events (the Helm chart sets it to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            listen: self.listen,
+            scope: self
+                .namespace
+                .clone()
+                .map_or(Scope::Cluster, Scope::Namespace),
+            endpoint: EndpointConfig {
+                window: TimestampWindow {
+                    max_age: self.timestamp_max_age,
+                    max_future_skew: self.timestamp_max_skew,
+                },
+                max_body_bytes: self.max_body_bytes as usize,
+                request_timeout: self.request_timeout,
+            },
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|error| error.to_string())
+}
+
+fn parse_max_age(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        zero if zero.is_zero() => Err(format!("duration {text:?} must be at least 1s")),
+        duration => Ok(duration),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_are_gitlabs() {
+        let cli = Cli::try_parse_from(["extctl", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        let settings = args.settings();
+        assert_eq!(settings.endpoint.window, TimestampWindow::default());
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.endpoint.max_body_bytes, 4096);
+        assert!(matches!(settings.scope, Scope::Cluster));
+    }
+
+    #[test]
+    fn bad_flags_get_precise_errors() {
+        let error =
+            Cli::try_parse_from(["extctl", "run", "--timestamp-max-age", "0s"]).unwrap_err();
+        assert!(error.to_string().contains("must be at least 1s"), "{error}");
+        let error =
+            Cli::try_parse_from(["extctl", "run", "--timestamp-max-age", "1d"]).unwrap_err();
+        assert!(error.to_string().contains("units h, m or s"), "{error}");
+        let error = Cli::try_parse_from(["extctl", "run", "--listen", "8080"]).unwrap_err();
+        assert!(error.to_string().contains("--listen"), "{error}");
+    }
+}

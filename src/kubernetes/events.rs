@@ -1,0 +1,75 @@
+//! Kubernetes Events for status changes, worded as GitLab's audit events.
+
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::core::report::change_message;
+use crate::crd::{ControlStatus, ExternalControl};
+
+/// Why a control's status changed; the Event's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A checker's signed call.
+    Reported,
+}
+
+impl Cause {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Reported => "StatusReported",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StatusEvents {
+    recorder: Recorder,
+}
+
+impl StatusEvents {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: "extctl".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Publishes `Changed compliance control status from 'x' to 'y'` in the background: the
+    /// status is already stored, and a failed Event must not turn that into an error.
+    pub fn status_changed(
+        &self,
+        control: &ExternalControl,
+        cause: Cause,
+        from: ControlStatus,
+        to: ControlStatus,
+    ) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: cause.reason().into(),
+            note: Some(change_message(from, to)),
+            // The recorder folds repeats of one (reason, action) into a series that keeps the
+            // first note, so the action names the transition to keep every note accurate.
+            action: format!("{}To{}", pascal(from), pascal(to)),
+            secondary: None,
+        };
+        let reference = control.object_ref(&());
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, "could not publish the status-change Event");
+            }
+        });
+    }
+}
+
+fn pascal(status: ControlStatus) -> &'static str {
+    match status {
+        ControlStatus::Pending => "Pending",
+        ControlStatus::Pass => "Pass",
+        ControlStatus::Fail => "Fail",
+    }
+}

@@ -1,0 +1,159 @@
+//! [`ControlRegistry`] on Kubernetes: lookups from the reflector stores, writes to the status
+//! subresource with a resourceVersion precondition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::events::{Cause, StatusEvents};
+use super::watch::{Stores, controls_with_id};
+use crate::core::protocol::Rejection;
+use crate::core::report::{self, Report, ReportUpdate};
+use crate::core::tokens::SigningTokens;
+use crate::crd::ExternalControl;
+use crate::registry::{ControlRegistry, Recorded};
+
+/// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
+/// means another write succeeded, so this bounds contention, not progress.
+const MAX_WRITE_ATTEMPTS: usize = 32;
+
+pub struct KubeRegistry {
+    client: Client,
+    stores: Stores,
+    events: StatusEvents,
+    ready: Arc<AtomicBool>,
+}
+
+impl KubeRegistry {
+    /// The registry answers `Unavailable` until both stores have their first full list.
+    pub fn new(client: Client, stores: Stores, events: StatusEvents) -> Self {
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let (stores, ready) = (stores.clone(), ready.clone());
+            async move {
+                let loaded = stores.controls.wait_until_ready().await.is_ok()
+                    && stores.secrets.wait_until_ready().await.is_ok();
+                ready.store(loaded, Ordering::Release);
+            }
+        });
+        Self {
+            client,
+            stores,
+            events,
+            ready,
+        }
+    }
+
+    fn api(&self, control: &ExternalControl) -> Api<ExternalControl> {
+        Api::namespaced(
+            self.client.clone(),
+            &control.namespace().unwrap_or_default(),
+        )
+    }
+}
+
+impl ControlRegistry for KubeRegistry {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
+        if !self.ready() {
+            return Err(Rejection::Unavailable("controls are still loading".into()));
+        }
+        let mut matches = controls_with_id(&self.stores.controls, control_id);
+        match matches.len() {
+            0 => Err(Rejection::ControlNotFound),
+            1 => Ok(matches.remove(0)),
+            _ => Err(Rejection::ControlAmbiguous),
+        }
+    }
+
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {
+        let namespace = control.namespace().unwrap_or_default();
+        let secret_ref = ObjectRef::new(&control.spec.secret_ref.name).within(&namespace);
+        let secret = self
+            .stores
+            .secrets
+            .get(&secret_ref)
+            .ok_or(Rejection::TokenUnavailable)?;
+        let data = secret.data.clone().unwrap_or_default();
+        SigningTokens::from_secret_data(&data, &control.spec.secret_ref.key)
+            .map_err(|_| Rejection::TokenUnavailable)
+    }
+
+    async fn record(
+        &self,
+        control: &ExternalControl,
+        report: Report,
+    ) -> Result<Recorded, Rejection> {
+        let api = self.api(control);
+        let name = control.name_any();
+        let mut current = control.clone();
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            // Checked against the state the write is conditioned on: a nonce another replica
+            // stored in between shows up here after the conflict.
+            let update = report::apply(current.status.as_ref(), &report)?;
+            let patch = status_patch(&current, &update);
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    if update.changes_status() {
+                        self.events.status_changed(
+                            control,
+                            Cause::Reported,
+                            update.previous,
+                            update.status,
+                        );
+                    }
+                    tracing::info!(control = %super::watch::qualified_name(control), from = %update.previous, to = %update.status, "status stored");
+                    return Ok(Recorded {
+                        previous: update.previous,
+                        stored: update.status,
+                    });
+                }
+                Err(error) if is_conflict(&error) => {
+                    current = api.get_status(&name).await.map_err(rejection)?;
+                }
+                Err(error) => return Err(rejection(error)),
+            }
+        }
+        Err(Rejection::Unavailable(
+            "the control kept changing; retry".into(),
+        ))
+    }
+}
+
+/// The endpoint's fields only, conditioned on the resourceVersion they were computed from.
+fn status_patch(current: &ExternalControl, update: &ReportUpdate) -> serde_json::Value {
+    json!({
+        "metadata": { "resourceVersion": current.resource_version() },
+        "status": {
+            "status": update.status,
+            "lastUpdateTime": update.last_update_time,
+            "recentNonces": update.recent_nonces,
+        }
+    })
+}
+
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+/// What the caller is told when the API server did not store the status.
+fn rejection(error: kube::Error) -> Rejection {
+    match error {
+        kube::Error::Api(status) if status.is_not_found() => Rejection::ControlNotFound,
+        kube::Error::Api(status) if status.code == 400 || status.is_invalid() => {
+            Rejection::UpdateRejected(status.message)
+        }
+        kube::Error::Api(status) => Rejection::Unavailable(status.message),
+        other => Rejection::Unavailable(other.to_string()),
+    }
+}
