@@ -1,10 +1,27 @@
-//! Generated files must match the code that generates them.
+//! Files derived from the code must match it: the CRD, the chart's copy of it, the chart's
+//! environment variables and the README's flag reference.
 
 use std::path::Path;
+
+use clap::CommandFactory;
+use extctl::cli::Cli;
 
 fn committed(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
+}
+
+/// `(--flag, ENV_VAR)` for every flag of `extctl run`, global ones included.
+fn run_flags() -> Vec<(String, String)> {
+    let mut cli = Cli::command();
+    cli.build();
+    let run = cli.find_subcommand("run").expect("run subcommand").clone();
+    run.get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            Some((format!("--{}", arg.get_long()?), env))
+        })
+        .collect()
 }
 
 #[test]
@@ -14,4 +31,43 @@ fn committed_crd_matches_the_rust_definition() {
         "crds/externalcontrols.extctl.dev.yaml is out of date: run \
          `cargo run -- crd > crds/externalcontrols.extctl.dev.yaml`"
     );
+}
+
+#[test]
+fn chart_ships_the_same_crd() {
+    assert!(
+        committed("charts/extctl/crds/externalcontrols.extctl.dev.yaml") == extctl::crd::crd_yaml(),
+        "the chart's CRD is out of date: run \
+         `cargo run -- crd > charts/extctl/crds/externalcontrols.extctl.dev.yaml`"
+    );
+}
+
+#[test]
+fn chart_sets_every_flag_and_only_real_ones() {
+    let deployment = committed("charts/extctl/templates/deployment.yaml");
+    let flags = run_flags();
+    for (flag, env) in &flags {
+        assert!(
+            deployment.contains(&format!("name: {env}")),
+            "the chart does not set {env} ({flag})"
+        );
+    }
+    for line in deployment.lines() {
+        if let Some(env) = line.trim().strip_prefix("- name: EXTCTL_") {
+            let env = format!("EXTCTL_{env}");
+            assert!(
+                flags.iter().any(|(_, known)| *known == env),
+                "the chart sets {env}, which no flag reads"
+            );
+        }
+    }
+}
+
+#[test]
+fn readme_documents_every_flag() {
+    let readme = committed("README.md");
+    for (flag, env) in run_flags() {
+        assert!(readme.contains(&flag), "README does not document {flag}");
+        assert!(readme.contains(&env), "README does not document {env}");
+    }
 }

@@ -44,7 +44,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, scope = ?settings.scope, "extctl starting");
+    let address = listener.local_addr().unwrap_or(settings.listen);
+    tracing::info!(listen = %address, scope = ?settings.scope, "extctl starting");
 
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
     let watches = watch::start(client.clone(), &settings.scope, triggers);

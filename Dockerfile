@@ -1,0 +1,14 @@
+# Build: docker build -t extctl .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin extctl
+
+# Distroless, non-root: no shell, no package manager, just the binary and CA roots.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/extctl /extctl
+USER nonroot:nonroot
+EXPOSE 8080
+ENTRYPOINT ["/extctl"]
+CMD ["run"]
