@@ -28,21 +28,13 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     shortname = "ec",
     category = "compliance",
     doc = "An external compliance control whose status (pending, pass or fail) is set by a signed call from an external checker, GitLab-compatible.",
-    printcolumn(name = "Project", type_ = "integer", json_path = ".spec.projectId"),
-    printcolumn(name = "Control", type_ = "integer", json_path = ".spec.controlId"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
-    printcolumn(name = "Ping", type_ = "boolean", json_path = ".spec.pingEnabled"),
-    printcolumn(
-        name = "Last Update",
-        type_ = "date",
-        json_path = ".status.lastUpdateTime"
-    ),
-    printcolumn(name = "Next Ping", type_ = "date", json_path = ".status.nextPingTime"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Project","type":"integer","jsonPath":".spec.projectId"}"#,
+    printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
+    printcolumn = r#"{"name":"Ping","type":"boolean","jsonPath":".spec.pingEnabled"}"#,
+    printcolumn = r#"{"name":"Last Update","type":"date","jsonPath":".status.lastUpdateTime"}"#,
+    printcolumn = r#"{"name":"Next Ping","type":"date","jsonPath":".status.nextPingTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalControlSpec {

@@ -24,12 +24,7 @@ pub async fn verify_and_record<R: ControlRegistry>(
     now: Timestamp,
 ) -> Result<ControlStatus, Rejection> {
     let status = call.reported_status()?;
-    // A control id that is not a number names no control.
-    let control_id = call
-        .control
-        .parse()
-        .map_err(|_| Rejection::ControlNotFound)?;
-    let control = registry.lookup(control_id)?;
+    let control = registry.lookup(control_id(call.control)?)?;
     let headers = SignatureHeaders::new(
         call.header(TIMESTAMP_HEADER),
         call.header(NONCE_HEADER),
@@ -63,4 +58,25 @@ pub async fn verify_and_record<R: ControlRegistry>(
         .await
         .map_err(|_| Rejection::Unavailable("the status store did not answer in time".into()))??;
     Ok(recorded.stored)
+}
+
+/// A control id is plain decimal digits; anything else names no control.
+fn control_id(text: &str) -> Result<i64, Rejection> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let id = digits.then(|| text.parse().ok()).flatten();
+    id.ok_or(Rejection::ControlNotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_ids_are_plain_decimal() {
+        assert_eq!(control_id("7"), Ok(7));
+        assert_eq!(control_id("007"), Ok(7));
+        for bad in ["", "+7", "-7", "7.0", " 7", "seven", "99999999999999999999"] {
+            assert_eq!(control_id(bad), Err(Rejection::ControlNotFound), "{bad:?}");
+        }
+    }
 }

@@ -45,7 +45,7 @@ pub async fn reconcile(
     );
     let up_to_date = status.status.is_some()
         && status.observed_generation == control.metadata.generation
-        && status.conditions.iter().any(|c| *c == condition);
+        && status.conditions.contains(&condition);
     if up_to_date {
         return Ok(Action::await_change());
     }

@@ -2,7 +2,6 @@
 //! subresource with a resourceVersion precondition.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
@@ -25,26 +24,15 @@ pub struct KubeRegistry {
     client: Client,
     stores: Stores,
     events: StatusEvents,
-    ready: Arc<AtomicBool>,
 }
 
 impl KubeRegistry {
     /// The registry answers `Unavailable` until both stores have their first full list.
     pub fn new(client: Client, stores: Stores, events: StatusEvents) -> Self {
-        let ready = Arc::new(AtomicBool::new(false));
-        tokio::spawn({
-            let (stores, ready) = (stores.clone(), ready.clone());
-            async move {
-                let loaded = stores.controls.wait_until_ready().await.is_ok()
-                    && stores.secrets.wait_until_ready().await.is_ok();
-                ready.store(loaded, Ordering::Release);
-            }
-        });
         Self {
             client,
             stores,
             events,
-            ready,
         }
     }
 
@@ -58,7 +46,7 @@ impl KubeRegistry {
 
 impl ControlRegistry for KubeRegistry {
     fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.stores.loaded()
     }
 
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {

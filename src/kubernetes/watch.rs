@@ -5,6 +5,8 @@
 //! the same id, a Secret several controls use), so each event also triggers those.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
@@ -44,6 +46,23 @@ pub type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 pub struct Stores {
     pub controls: Store<ExternalControl>,
     pub secrets: Store<Secret>,
+    loaded: Arc<Loaded>,
+}
+
+impl Stores {
+    /// Whether both watches have delivered their first full list, so a lookup that finds
+    /// nothing means there is nothing (not "not loaded yet").
+    pub fn loaded(&self) -> bool {
+        self.loaded.controls.load(Ordering::Acquire) && self.loaded.secrets.load(Ordering::Acquire)
+    }
+}
+
+/// Set by the drivers on their first `InitDone`. (Not `Store::wait_until_ready`: with the
+/// controller waiting on the same store, a second waiter was seen never to wake.)
+#[derive(Default)]
+struct Loaded {
+    controls: AtomicBool,
+    secrets: AtomicBool,
 }
 
 /// What [`start`] hands out: the stores, the shared control stream for the reconciler, and the
@@ -72,29 +91,53 @@ pub fn start(client: Client, scope: &Scope, triggers: Triggers) -> Watches {
     let (secrets, secret_writer) = reflector::store();
     let secret_stream = watcher(scope.api::<Secret>(client), watcher::Config::default())
         .default_backoff()
+        // Keep only what token lookups need: `kubectl apply` leaves a full copy of the Secret,
+        // data included, in an annotation, and managed fields are dead weight.
+        .modify(|secret| {
+            secret.metadata.annotations = None;
+            secret.metadata.managed_fields = None;
+        })
         .reflect(secret_writer);
 
-    let drivers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![
-        Box::pin(drive(control_stream, {
+    let loaded = Arc::new(Loaded::default());
+    let control_driver = drive(
+        control_stream,
+        {
             let (controls, triggers) = (controls.clone(), triggers.clone());
             move |control: &ExternalControl| {
                 trigger_all(&triggers, controls_sharing_id(&controls, control))
             }
-        })),
-        Box::pin(drive(secret_stream, {
+        },
+        {
+            let loaded = loaded.clone();
+            move || loaded.controls.store(true, Ordering::Release)
+        },
+    );
+    let secret_driver = drive(
+        secret_stream,
+        {
             let controls = controls.clone();
             move |secret: &Secret| trigger_all(&triggers, controls_using_secret(&controls, secret))
-        })),
-    ];
+        },
+        {
+            let loaded = loaded.clone();
+            move || loaded.secrets.store(true, Ordering::Release)
+        },
+    );
     Watches {
-        stores: Stores { controls, secrets },
+        stores: Stores {
+            controls,
+            secrets,
+            loaded,
+        },
         control_events,
-        drivers,
+        drivers: vec![Box::pin(control_driver), Box::pin(secret_driver)],
     }
 }
 
-/// Polls a reflector stream for ever, calling `on_change` for every applied or deleted object.
-async fn drive<K, S>(stream: S, on_change: impl Fn(&K))
+/// Polls a reflector stream for ever: `on_change` for every applied or deleted object,
+/// `on_loaded` after each full list.
+async fn drive<K, S>(stream: S, on_change: impl Fn(&K), on_loaded: impl Fn())
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -107,6 +150,10 @@ where
         match event {
             Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
                 on_change(&object)
+            }
+            Ok(watcher::Event::InitDone) => {
+                tracing::debug!(kind, "full list loaded");
+                on_loaded();
             }
             Ok(_) => {}
             // The watcher retries with backoff; say why, once per failure.

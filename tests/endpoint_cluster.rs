@@ -1,0 +1,238 @@
+//! The endpoint's behaviour as part of a cluster: several replicas, concurrent calls, a rotated
+//! Secret, duplicate control ids, and an API server that fails and comes back.
+
+mod support;
+
+use std::time::Duration;
+
+use extctl::crd::ControlStatus;
+use support::{Cluster, Operator, TOKEN, checker, wait_for};
+
+async fn cluster_with_control() -> (Cluster, String) {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    let token = cluster.token_file("token", TOKEN).display().to_string();
+    (cluster, token)
+}
+
+fn call_args<'a>(token: &'a str, knobs: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--project", "42", "--control", "7", "--token-file", token];
+    args.extend_from_slice(knobs);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_call_is_refused_across_replicas() {
+    let (cluster, token) = cluster_with_control().await;
+    let first = Operator::start(&cluster, &[]).await;
+    let second = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+
+    for round in 0..5 {
+        // One signed call (fixed timestamp and nonce) sent to both replicas at once.
+        let timestamp = jiff::Timestamp::now().as_second().to_string();
+        let nonce = format!("{round:032}");
+        let status = if round % 2 == 0 { "fail" } else { "pass" };
+        let args = call_args(
+            &token,
+            &[
+                "--timestamp",
+                &timestamp,
+                "--nonce",
+                &nonce,
+                "--status",
+                status,
+            ],
+        );
+        let (a, b) = tokio::join!(checker(&first.url, &args), checker(&second.url, &args));
+        let mut codes = [a.code, b.code];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [200, 401],
+            "round {round}: {:?} / {:?}",
+            a.body,
+            b.body
+        );
+        let refused = if a.code == 401 { &a } else { &b };
+        assert_eq!(refused.error(), "Invalid nonce", "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_for_one_control_are_all_stored() {
+    let (cluster, token) = cluster_with_control().await;
+    let first = Operator::start(&cluster, &[]).await;
+    let second = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+
+    let nonces: Vec<String> = (0..12).map(|i| format!("{:032x}", 0xc0ffee + i)).collect();
+    let calls = nonces.iter().enumerate().map(|(i, nonce)| {
+        let url = if i % 2 == 0 { &first.url } else { &second.url };
+        let status = if i % 3 == 0 { "fail" } else { "pass" };
+        let args = call_args(&token, &["--nonce", nonce, "--status", status]);
+        async move { checker(url, &args).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    for answer in &answers {
+        assert_eq!(answer.code, 200, "{:?}", answer.body);
+    }
+    // Every accepted call's nonce made it into the shared status: no write was lost.
+    let stored = cluster.control("sast").await.status.unwrap();
+    for nonce in &nonces {
+        assert!(
+            stored.recent_nonces.iter().any(|n| &n.nonce == nonce),
+            "nonce {nonce} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_used_without_restart() {
+    let (cluster, old_token) = cluster_with_control().await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let new_token = cluster.token_file("new", "n3w-t0ken").display().to_string();
+
+    // Step 1 of a rotation: the new token, with the old one kept as previousToken.
+    cluster
+        .replace_secret(
+            "sast-token",
+            &[("token", "n3w-t0ken"), ("previousToken", TOKEN)],
+        )
+        .await;
+    let accepted = wait_for(Duration::from_secs(10), || async {
+        let answer = checker(&operator.url, &call_args(&new_token, &[])).await;
+        (answer.code == 200).then_some(())
+    })
+    .await;
+    assert!(accepted.is_some(), "the new token is accepted");
+    assert_eq!(
+        checker(&operator.url, &call_args(&old_token, &[]))
+            .await
+            .code,
+        200,
+        "the previous token still works"
+    );
+
+    // Step 2: drop previousToken; the old token stops working.
+    cluster
+        .replace_secret("sast-token", &[("token", "n3w-t0ken")])
+        .await;
+    let refused = wait_for(Duration::from_secs(10), || async {
+        let answer = checker(&operator.url, &call_args(&old_token, &[])).await;
+        (answer.error() == "Invalid signature").then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the old token is refused after rotation");
+    assert_eq!(
+        checker(&operator.url, &call_args(&new_token, &[]))
+            .await
+            .code,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_or_key_is_explained_and_refused() {
+    let cluster = Cluster::start().await;
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    let token = cluster.token_file("token", TOKEN).display().to_string();
+    let operator = Operator::start(&cluster, &[]).await;
+
+    let control = cluster.wait_ready_reason("sast", "SecretNotFound").await;
+    assert_eq!(control.status.unwrap().status, Some(ControlStatus::Pending));
+    let answer = checker(&operator.url, &call_args(&token, &[])).await;
+    assert_eq!(
+        (answer.code, answer.error()),
+        (503, "Control signing token is not available")
+    );
+
+    cluster
+        .create_secret("sast-token", &[("other", TOKEN)])
+        .await;
+    let control = cluster.wait_ready_reason("sast", "SecretKeyMissing").await;
+    let message = &control.status.unwrap().conditions[0].message;
+    assert!(message.contains("key \"token\" is missing"), "{message}");
+    assert!(!message.contains(TOKEN), "a condition never shows a token");
+
+    cluster
+        .replace_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    assert_eq!(
+        checker(&operator.url, &call_args(&token, &[])).await.code,
+        200
+    );
+    assert!(!operator.logs().contains(TOKEN), "logs never show a token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_control_ids_are_refused_until_resolved() {
+    let (cluster, token) = cluster_with_control().await;
+    cluster
+        .create_control("sast-copy", 42, 7, "sast-token")
+        .await;
+    let operator = Operator::start(&cluster, &[]).await;
+
+    for name in ["sast", "sast-copy"] {
+        let control = cluster.wait_ready_reason(name, "DuplicateControl").await;
+        let message = &control.status.unwrap().conditions[0].message;
+        assert!(
+            message.contains("controlId 7 is also used by default/"),
+            "{message}"
+        );
+    }
+    let answer = checker(&operator.url, &call_args(&token, &[])).await;
+    assert_eq!((answer.code, answer.error()), (409, "Control is ambiguous"));
+
+    cluster
+        .controls()
+        .delete("sast-copy", &Default::default())
+        .await
+        .unwrap();
+    cluster.wait_ready_reason("sast", "Ready").await;
+    assert_eq!(
+        checker(&operator.url, &call_args(&token, &[])).await.code,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_api_server_gets_503_never_a_false_200() {
+    let (cluster, token) = cluster_with_control().await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+
+    cluster.api.faults().set_unavailable(true);
+    let answer = checker(&operator.url, &call_args(&token, &["--status", "fail"])).await;
+    assert_eq!(answer.code, 503, "{:?}", answer.body);
+    assert!(
+        answer.error().contains("nothing was stored"),
+        "{:?}",
+        answer.body
+    );
+    cluster.api.faults().set_unavailable(false);
+
+    assert_eq!(
+        cluster.control("sast").await.status.unwrap().status,
+        Some(ControlStatus::Pending),
+        "the refused call stored nothing"
+    );
+    let recovered = wait_for(Duration::from_secs(20), || async {
+        let answer = checker(&operator.url, &call_args(&token, &["--status", "fail"])).await;
+        (answer.code == 200).then_some(())
+    })
+    .await;
+    assert!(
+        recovered.is_some(),
+        "calls succeed again once the API server is back"
+    );
+    assert_eq!(
+        cluster.control("sast").await.status.unwrap().status,
+        Some(ControlStatus::Fail)
+    );
+}

@@ -1,0 +1,427 @@
+//! Every row of the protocol document, through the real `extctl run` binary against the
+//! Kubernetes API harness, with calls signed and sent by an independent Python checker.
+
+mod support;
+
+use std::time::Duration;
+
+use extctl::crd::ControlStatus;
+use support::{Cluster, Operator, TOKEN, checker, wait_for};
+
+const PROJECT: &str = "42";
+const CONTROL: &str = "7";
+
+struct Env {
+    cluster: Cluster,
+    operator: Operator,
+    token: String,
+}
+
+async fn env() -> Env {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let token = cluster.token_file("token", TOKEN).display().to_string();
+    Env {
+        cluster,
+        operator,
+        token,
+    }
+}
+
+impl Env {
+    /// A call for project 42 / control 7 with the right token, plus `knobs`.
+    async fn call(&self, knobs: &[&str]) -> support::Answer {
+        let mut args = vec![
+            "--project",
+            PROJECT,
+            "--control",
+            CONTROL,
+            "--token-file",
+            &self.token,
+        ];
+        args.extend_from_slice(knobs);
+        checker(&self.operator.url, &args).await
+    }
+
+    async fn stored_status(&self) -> Option<ControlStatus> {
+        self.cluster
+            .control("sast")
+            .await
+            .status
+            .and_then(|s| s.status)
+    }
+}
+
+#[track_caller]
+fn assert_answer(answer: &support::Answer, code: u16, error: &str, case: &str) {
+    assert_eq!(
+        (answer.code, answer.error()),
+        (code, error),
+        "{case}: got {:?}",
+        answer.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_calls_store_the_status_and_answer_like_gitlab() {
+    let env = env().await;
+    assert_eq!(
+        env.stored_status().await,
+        Some(ControlStatus::Pending),
+        "a new control is pending"
+    );
+
+    let cases: [(&str, &[&str], ControlStatus); 5] = [
+        (
+            "PATCH with JSON body",
+            &["--status", "pass"],
+            ControlStatus::Pass,
+        ),
+        (
+            "POST with form body (curl --data)",
+            &["--status", "fail", "--method", "POST", "--body", "form"],
+            ControlStatus::Fail,
+        ),
+        (
+            "status as query parameter",
+            &["--status", "pass", "--body", "query"],
+            ControlStatus::Pass,
+        ),
+        (
+            "PRIVATE-TOKEN is accepted and ignored",
+            &["--status", "fail", "--private-token", "glpat-whatever"],
+            ControlStatus::Fail,
+        ),
+        (
+            "extra query string is not signed",
+            &["--status", "pass", "--query", "ref=main"],
+            ControlStatus::Pass,
+        ),
+    ];
+    for (case, knobs, expected) in cases {
+        let answer = env.call(knobs).await;
+        assert_eq!(answer.code, 200, "{case}: {:?}", answer.body);
+        assert_eq!(
+            answer.body,
+            serde_json::json!({"status": expected.as_str()}),
+            "{case}"
+        );
+        assert_eq!(
+            env.stored_status().await,
+            Some(expected),
+            "{case}: stored in the API"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_row_of_the_protocol_table() {
+    let env = env().await;
+    let wrong_token = env
+        .cluster
+        .token_file("wrong", "not-the-token")
+        .display()
+        .to_string();
+    let now = jiff::Timestamp::now().as_second();
+    let expired = (now - 15).to_string();
+    let future = (now + 60).to_string();
+
+    let rows: Vec<(&str, Vec<&str>, u16, &str)> = vec![
+        (
+            "status missing",
+            vec!["--body", "none"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "status pending",
+            vec!["--status", "pending"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "status PASS",
+            vec!["--status", "PASS"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "timestamp header missing",
+            vec!["--omit-header", "timestamp"],
+            401,
+            "Missing required headers",
+        ),
+        (
+            "nonce header missing",
+            vec!["--omit-header", "nonce"],
+            401,
+            "Missing required headers",
+        ),
+        (
+            "signature header missing",
+            vec!["--omit-header", "signature"],
+            401,
+            "Missing required headers",
+        ),
+        (
+            "nonce header blank",
+            vec!["--blank-header", "nonce"],
+            401,
+            "Missing required headers",
+        ),
+        (
+            "nonce of 31 characters",
+            vec!["--nonce", "0123456789abcdef0123456789abcde"],
+            401,
+            "Invalid nonce",
+        ),
+        (
+            "nonce of 33 characters",
+            vec!["--nonce", "0123456789abcdef0123456789abcdef0"],
+            401,
+            "Invalid nonce",
+        ),
+        (
+            "wrong token",
+            vec!["--token-file", &wrong_token],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "signed another status",
+            vec!["--status", "pass", "--sign-status", "fail"],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "signed another project",
+            vec!["--sign-project", "43"],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "timestamp 0",
+            vec!["--timestamp", "0"],
+            401,
+            "Invalid timestamp",
+        ),
+        (
+            "timestamp in the future",
+            vec!["--timestamp", &future],
+            401,
+            "Invalid timestamp",
+        ),
+        (
+            "timestamp not a number",
+            vec!["--timestamp", "yesterday"],
+            401,
+            "Invalid timestamp",
+        ),
+        (
+            "timestamp 15 s old",
+            vec!["--timestamp", &expired],
+            401,
+            "Request has expired",
+        ),
+    ];
+    for (case, knobs, code, error) in rows {
+        let answer = env.call(&knobs).await;
+        assert_answer(&answer, code, error, case);
+    }
+    assert_eq!(
+        env.stored_status().await,
+        Some(extctl::crd::ControlStatus::Pending),
+        "nothing was stored"
+    );
+
+    // The checker takes the last of a repeated flag, so these override project 42 / control 7.
+    let lookups: Vec<(&str, Vec<&str>, u16, &str)> = vec![
+        (
+            "unknown control id",
+            vec!["--control", "999"],
+            404,
+            "Control not found",
+        ),
+        (
+            "control id not a number",
+            vec!["--control", "seven"],
+            404,
+            "Control not found",
+        ),
+        (
+            "project does not match the control",
+            vec!["--project", "43"],
+            404,
+            "Project not found",
+        ),
+    ];
+    for (case, knobs, code, error) in lookups {
+        assert_answer(&env.call(&knobs).await, code, error, case);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_run_in_the_documented_order() {
+    let env = env().await;
+    let wrong = env
+        .cluster
+        .token_file("wrong", "nope")
+        .display()
+        .to_string();
+    let expired = (jiff::Timestamp::now().as_second() - 60).to_string();
+    let rows: Vec<(&str, Vec<&str>, u16, &str)> = vec![
+        (
+            "bad status before headers",
+            vec!["--status", "x", "--omit-header", "nonce"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "headers before timestamp",
+            vec!["--omit-header", "nonce", "--timestamp", "0"],
+            401,
+            "Missing required headers",
+        ),
+        (
+            "timestamp before signature",
+            vec!["--timestamp", &expired, "--token-file", &wrong],
+            401,
+            "Request has expired",
+        ),
+        (
+            "signature before nonce",
+            vec!["--token-file", &wrong, "--nonce", "short"],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "control lookup before headers",
+            vec!["--control", "999", "--omit-header", "nonce"],
+            404,
+            "Control not found",
+        ),
+        (
+            "nonce before project",
+            vec!["--project", "43", "--nonce", "short"],
+            401,
+            "Invalid nonce",
+        ),
+    ];
+    for (case, knobs, code, error) in rows {
+        assert_answer(&env.call(&knobs).await, code, error, case);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it() {
+    let env = env().await;
+    let nonce = "00000000000000000000000000000001";
+    let wrong = env
+        .cluster
+        .token_file("wrong", "nope")
+        .display()
+        .to_string();
+
+    // Unlike GitLab, an unverified call does not burn the nonce.
+    let forged = env.call(&["--nonce", nonce, "--token-file", &wrong]).await;
+    assert_answer(&forged, 401, "Invalid signature", "forged call");
+    let genuine = env.call(&["--nonce", nonce, "--status", "pass"]).await;
+    assert_eq!(genuine.code, 200, "{:?}", genuine.body);
+
+    let replay = env.call(&["--nonce", nonce, "--status", "fail"]).await;
+    assert_answer(&replay, 401, "Invalid nonce", "replayed nonce");
+    assert_eq!(env.stored_status().await, Some(ControlStatus::Pass));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none() {
+    let env = env().await;
+    for status in ["pass", "pass", "fail", "fail"] {
+        assert_eq!(env.call(&["--status", status]).await.code, 200);
+    }
+    let expected = [
+        "Changed compliance control status from 'pending' to 'pass'",
+        "Changed compliance control status from 'pass' to 'fail'",
+    ];
+    let notes = wait_for(Duration::from_secs(10), || async {
+        let notes = env.cluster.event_notes("sast").await;
+        (notes.len() >= expected.len()).then_some(notes)
+    })
+    .await
+    .expect("Events are published");
+    // Give a stray extra Event the chance to show up before asserting there is none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.cluster.event_notes("sast").await, expected);
+    assert_eq!(notes, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_bounded_and_unknown_routes_answer_in_json() {
+    let env = env().await;
+    let big = format!("{{\"status\":\"pass\",\"pad\":\"{}\"}}", "x".repeat(5000));
+    let answer = env
+        .call(&["--raw-body", &big, "--content-type", "application/json"])
+        .await;
+    assert_eq!(answer.code, 413, "{:?}", answer.body);
+    assert!(
+        answer.error().starts_with("Request body too large"),
+        "{:?}",
+        answer.body
+    );
+
+    let client = reqwest::Client::new();
+    let get = client
+        .get(format!(
+            "{}/api/v4/projects/42/compliance_external_controls/7/status",
+            env.operator.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status().as_u16(), 405);
+    assert_eq!(
+        get.json::<serde_json::Value>().await.unwrap()["error"],
+        "405 Method Not Allowed"
+    );
+    let missing = client
+        .get(format!("{}/api/v4/nothing", env.operator.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap()["error"],
+        "404 Not Found"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_api_server_refuses_is_reported_not_stored() {
+    let env = env().await;
+    env.cluster
+        .api
+        .faults()
+        .fail_next(1, Some(axum::http::Method::PATCH), "/status", 422);
+    let answer = env.call(&["--status", "pass"]).await;
+    assert_eq!(answer.code, 400, "{:?}", answer.body);
+    assert!(
+        answer
+            .error()
+            .starts_with("Failed to update compliance control status. Error: "),
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(env.stored_status().await, Some(ControlStatus::Pending));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_cleanly_on_sigterm() {
+    let env = env().await;
+    let status = env.operator.stop().await;
+    assert!(status.success(), "exit status {status:?}");
+}

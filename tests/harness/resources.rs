@@ -1,0 +1,198 @@
+//! The resource types the stand-in API server serves: a few built-in kinds an operator
+//! touches, plus every version of the CustomResourceDefinitions it is given.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::cel::CelRules;
+
+/// One served `group/version/plural`, with what the server needs to know to handle it.
+#[derive(Debug, Clone)]
+pub struct ResourceType {
+    /// API group; empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub kind: String,
+    pub namespaced: bool,
+    /// Whether `/status` is a subresource (and so `.status` is ignored on the main resource).
+    pub status_subresource: bool,
+    /// Defined by a CRD: gets `metadata.generation`, schema handling, no strategic merge patch.
+    pub custom: bool,
+    /// The version's `openAPIV3Schema`, for pruning, defaulting and validation.
+    pub schema: Option<Value>,
+    /// The schema's compiled CEL rules, if it has any.
+    pub cel: Option<Arc<CelRules>>,
+}
+
+impl ResourceType {
+    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            kind: kind.into(),
+            namespaced,
+            status_subresource: false,
+            custom: false,
+            schema: None,
+            cel: None,
+        }
+    }
+
+    /// `v1` for the core group, `group/version` otherwise.
+    pub fn api_version(&self) -> String {
+        match self.group.as_str() {
+            "" => self.version.clone(),
+            group => format!("{group}/{}", self.version),
+        }
+    }
+
+    /// `plural.group` (just `plural` for the core group), as in the server's messages. All the
+    /// versions of a resource share it, so it also keys the storage.
+    pub fn qualified(&self) -> String {
+        match self.group.as_str() {
+            "" => self.plural.clone(),
+            group => format!("{}.{group}", self.plural),
+        }
+    }
+}
+
+/// All served resource types.
+pub struct Registry {
+    types: Vec<Arc<ResourceType>>,
+}
+
+impl Registry {
+    /// The built-in kinds plus the served versions of `crds`.
+    ///
+    /// Panics on a CRD it cannot read: that is a broken test fixture, not a runtime condition.
+    pub fn new(crds: &[Value]) -> Self {
+        let mut types = builtin_types();
+        for crd in crds {
+            types.extend(crd_resource_types(crd));
+        }
+        Self {
+            types: types.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+    }
+
+    pub fn find_by_api_version(
+        &self,
+        api_version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceType>> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        self.find(group, version, plural)
+    }
+
+    /// Whether any resource is served at `group/version`.
+    pub fn find_group_version(&self, group: &str, version: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.group == group && t.version == version)
+    }
+
+    pub fn types(&self) -> &[Arc<ResourceType>] {
+        &self.types
+    }
+}
+
+fn builtin_types() -> Vec<ResourceType> {
+    let namespaces = ResourceType {
+        status_subresource: true,
+        ..ResourceType::builtin("", "v1", "namespaces", "Namespace", false)
+    };
+    let crds = ResourceType {
+        status_subresource: true,
+        ..ResourceType::builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+        )
+    };
+    vec![
+        namespaces,
+        ResourceType::builtin("", "v1", "secrets", "Secret", true),
+        ResourceType::builtin("", "v1", "events", "Event", true),
+        ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
+        ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
+        crds,
+    ]
+}
+
+/// The resource types of every served version of one CRD.
+fn crd_resource_types(crd: &Value) -> Vec<ResourceType> {
+    let spec = &crd["spec"];
+    let text = |v: &Value, what: &str| -> String {
+        v.as_str()
+            .unwrap_or_else(|| panic!("CRD {} lacks {what}", crd["metadata"]["name"]))
+            .to_string()
+    };
+    let group = text(&spec["group"], "spec.group");
+    let plural = text(&spec["names"]["plural"], "spec.names.plural");
+    let kind = text(&spec["names"]["kind"], "spec.names.kind");
+    let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let versions = spec["versions"].as_array().cloned().unwrap_or_default();
+    versions
+        .iter()
+        .filter(|v| v["served"].as_bool().unwrap_or(true))
+        .map(|v| {
+            let version = text(&v["name"], "a version name");
+            let schema = v["schema"].get("openAPIV3Schema").cloned();
+            let api_version = format!("{group}/{version}");
+            let cel = schema
+                .as_ref()
+                .and_then(|s| CelRules::compile(s, &group, &api_version, &kind))
+                .map(Arc::new);
+            ResourceType {
+                group: group.clone(),
+                version,
+                plural: plural.clone(),
+                kind: kind.clone(),
+                namespaced,
+                status_subresource: v["subresources"].get("status").is_some(),
+                custom: true,
+                schema,
+                cel,
+            }
+        })
+        .collect()
+}
+
+/// Every CustomResourceDefinition in the YAML files (multi-document allowed) of `dir`, sorted by
+/// file name; none when the directory does not exist.
+pub fn load_crd_dir(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    paths.iter().flat_map(|p| read_crds(p)).collect()
+}
+
+fn read_crds(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            Value::deserialize(doc).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+        })
+        .filter(|doc| doc["kind"] == "CustomResourceDefinition")
+        .collect()
+}

@@ -1,0 +1,304 @@
+//! Shared pieces of the integration tests: the Kubernetes API harness, the real `extctl run`
+//! process, the independent Python checker, and fixtures.
+
+// Each test crate includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use extctl::crd::ExternalControl;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[path = "../harness/mod.rs"]
+pub mod harness;
+
+pub use harness::ApiServer;
+
+pub const NAMESPACE: &str = "default";
+pub const TOKEN: &str = "s3cr3t-t0ken";
+
+/// A harness, a kubeconfig pointing at it, and a scratch directory.
+pub struct Cluster {
+    pub api: ApiServer,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let api = ApiServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.write_kubeconfig(dir.path());
+        let client = api.client();
+        Self {
+            api,
+            client,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    pub fn controls(&self) -> Api<ExternalControl> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    /// Writes `token` to a file for the checker (tokens never go on a command line).
+    pub fn token_file(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, token).unwrap();
+        path
+    }
+
+    pub async fn create_secret(&self, name: &str, pairs: &[(&str, &str)]) {
+        let secret = secret(name, pairs);
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    pub async fn replace_secret(&self, name: &str, pairs: &[(&str, &str)]) {
+        let mut secret = secret(name, pairs);
+        let current = self.secrets().get(name).await.unwrap();
+        secret.metadata.resource_version = current.metadata.resource_version;
+        self.secrets()
+            .replace(name, &PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    pub async fn create_control(&self, name: &str, project: i64, control: i64, secret: &str) {
+        self.create_control_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1",
+            "kind": "ExternalControl",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"projectId": project, "controlId": control, "secretRef": {"name": secret}}
+        }))
+        .await;
+    }
+
+    pub async fn create_control_from(&self, manifest: Value) {
+        let control: ExternalControl = serde_json::from_value(manifest).unwrap();
+        self.controls()
+            .create(&PostParams::default(), &control)
+            .await
+            .unwrap();
+    }
+
+    pub async fn control(&self, name: &str) -> ExternalControl {
+        self.controls().get(name).await.unwrap()
+    }
+
+    /// Waits until the control's `Ready` condition has `reason` (the operator has seen it).
+    pub async fn wait_ready_reason(&self, name: &str, reason: &str) -> ExternalControl {
+        let found = wait_for(Duration::from_secs(20), || async {
+            let control = self.control(name).await;
+            (ready_reason(&control).as_deref() == Some(reason)).then_some(control)
+        })
+        .await;
+        match found {
+            Some(control) => control,
+            None => panic!(
+                "{name} never became {reason}: {:?}",
+                self.control(name).await.status
+            ),
+        }
+    }
+
+    /// The notes of the status-change Events about `name`, oldest first.
+    pub async fn event_notes(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let mut events = events.list(&ListParams::default()).await.unwrap().items;
+        events.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
+        events.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        events.into_iter().filter_map(|e| e.note).collect()
+    }
+}
+
+pub fn ready_reason(control: &ExternalControl) -> Option<String> {
+    let status = control.status.as_ref()?;
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some(ready.reason.clone())
+}
+
+fn secret(name: &str, pairs: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` every 50 ms until it yields a value or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real `extctl run` binary, talking to the harness.
+pub struct Operator {
+    child: Child,
+    pub url: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Operator {
+    pub async fn start(cluster: &Cluster, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("extctl binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(collect_logs(
+            child.stderr.take().unwrap(),
+            logs.clone(),
+            address_tx,
+        ));
+        let address = tokio::time::timeout(Duration::from_secs(20), address_rx)
+            .await
+            .expect("extctl logs its address")
+            .expect("extctl logs its address");
+        let operator = Self {
+            child,
+            url: format!("http://{address}"),
+            logs,
+        };
+        operator.wait_ready().await;
+        operator
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.url);
+        let ready = wait_for(Duration::from_secs(20), || async {
+            let response = client.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "extctl never became ready; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        // Stop it the way Kubernetes stops a pod.
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("extctl stops within 15 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+async fn collect_logs(
+    stderr: tokio::process::ChildStderr,
+    logs: Arc<Mutex<Vec<String>>>,
+    address: tokio::sync::oneshot::Sender<String>,
+) {
+    let mut address = Some(address);
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let found = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="));
+        if let (Some(found), Some(sender)) = (found, address.take_if(|_| found.is_some())) {
+            let _ = sender.send(found.to_owned());
+        }
+        logs.lock().unwrap().push(line);
+    }
+}
+
+/// What the Python checker got back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub code: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_default()
+    }
+}
+
+/// Runs the independent Python checker against `url`; `args` are its flags
+/// (`--project`, `--control`, `--status`, `--token-file`, knobs).
+pub async fn checker(url: &str, args: &[&str]) -> Answer {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gitlab_checker.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["--url", url])
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "checker failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: Value = serde_json::from_slice(&output.stdout).expect("checker prints JSON");
+    Answer {
+        code: line["code"].as_u64().unwrap() as u16,
+        body: line["body"].clone(),
+    }
+}
