@@ -18,13 +18,18 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(&[]).await
+}
+
+async fn env_with(operator_args: &[&str]) -> Env {
     let cluster = Cluster::start().await;
     cluster
         .create_secret("sast-token", &[("token", TOKEN)])
         .await;
     cluster.create_control("sast", 42, 7, "sast-token").await;
-    let operator = Operator::start(&cluster, &[]).await;
+    let operator = Operator::start(&cluster, operator_args).await;
     cluster.wait_ready_reason("sast", "Ready").await;
+
     let token = cluster.token_file("token", TOKEN).display().to_string();
     Env {
         cluster,
@@ -424,4 +429,26 @@ async fn stops_cleanly_on_sigterm() {
     let env = env().await;
     let status = env.operator.stop().await;
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = env_with(&["--request-timeout", "1s"]).await;
+    let address = env.operator.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = "PATCH /api/v4/projects/42/compliance_external_controls/7/status HTTP/1.1\r\n\
+                Host: extctl\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sta";
+    stream.write_all(head.as_bytes()).await.unwrap();
+
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server answered within its timeout");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"Request body not received in time"}"#),
+        "{answer}"
+    );
 }

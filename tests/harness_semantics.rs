@@ -992,10 +992,22 @@ async fn watch_with_label_selector_follows_membership() {
     )
     .await
     .unwrap();
+    // Another namespace is out of this watch's scope, whatever the labels.
+    let mut elsewhere = widget("omega", json!({"size": 1})).within("other");
+    elsewhere.metadata.labels = labels(&[("team", "blue")]);
+    let other: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "other", &widget_resource());
+    other
+        .create(&PostParams::default(), &elsewhere)
+        .await
+        .unwrap();
     api.delete("beta", &DeleteParams::default()).await.unwrap();
+    let mut last = widget("zeta", json!({"size": 1}));
+    last.metadata.labels = labels(&[("team", "blue")]);
+    api.create(&PostParams::default(), &last).await.unwrap();
 
     let mut seen = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let (event_type, obj) = next_change(&mut stream).await;
         seen.push((event_type, name_of(&obj).to_string()));
     }
@@ -1004,8 +1016,70 @@ async fn watch_with_label_selector_follows_membership() {
         ("ADDED", "beta"),
         ("DELETED", "alpha"),
         ("DELETED", "beta"),
+        ("ADDED", "zeta"),
     ];
     assert_eq!(seen, expected.map(|(t, n)| (t, n.to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_watch_does_not_block_writers() {
+    let (_server, client) = start().await;
+    let api = widgets(&client);
+    // Opened but not read while the writes happen.
+    let mut stream = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+
+    let started = Instant::now();
+    for i in 0..200 {
+        create_widget(&api, &format!("w{i:03}"), 1).await;
+    }
+    assert!(
+        started.elapsed() < EVENT_TIMEOUT,
+        "writes took {:?}",
+        started.elapsed()
+    );
+
+    let mut last_rv = 0;
+    for i in 0..200 {
+        let (event_type, obj) = next_change(&mut stream).await;
+        assert_eq!(
+            (event_type, name_of(&obj)),
+            ("ADDED", format!("w{i:03}").as_str())
+        );
+        assert!(rv(&obj) > last_rv);
+        last_rv = rv(&obj);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_deletes_the_selected_objects() {
+    let (_server, client) = start().await;
+    let api = widgets(&client);
+    for (name, team) in [("alpha", "blue"), ("beta", "blue"), ("gamma", "red")] {
+        let mut body = widget(name, json!({"size": 1}));
+        body.metadata.labels = labels(&[("team", team)]);
+        api.create(&PostParams::default(), &body).await.unwrap();
+    }
+
+    let deleted = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("team=blue"),
+        )
+        .await
+        .unwrap()
+        .left()
+        .expect("the deleted objects");
+    let names: Vec<&str> = deleted.items.iter().map(name_of).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let left = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        left.items.iter().map(name_of).collect::<Vec<_>>(),
+        ["gamma"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1232,6 +1306,22 @@ async fn deleting_an_owner_collects_its_dependents() {
         secrets.get("beta-token").await.is_ok(),
         "orphaned dependents stay"
     );
+
+    // An owner held by a finalizer keeps its dependents until the finalizer goes.
+    let mut held = widget("gamma", json!({"size": 1}));
+    held.metadata.finalizers = Some(vec!["test.example/cleanup".into()]);
+    let gamma = api.create(&PostParams::default(), &held).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &owned_secret(&gamma, "gamma-token"))
+        .await
+        .unwrap();
+    api.delete("gamma", &DeleteParams::default()).await.unwrap();
+    assert!(secrets.get("gamma-token").await.is_ok());
+    let release = json!({"metadata": {"finalizers": null}});
+    api.patch("gamma", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    assert_eq!(api_error(secrets.get("gamma-token").await).code, 404);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1426,6 +1516,18 @@ async fn namespaces_are_cluster_scoped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_kubernetes_status_objects() {
     let (server, client) = start().await;
+    let wrong_kind = DynamicObject::new("g", &gadget_resource()).within(NS);
+    let status = api_error(
+        widgets(&client)
+            .create(&PostParams::default(), &wrong_kind)
+            .await,
+    );
+    assert_eq!(status.code, 400);
+    assert_eq!(
+        status.message,
+        "the kind in the data (Gadget) does not match the expected kind (Widget)"
+    );
+
     let status = api_error(widgets(&client).get("missing").await);
     assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
     assert_eq!(
@@ -1580,6 +1682,28 @@ async fn crds_directory_is_served() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_server_closes_its_connections() {
+    let (server, client) = start().await;
+    let api = widgets(&client);
+    api.list(&ListParams::default()).await.unwrap(); // a kept-alive connection now exists
+    let mut open_watch = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+
+    drop(server);
+
+    assert!(next_item(&mut open_watch).await.is_none(), "watch ended");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = within(api.list(&ListParams::default())).await;
+    assert!(
+        matches!(after, Err(ref e) if !matches!(e, kube::Error::Api(_))),
+        "expected a connection error, got {after:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
