@@ -1779,6 +1779,11 @@ async fn fail_next_fails_only_matching_requests() {
         (status.code, status.reason.as_str()),
         (429, "TooManyRequests")
     );
+
+    // clear() disarms what is still pending.
+    server.faults().fail_next(5, None, "/widgets", 500);
+    server.faults().clear();
+    assert!(api.list(&ListParams::default()).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
