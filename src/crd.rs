@@ -58,12 +58,14 @@ pub struct ExternalControlSpec {
     /// The Secret, in the control's namespace, that holds the signing token.
     pub secret_ref: SecretKeyRef,
 
-    /// URL that extctl notifies (signed POST) after each reset to `pending`.
+    /// URL to notify (signed POST) after each reset to `pending` (not yet implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024), regex(pattern = r"^https?://"))]
     pub external_url: Option<String>,
 
-    /// How long a notified checker has to answer before a still-`pending` status becomes `fail`.
+    /// How long a notified checker has to answer before a still-`pending` status becomes
+    /// `fail` (not yet implemented).
+
     #[serde(default = "default_pending_timeout")]
     pub pending_timeout: DurationString,
 
@@ -146,6 +148,11 @@ pub struct ExternalControlStatus {
     /// When the next reset to `pending` is due (absent while ping is disabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_ping_time: Option<Time>,
+
+    /// The `pingInterval` that `nextPingTime` was computed with, so that an interval change
+    /// reschedules from the same starting point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<DurationString>,
 
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

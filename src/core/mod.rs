@@ -6,5 +6,7 @@ pub mod freshness;
 pub mod protocol;
 pub mod readiness;
 pub mod report;
+pub mod schedule;
+
 pub mod signature;
 pub mod tokens;

@@ -1,25 +1,31 @@
 //! The reconciler: keeps each control's status initialised (`pending`), its `Ready` condition
-//! true to the cluster (Secret present, key present, id unique) and `observedGeneration` current.
+//! true to the cluster (Secret present, key present, id unique), `observedGeneration` current,
+//! and resets pinged controls to `pending` when due, waking each control at its own
+//! `nextPingTime` (no polling loop, no periodic list).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use super::events::{Cause, StatusEvents};
 use super::registry::is_conflict;
 use super::watch::{Stores, controls_with_id, qualified_name};
 use crate::core::readiness::{READY, Readiness};
-use crate::crd::{ControlStatus, ExternalControl};
+use crate::core::report::current_status;
+use crate::core::schedule::{self, PingFacts, PingPlan};
+use crate::crd::{ControlStatus, DurationString, ExternalControl, ExternalControlStatus};
 
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
+    pub events: StatusEvents,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,47 +42,30 @@ pub async fn reconcile(
     control: Arc<ExternalControl>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let now = Timestamp::now();
+    let current = control.status.clone().unwrap_or_default();
+    let plan = ping_plan(&control, &current, now);
     let readiness = evaluate(&control, &context.stores);
-    let status = control.status.clone().unwrap_or_default();
-    let condition = readiness.condition(
-        control.metadata.generation,
-        &status.conditions,
-        Timestamp::now(),
-    );
-    let up_to_date = status.status.is_some()
-        && status.observed_generation == control.metadata.generation
-        && status.conditions.contains(&condition);
-    if up_to_date {
-        return Ok(Action::await_change());
-    }
-    let patch = json!({
-        // Conditioned on the version read, so a checker's report stored meanwhile is never
-        // overwritten by the initial `pending`.
-        "metadata": { "resourceVersion": control.resource_version() },
-        "status": {
-            "status": status.status.unwrap_or(INITIAL_STATUS),
-            "observedGeneration": control.metadata.generation,
-            "conditions": replace_ready(&status.conditions, condition),
+    let desired = desired_status(&control, &current, &readiness, plan, now);
+    if desired != current {
+        write_status(&context.client, &control, &desired).await?;
+        let (from, to) = (
+            current_status(Some(&current)),
+            current_status(Some(&desired)),
+        );
+        if from != to {
+            context
+                .events
+                .status_changed(&control, Cause::PingReset, from, to);
         }
-    });
-    let api: Api<ExternalControl> = Api::namespaced(
-        context.client.clone(),
-        &control.namespace().unwrap_or_default(),
-    );
-    api.patch_status(
-        &control.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|source| ReconcileError::Write {
-        control: qualified_name(control.as_ref()),
-        source,
-    })?;
-    if !readiness.is_ready() {
-        tracing::info!(control = %qualified_name(control.as_ref()), reason = readiness.reason(), "control not ready");
+        if !readiness.is_ready() {
+            tracing::info!(control = %qualified_name(control.as_ref()), reason = readiness.reason(), "control not ready");
+        }
     }
-    Ok(Action::await_change())
+    Ok(match plan.next() {
+        Some(next) => Action::requeue(until(now, next)),
+        None => Action::await_change(),
+    })
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.
@@ -88,6 +77,100 @@ pub fn error_policy(_: Arc<ExternalControl>, error: &ReconcileError, _: Arc<Cont
         tracing::warn!(%error, "reconcile failed");
         Action::requeue(Duration::from_secs(5))
     }
+}
+
+fn ping_plan(
+    control: &ExternalControl,
+    status: &ExternalControlStatus,
+    now: Timestamp,
+) -> PingPlan {
+    // The schema guarantees a valid interval; should one slip past it, ping stays off.
+    let Ok(interval) = control.spec.ping_interval.parse() else {
+        return PingPlan::Off;
+    };
+    let facts = PingFacts {
+        enabled: control.spec.ping_enabled,
+        interval,
+        created: control
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0),
+        seen_before: status.observed_generation.is_some(),
+        status: current_status(Some(status)),
+        last_update: status.last_update_time.as_ref().map(|t| t.0),
+        next_ping: status.next_ping_time.as_ref().map(|t| t.0),
+        scheduled_interval: status.ping_interval.as_ref().and_then(|i| i.parse().ok()),
+    };
+    schedule::plan(&facts, now)
+}
+
+/// The status the reconciler wants, from the current one; equal to it when nothing is to do.
+fn desired_status(
+    control: &ExternalControl,
+    current: &ExternalControlStatus,
+    readiness: &Readiness,
+    plan: PingPlan,
+    now: Timestamp,
+) -> ExternalControlStatus {
+    let generation = control.metadata.generation;
+    let mut desired = current.clone();
+    desired.status = Some(current.status.unwrap_or(INITIAL_STATUS));
+    desired.observed_generation = generation;
+    desired.conditions = replace_ready(
+        &current.conditions,
+        readiness.condition(generation, &current.conditions, now),
+    );
+    desired.next_ping_time = plan.next().map(Time);
+    desired.ping_interval = control
+        .spec
+        .ping_enabled
+        .then(|| control.spec.ping_interval.clone());
+    if let PingPlan::Reset { .. } = plan {
+        desired.status = Some(ControlStatus::Pending);
+        desired.last_update_time = Some(Time(now));
+        desired.last_ping_time = Some(Time(now));
+    }
+    desired
+}
+
+/// Writes the reconciler's fields, conditioned on the version read: a checker's report stored
+/// meanwhile is never overwritten, and of several replicas exactly one carries out a reset.
+async fn write_status(
+    client: &Client,
+    control: &ExternalControl,
+    desired: &ExternalControlStatus,
+) -> Result<(), ReconcileError> {
+    let patch = json!({
+        "metadata": { "resourceVersion": control.resource_version() },
+        "status": {
+            "status": desired.status,
+            "lastUpdateTime": desired.last_update_time,
+            "lastPingTime": desired.last_ping_time,
+            // `null` removes the field in a merge patch: ping disabled has no next reset.
+            "nextPingTime": desired.next_ping_time,
+            "pingInterval": desired.ping_interval.as_ref().map(|DurationString(text)| text),
+            "observedGeneration": desired.observed_generation,
+            "conditions": desired.conditions,
+        }
+    });
+    let namespace = control.namespace().unwrap_or_default();
+    let api: Api<ExternalControl> = Api::namespaced(client.clone(), &namespace);
+    api.patch_status(
+        &control.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| ReconcileError::Write {
+        control: qualified_name(control),
+        source,
+    })
+}
+
+fn until(now: Timestamp, next: Timestamp) -> Duration {
+    Duration::try_from(next.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
 fn evaluate(control: &ExternalControl, stores: &Stores) -> Readiness {

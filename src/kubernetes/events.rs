@@ -12,12 +12,15 @@ use crate::crd::{ControlStatus, ExternalControl};
 pub enum Cause {
     /// A checker's signed call.
     Reported,
+    /// The scheduled reset of a pinged control.
+    PingReset,
 }
 
 impl Cause {
     fn reason(self) -> &'static str {
         match self {
             Self::Reported => "StatusReported",
+            Self::PingReset => "PingReset",
         }
     }
 }

@@ -55,7 +55,11 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     }
 
     let events = StatusEvents::new(client.clone(), settings.instance.clone());
-    let registry = Arc::new(KubeRegistry::new(client.clone(), stores.clone(), events));
+    let registry = Arc::new(KubeRegistry::new(
+        client.clone(),
+        stores.clone(),
+        events.clone(),
+    ));
     let router = endpoint::router(registry, settings.endpoint);
     let server = endpoint::serve(
         listener,
@@ -68,7 +72,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let context = Arc::new(Context {
         client,
         stores: stores.clone(),
+        events,
     });
+
     let reconciler = Controller::for_shared_stream(watches.control_events, stores.controls)
         .reconcile_on(triggered)
         .graceful_shutdown_on(shutdown_signal())

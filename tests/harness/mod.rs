@@ -71,9 +71,9 @@ impl ApiServer {
     /// Starts a server serving the built-in kinds and the given CustomResourceDefinitions
     /// (which are also stored, as `apiextensions.k8s.io/v1` objects, and reported Established).
     pub async fn start_with_crds(crds: Vec<Value>) -> Self {
-        // kube and reqwest build a rustls configuration even for plain HTTP, and with more
-        // than one rustls provider compiled in none is picked automatically, so pick one for
-        // every client a test makes. An Err only means a provider is installed already.
+        // kube builds a rustls configuration even for plain HTTP, and rustls picks no provider
+        // by itself once a dependency compiles in a second one; pick ring (the crate's own)
+        // for every client a test makes. An Err only means a provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

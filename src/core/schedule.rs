@@ -1,0 +1,250 @@
+//! Ping schedule arithmetic: when a pinged control is next reset to `pending`.
+//!
+//! Derived only from persisted state (spec, status, creation time), never from in-memory timers,
+//! so a restart or another replica taking over neither skips nor repeats a reset. Each control
+//! runs on its own schedule, which spreads resets over time by construction.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::crd::ControlStatus;
+
+/// The persisted facts a schedule is derived from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingFacts {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub created: Timestamp,
+    /// Whether the control has been reconciled before (its status has an observedGeneration).
+    pub seen_before: bool,
+    pub status: ControlStatus,
+    pub last_update: Option<Timestamp>,
+    pub next_ping: Option<Timestamp>,
+    /// The interval `next_ping` was computed with.
+    pub scheduled_interval: Option<Duration>,
+}
+
+/// What the reconciler should do about ping now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingPlan {
+    /// Ping is disabled: no next reset.
+    Off,
+    /// Not due yet: keep `next` and wake up then.
+    Wait { next: Timestamp },
+    /// Due: reset to `pending`; the next reset is counted from the due time, not from now.
+    Reset { due: Timestamp, next: Timestamp },
+    /// Due, but a checker's `pass`/`fail` arrived after the due time: it stands.
+    KeepReport { due: Timestamp, next: Timestamp },
+}
+
+impl PingPlan {
+    /// The next reset after this plan is carried out.
+    pub fn next(&self) -> Option<Timestamp> {
+        match *self {
+            Self::Off => None,
+            Self::Wait { next } | Self::Reset { next, .. } | Self::KeepReport { next, .. } => {
+                Some(next)
+            }
+        }
+    }
+}
+
+pub fn plan(facts: &PingFacts, now: Timestamp) -> PingPlan {
+    let Some(next) = scheduled(facts, now) else {
+        return PingPlan::Off;
+    };
+    if now < next {
+        return PingPlan::Wait { next };
+    }
+    let due = next;
+    let next = first_after(due, facts.interval, now);
+    let reported_after_due = facts.status != ControlStatus::Pending
+        && facts.last_update.is_some_and(|reported| reported >= due);
+    if reported_after_due {
+        PingPlan::KeepReport { due, next }
+    } else {
+        PingPlan::Reset { due, next }
+    }
+}
+
+/// The due time of the next reset, before checking it against `now`.
+fn scheduled(facts: &PingFacts, now: Timestamp) -> Option<Timestamp> {
+    if !facts.enabled {
+        return None;
+    }
+    let Some(next) = facts.next_ping else {
+        // A new control counts from its creation; a re-enabled one from now.
+        let from = if facts.seen_before {
+            now
+        } else {
+            facts.created
+        };
+        return Some(add(from, facts.interval));
+    };
+    match facts.scheduled_interval {
+        // The interval changed: same anchor, new interval.
+        Some(old) if old != facts.interval => Some(add(subtract(next, old), facts.interval)),
+        _ => Some(next),
+    }
+}
+
+/// The first `due + k * interval` (k ≥ 1) after `now`: after downtime, one reset, not a burst.
+fn first_after(due: Timestamp, interval: Duration, now: Timestamp) -> Timestamp {
+    let step = interval.as_nanos().max(1);
+    let behind = u128::try_from(now.as_nanosecond() - due.as_nanosecond()).unwrap_or(0);
+    let steps = behind / step + 1;
+    let nanos = i128::try_from(steps.saturating_mul(step)).unwrap_or(i128::MAX);
+    Timestamp::from_nanosecond(due.as_nanosecond().saturating_add(nanos)).unwrap_or(Timestamp::MAX)
+}
+
+fn add(at: Timestamp, interval: Duration) -> Timestamp {
+    SignedDuration::try_from(interval)
+        .ok()
+        .and_then(|d| at.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn subtract(at: Timestamp, interval: Duration) -> Timestamp {
+    SignedDuration::try_from(interval)
+        .ok()
+        .and_then(|d| at.checked_sub(d).ok())
+        .unwrap_or(Timestamp::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn facts() -> PingFacts {
+        PingFacts {
+            enabled: true,
+            interval: HOUR,
+            created: t(0),
+            seen_before: true,
+            status: ControlStatus::Pass,
+            last_update: Some(t(100)),
+            next_ping: Some(t(3600)),
+            scheduled_interval: Some(HOUR),
+        }
+    }
+
+    #[test]
+    fn waits_until_the_persisted_due_time() {
+        assert_eq!(plan(&facts(), t(3599)), PingPlan::Wait { next: t(3600) });
+    }
+
+    #[test]
+    fn resets_when_due_and_counts_the_next_from_the_due_time() {
+        let expected = PingPlan::Reset {
+            due: t(3600),
+            next: t(7200),
+        };
+        assert_eq!(plan(&facts(), t(3600)), expected);
+        // Late by a second: the schedule does not drift by the lateness.
+        let late = PingPlan::Reset {
+            due: t(3600),
+            next: t(7200),
+        };
+        assert_eq!(plan(&facts(), t(3601)), late);
+    }
+
+    #[test]
+    fn after_downtime_one_reset_then_back_on_the_grid() {
+        let plan = plan(&facts(), t(3600 * 5 + 10));
+        assert_eq!(
+            plan,
+            PingPlan::Reset {
+                due: t(3600),
+                next: t(3600 * 6)
+            }
+        );
+    }
+
+    #[test]
+    fn a_report_after_the_due_time_stands() {
+        let reported_late = PingFacts {
+            last_update: Some(t(3600)),
+            ..facts()
+        };
+        let expected = PingPlan::KeepReport {
+            due: t(3600),
+            next: t(7200),
+        };
+        assert_eq!(plan(&reported_late, t(3601)), expected);
+        let failed_late = PingFacts {
+            status: ControlStatus::Fail,
+            last_update: Some(t(3700)),
+            ..facts()
+        };
+        assert!(matches!(
+            plan(&failed_late, t(3701)),
+            PingPlan::KeepReport { .. }
+        ));
+        // A pending status is reset (re-notified) even if it was written after the due time.
+        let pending = PingFacts {
+            status: ControlStatus::Pending,
+            last_update: Some(t(3700)),
+            ..facts()
+        };
+        assert!(matches!(plan(&pending, t(3701)), PingPlan::Reset { .. }));
+    }
+
+    #[test]
+    fn a_new_control_counts_from_its_creation() {
+        let new = PingFacts {
+            seen_before: false,
+            next_ping: None,
+            scheduled_interval: None,
+            ..facts()
+        };
+        assert_eq!(plan(&new, t(10)), PingPlan::Wait { next: t(3600) });
+    }
+
+    #[test]
+    fn disabled_ping_never_resets_and_re_enabling_counts_from_then() {
+        let off = PingFacts {
+            enabled: false,
+            ..facts()
+        };
+        assert_eq!(plan(&off, t(99_999)), PingPlan::Off);
+        assert_eq!(PingPlan::Off.next(), None);
+        let re_enabled = PingFacts {
+            next_ping: None,
+            ..facts()
+        };
+        assert_eq!(
+            plan(&re_enabled, t(50_000)),
+            PingPlan::Wait { next: t(53_600) }
+        );
+    }
+
+    #[test]
+    fn an_interval_change_reschedules_from_the_same_anchor() {
+        let shorter = PingFacts {
+            interval: Duration::from_secs(60),
+            last_update: Some(t(30)),
+            ..facts()
+        };
+
+        // Anchor t(0) (= 3600 - 1h); with 60 s the reset was due at t(60): due now.
+        assert_eq!(
+            plan(&shorter, t(200)),
+            PingPlan::Reset {
+                due: t(60),
+                next: t(240)
+            }
+        );
+        let longer = PingFacts {
+            interval: 2 * HOUR,
+            ..facts()
+        };
+        assert_eq!(plan(&longer, t(200)), PingPlan::Wait { next: t(7200) });
+    }
+}

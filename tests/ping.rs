@@ -1,0 +1,260 @@
+//! Scheduled resets to `pending`, through the real `extctl run` binary against the harness,
+//! with intervals of seconds.
+
+mod support;
+
+use std::time::Duration;
+
+use extctl::crd::{ControlStatus, ExternalControl};
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::{Cluster, Operator, TOKEN, checker, wait_for};
+
+async fn cluster_with(ping: serde_json::Value) -> (Cluster, String) {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    let mut spec = json!({"projectId": 42, "controlId": 7, "secretRef": {"name": "sast-token"}});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(ping.as_object().unwrap().clone());
+    cluster
+        .create_control_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+            "metadata": {"name": "sast", "namespace": "default"}, "spec": spec
+        }))
+        .await;
+    let token = cluster.token_file("token", TOKEN).display().to_string();
+    (cluster, token)
+}
+
+async fn report(operator: &Operator, token: &str, status: &str) {
+    let args = [
+        "--project",
+        "42",
+        "--control",
+        "7",
+        "--token-file",
+        token,
+        "--status",
+        status,
+    ];
+    let answer = checker(&operator.url, &args).await;
+    assert_eq!(answer.code, 200, "{:?}", answer.body);
+}
+
+fn status_of(control: &ExternalControl) -> Option<ControlStatus> {
+    control.status.as_ref().and_then(|s| s.status)
+}
+
+fn time(field: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Timestamp {
+    field.expect("time set").0
+}
+
+/// Waits until the control's status is `want`.
+async fn wait_status(cluster: &Cluster, want: ControlStatus, within: Duration) -> ExternalControl {
+    let found = wait_for(within, || async {
+        let control = cluster.control("sast").await;
+        (status_of(&control) == Some(want)).then_some(control)
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("status never became {want}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "pass").await;
+
+    let before = cluster.control("sast").await.status.unwrap();
+    let due = time(before.next_ping_time.as_ref());
+    let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(5)).await;
+    let status = reset.status.unwrap();
+    let late = time(status.last_ping_time.as_ref()).duration_since(due);
+    assert!(
+        late.as_secs_f64() >= 0.0 && late.as_secs_f64() < 1.0,
+        "reset {late:?} after due"
+    );
+    // The next reset counts from the due time, not from when the reset happened.
+    assert_eq!(
+        time(status.next_ping_time.as_ref())
+            .duration_since(due)
+            .as_secs(),
+        2
+    );
+
+    let note = "Changed compliance control status from 'pass' to 'pending'";
+    let seen = wait_for(Duration::from_secs(5), || async {
+        cluster
+            .event_notes("sast")
+            .await
+            .iter()
+            .any(|n| n == note)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "the reset is an Event: {:?}",
+        cluster.event_notes("sast").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_schedule() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "4s"})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "pass").await;
+    let due = time(
+        cluster
+            .control("sast")
+            .await
+            .status
+            .unwrap()
+            .next_ping_time
+            .as_ref(),
+    );
+    assert!(operator.stop().await.success());
+
+    let operator = Operator::start(&cluster, &[]).await;
+    assert_eq!(
+        status_of(&cluster.control("sast").await),
+        Some(ControlStatus::Pass),
+        "no early reset"
+    );
+    let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(8)).await;
+    let status = reset.status.unwrap();
+    let late = time(status.last_ping_time.as_ref()).duration_since(due);
+    assert!(
+        late.as_secs_f64() >= 0.0 && late.as_secs_f64() < 1.0,
+        "reset {late:?} after due"
+    );
+    drop(operator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_stored_after_the_due_time_is_not_overwritten() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "fail").await;
+    let due = time(
+        cluster
+            .control("sast")
+            .await
+            .status
+            .unwrap()
+            .next_ping_time
+            .as_ref(),
+    );
+    assert!(operator.stop().await.success());
+
+    // While no reconciler runs, the due time passes and a checker's `pass` is stored (as another
+    // replica's endpoint would store it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reported_at = Timestamp::now();
+    let patch = json!({"status": {"status": "pass", "lastUpdateTime": reported_at.to_string()}});
+    cluster
+        .controls()
+        .patch_status("sast", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    let _operator = Operator::start(&cluster, &[]).await;
+    let rescheduled = wait_for(Duration::from_secs(5), || async {
+        let status = cluster.control("sast").await.status?;
+        (time(status.next_ping_time.as_ref()) > due).then_some(status)
+    })
+    .await
+    .expect("rescheduled");
+    assert_eq!(
+        rescheduled.status,
+        Some(ControlStatus::Pass),
+        "the later report stands"
+    );
+    // Scheduled from the missed due time, on the same grid.
+    let offset = time(rescheduled.next_ping_time.as_ref())
+        .duration_since(due)
+        .as_secs();
+    assert_eq!(offset % 2, 0, "next reset on the 2 s grid from {due}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "1s", "pingEnabled": false})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "pass").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let control = cluster.control("sast").await;
+    assert_eq!(status_of(&control), Some(ControlStatus::Pass));
+    assert!(control.status.unwrap().next_ping_time.is_none());
+
+    let enabled_at = Timestamp::now();
+    let patch = json!({"spec": {"pingEnabled": true, "pingInterval": "3s"}});
+    cluster
+        .controls()
+        .patch("sast", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let scheduled = wait_for(Duration::from_secs(5), || async {
+        cluster.control("sast").await.status?.next_ping_time
+    })
+    .await
+    .expect("scheduled once enabled");
+    // Kubernetes times are whole seconds, so "3 s from then" is stored up to 1 s earlier.
+    let ahead = scheduled.0.duration_since(enabled_at).as_secs_f64();
+    assert!(
+        (2.0..4.0).contains(&ahead),
+        "next reset {ahead} s after enabling"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_change_reschedules_at_once() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "1h"})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "pass").await;
+
+    let patch = json!({"spec": {"pingInterval": "2s"}});
+    cluster
+        .controls()
+        .patch("sast", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let control = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(6)).await;
+    assert_eq!(control.status.unwrap().ping_interval.unwrap().0, "2s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_reset_once_per_due_time() {
+    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
+    let first = Operator::start(&cluster, &[]).await;
+    let _second = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&first, &token, "pass").await;
+
+    // Watch lastPingTime for three intervals: each due time yields exactly one reset.
+    let mut resets: Vec<Timestamp> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while tokio::time::Instant::now() < deadline {
+        let status = cluster.control("sast").await.status.unwrap();
+        if let Some(at) = status.last_ping_time.map(|t| t.0) {
+            if resets.last() != Some(&at) {
+                resets.push(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(resets.len() >= 3, "resets seen: {resets:?}");
+    for pair in resets.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).as_secs_f64();
+        assert!(gap > 1.5, "two resets {gap} s apart: {resets:?}");
+    }
+}
