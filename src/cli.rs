@@ -76,6 +76,10 @@ pub struct RunArgs {
     #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_max_age)]
     pub request_timeout: Duration,
 
+    /// Time a ping to a control's externalUrl may take, connection included.
+    #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = parse_max_age)]
+    pub ping_timeout: Duration,
+
     /// This replica's name in Events (the Helm chart sets it to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
@@ -98,6 +102,7 @@ impl RunArgs {
                 request_timeout: self.request_timeout,
             },
             instance: self.instance.clone(),
+            ping_timeout: self.ping_timeout,
         }
     }
 }

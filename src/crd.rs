@@ -58,13 +58,13 @@ pub struct ExternalControlSpec {
     /// The Secret, in the control's namespace, that holds the signing token.
     pub secret_ref: SecretKeyRef,
 
-    /// URL to notify (signed POST) after each reset to `pending` (not yet implemented).
+    /// URL that extctl notifies (signed POST) after each reset to `pending`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024), regex(pattern = r"^https?://"))]
     pub external_url: Option<String>,
 
-    /// How long a notified checker has to answer before a still-`pending` status becomes
-    /// `fail` (not yet implemented).
+    /// After a notification the checker accepted (2xx), how long a still-`pending` status
+    /// waits before it becomes `fail`.
 
     #[serde(default = "default_pending_timeout")]
     pub pending_timeout: DurationString,
@@ -149,6 +149,10 @@ pub struct ExternalControlStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_ping_time: Option<Time>,
 
+    /// The outcome of the last outbound notification to `externalUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping: Option<PingOutcome>,
+
     /// The `pingInterval` that `nextPingTime` was computed with, so that an interval change
     /// reschedules from the same starting point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +173,30 @@ pub struct ExternalControlStatus {
     pub recent_nonces: Vec<RecentNonce>,
 }
 
+/// What happened when extctl notified `externalUrl` after a reset.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PingOutcome {
+    /// When the reset that was notified happened.
+    pub time: Time,
+    /// The HTTP status the checker answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Why no answer was received (network failure, timeout, no signing token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PingOutcome {
+    /// GitLab's rule: only a 2xx answer starts the pending timeout.
+    pub fn accepted(&self) -> bool {
+        self.http_status
+            .is_some_and(|code| (200..300).contains(&code))
+    }
+}
+
 /// A nonce seen in an accepted call, and when it may be forgotten.
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecentNonce {

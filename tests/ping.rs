@@ -245,10 +245,9 @@ async fn two_replicas_reset_once_per_due_time() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
     while tokio::time::Instant::now() < deadline {
         let status = cluster.control("sast").await.status.unwrap();
-        if let Some(at) = status.last_ping_time.map(|t| t.0) {
-            if resets.last() != Some(&at) {
-                resets.push(at);
-            }
+        let at = status.last_ping_time.map(|t| t.0);
+        if let Some(at) = at.filter(|at| resets.last() != Some(at)) {
+            resets.push(at);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -257,4 +256,220 @@ async fn two_replicas_reset_once_per_due_time() {
         let gap = pair[1].duration_since(pair[0]).as_secs_f64();
         assert!(gap > 1.5, "two resets {gap} s apart: {resets:?}");
     }
+}
+
+/// The independent Python ping receiver, answering every ping with `code`.
+struct Receiver {
+    _process: tokio::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Receiver {
+    async fn start(dir: &std::path::Path, code: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ping_receiver.py");
+        let log = dir.join(format!("pings-{code}.jsonl"));
+        let token = dir.join("receiver-token");
+        std::fs::write(&token, TOKEN).unwrap();
+        let mut process = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--code", &code.to_string()])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--log")
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let stdout = process.stdout.take().unwrap();
+        let port = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            _process: process,
+            url: format!("http://127.0.0.1:{port}/hooks/extctl"),
+            log,
+        }
+    }
+
+    fn pings(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_ping_then_silence_times_out_to_fail() {
+    let scratch = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(scratch.path(), 200).await;
+    let ping = json!({"pingInterval": "4s", "pendingTimeout": "1s", "externalUrl": receiver.url});
+    let (cluster, token) = cluster_with(ping).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, "pass").await;
+
+    let failed = wait_status(&cluster, ControlStatus::Fail, Duration::from_secs(8)).await;
+    let status = failed.status.unwrap();
+    assert_eq!(
+        status.last_ping.as_ref().and_then(|p| p.http_status),
+        Some(200)
+    );
+
+    let pings = receiver.pings();
+    assert_eq!(pings.len(), 1, "{pings:?}");
+    let ping = &pings[0];
+    assert_eq!(ping["valid"], true, "signature verified independently");
+    assert_eq!(ping["content_type"], "application/json");
+    assert_eq!(ping["body"]["project"]["id"], 42);
+    assert_eq!(ping["body"]["control"]["id"], 7);
+    assert_eq!(ping["body"]["control"]["status"], "pending");
+    assert_eq!(ping["body"]["control"]["resource"], "sast");
+
+    let notes = wait_for(Duration::from_secs(5), || async {
+        let notes = cluster.event_notes("sast").await;
+        notes
+            .iter()
+            .any(|n| n.ends_with("from 'pending' to 'fail'"))
+            .then_some(notes)
+    })
+    .await;
+    assert!(
+        notes.is_some(),
+        "the timeout is an Event: {:?}",
+        cluster.event_notes("sast").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
+    let cluster = Cluster::start().await;
+    let receiver = Receiver::start(cluster.dir.path(), 500).await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = format!("http://{closed_port}/hook");
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    for (name, control, url) in [
+        ("five-hundred", 7, &receiver.url),
+        ("unreachable", 8, &unreachable),
+    ] {
+        cluster
+            .create_control_from(json!({
+                "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"projectId": 42, "controlId": control, "secretRef": {"name": "sast-token"},
+                         "pingInterval": "2s", "pendingTimeout": "1s", "externalUrl": url}
+            }))
+            .await;
+    }
+    let _operator = Operator::start(&cluster, &[]).await;
+
+    for name in ["five-hundred", "unreachable"] {
+        let outcome = wait_for(Duration::from_secs(6), || async {
+            cluster.control(name).await.status?.last_ping
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: no ping outcome recorded"));
+        assert!(!outcome.accepted(), "{name}: {outcome:?}");
+        // Past the pending timeout, the status is still pending.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let status = cluster.control(name).await.status.unwrap();
+        assert_eq!(status.status, Some(ControlStatus::Pending), "{name}");
+    }
+    let five_hundred = cluster
+        .control("five-hundred")
+        .await
+        .status
+        .unwrap()
+        .last_ping
+        .unwrap();
+    assert_eq!(five_hundred.http_status, Some(500));
+    let unreachable = cluster
+        .control("unreachable")
+        .await
+        .status
+        .unwrap()
+        .last_ping
+        .unwrap();
+    assert!(unreachable.error.is_some_and(|e| !e.is_empty()));
+    assert!(receiver.pings().iter().all(|p| p["valid"] == true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_one_ping_per_reset() {
+    let cluster = Cluster::start().await;
+    let receiver = Receiver::start(cluster.dir.path(), 200).await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster
+        .create_control_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+            "metadata": {"name": "sast", "namespace": "default"},
+            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "sast-token"},
+                     "pingInterval": "2s", "pendingTimeout": "1h", "externalUrl": receiver.url}
+        }))
+        .await;
+    let _first = Operator::start(&cluster, &[]).await;
+    let _second = Operator::start(&cluster, &[]).await;
+
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let status = cluster.control("sast").await.status.unwrap();
+    let last_reset = time(status.last_ping_time.as_ref());
+    let created = time(
+        cluster
+            .control("sast")
+            .await
+            .metadata
+            .creation_timestamp
+            .as_ref(),
+    );
+    let resets = last_reset.duration_since(created).as_secs() / 2;
+    let pings = receiver.pings();
+    assert!(resets >= 2, "at least two resets in 7 s, got {resets}");
+    assert_eq!(pings.len() as i64, resets, "one ping per reset: {pings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
+    let cluster = Cluster::start().await;
+    let receiver = Receiver::start(cluster.dir.path(), 200).await;
+    cluster
+        .create_control_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+            "metadata": {"name": "sast", "namespace": "default"},
+            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "missing"},
+                     "pingInterval": "2s", "externalUrl": receiver.url}
+        }))
+        .await;
+    let _operator = Operator::start(&cluster, &[]).await;
+
+    let outcome = wait_for(Duration::from_secs(6), || async {
+        cluster.control("sast").await.status?.last_ping
+    })
+    .await
+    .expect("the reset happened and its (skipped) notification was recorded");
+    assert!(outcome.error.unwrap().contains("\"missing\" not found"));
+    let control = cluster.control("sast").await;
+    assert!(
+        control.status.as_ref().unwrap().last_ping_time.is_some(),
+        "reset anyway"
+    );
+    assert_eq!(
+        support::ready_reason(&control).as_deref(),
+        Some("SecretNotFound")
+    );
+    assert!(receiver.pings().is_empty(), "nothing was sent unsigned");
 }

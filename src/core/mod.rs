@@ -3,6 +3,8 @@
 
 pub mod duration;
 pub mod freshness;
+pub mod ping;
+
 pub mod protocol;
 pub mod readiness;
 pub mod report;

@@ -15,17 +15,23 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::events::{Cause, StatusEvents};
+use super::notify::Notifier;
 use super::registry::is_conflict;
 use super::watch::{Stores, controls_with_id, qualified_name};
+use crate::core::ping::{self, PingSubject};
 use crate::core::readiness::{READY, Readiness};
 use crate::core::report::current_status;
 use crate::core::schedule::{self, PingFacts, PingPlan};
-use crate::crd::{ControlStatus, DurationString, ExternalControl, ExternalControlStatus};
+use crate::core::signature;
+use crate::crd::{
+    ControlStatus, DurationString, ExternalControl, ExternalControlStatus, PingOutcome,
+};
 
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
     pub events: StatusEvents,
+    pub notifier: Notifier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,26 +51,103 @@ pub async fn reconcile(
     let now = Timestamp::now();
     let current = control.status.clone().unwrap_or_default();
     let plan = ping_plan(&control, &current, now);
+    let deadline = control
+        .spec
+        .pending_timeout
+        .parse()
+        .ok()
+        .and_then(|timeout| ping::timeout_deadline(&current, timeout));
+    let change = match plan {
+        PingPlan::Reset { .. } => Some(Cause::PingReset),
+        _ if deadline.is_some_and(|deadline| deadline <= now) => Some(Cause::PendingTimeout),
+        _ => None,
+    };
     let readiness = evaluate(&control, &context.stores);
-    let desired = desired_status(&control, &current, &readiness, plan, now);
+    let desired = desired_status(&control, &current, &readiness, plan, change, now);
     if desired != current {
         write_status(&context.client, &control, &desired).await?;
         let (from, to) = (
             current_status(Some(&current)),
             current_status(Some(&desired)),
         );
-        if from != to {
-            context
-                .events
-                .status_changed(&control, Cause::PingReset, from, to);
+        if let Some(cause) = change.filter(|_| from != to) {
+            context.events.status_changed(&control, cause, from, to);
         }
         if !readiness.is_ready() {
             tracing::info!(control = %qualified_name(control.as_ref()), reason = readiness.reason(), "control not ready");
         }
+        if change == Some(Cause::PingReset) {
+            // Only the replica whose reset write won gets here: one ping per reset.
+            notify(&control, &context, now).await?;
+        }
     }
-    Ok(match plan.next() {
+    let wake = [plan.next(), deadline.filter(|d| *d > now)];
+    Ok(match wake.into_iter().flatten().min() {
         Some(next) => Action::requeue(until(now, next)),
         None => Action::await_change(),
+    })
+}
+
+/// Notifies the checker after a reset, when the control has an `externalUrl`, and records the
+/// outcome in `status.lastPing`. Failures leave the status `pending` and raise a Warning.
+async fn notify(
+    control: &ExternalControl,
+    context: &Context,
+    reset_at: Timestamp,
+) -> Result<(), ReconcileError> {
+    let Some(url) = control.spec.external_url.as_deref() else {
+        return Ok(());
+    };
+    let outcome = match context.stores.tokens(control) {
+        Err(why) => {
+            let note = format!("Not notifying {url}: {why}");
+            context.events.warning(control, "PingSkipped", note);
+            PingOutcome {
+                time: Time(reset_at),
+                http_status: None,
+                error: Some(why),
+            }
+        }
+        Ok(tokens) => {
+            let namespace = control.namespace().unwrap_or_default();
+            let name = control.name_any();
+            let subject = PingSubject {
+                project_id: control.spec.project_id,
+                control_id: control.spec.control_id,
+                namespace: &namespace,
+                name: &name,
+                display_name: control.spec.display_name.as_deref(),
+            };
+            let body = ping::payload(&subject, reset_at);
+            let signature = signature::sign(tokens.current(), &body);
+            let answer = context.notifier.ping(url, body, signature).await;
+            let outcome = PingOutcome {
+                time: Time(reset_at),
+                http_status: answer.as_ref().ok().copied(),
+                error: answer.as_ref().err().cloned(),
+            };
+            if !outcome.accepted() {
+                let why = answer.map_or_else(|error| error, |code| format!("HTTP {code}"));
+                let note = format!("Notifying {url} failed: {why}; the status stays pending");
+                context.events.warning(control, "PingFailed", note);
+            }
+            outcome
+        }
+    };
+    // Written without a precondition: only the replica that carried out this reset writes it.
+    let patch = json!({ "status": { "lastPing": outcome } });
+    let namespace = control.namespace().unwrap_or_default();
+    let api: Api<ExternalControl> = Api::namespaced(context.client.clone(), &namespace);
+    api.patch_status(
+        &control.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| ReconcileError::Write {
+        control: qualified_name(control),
+        source,
     })
 }
 
@@ -111,6 +194,7 @@ fn desired_status(
     current: &ExternalControlStatus,
     readiness: &Readiness,
     plan: PingPlan,
+    change: Option<Cause>,
     now: Timestamp,
 ) -> ExternalControlStatus {
     let generation = control.metadata.generation;
@@ -126,10 +210,19 @@ fn desired_status(
         .spec
         .ping_enabled
         .then(|| control.spec.ping_interval.clone());
-    if let PingPlan::Reset { .. } = plan {
-        desired.status = Some(ControlStatus::Pending);
-        desired.last_update_time = Some(Time(now));
-        desired.last_ping_time = Some(Time(now));
+    match change {
+        Some(Cause::PingReset) => {
+            desired.status = Some(ControlStatus::Pending);
+            desired.last_update_time = Some(Time(now));
+            desired.last_ping_time = Some(Time(now));
+            // The previous round's outcome must not time out this one.
+            desired.last_ping = None;
+        }
+        Some(Cause::PendingTimeout) => {
+            desired.status = Some(ControlStatus::Fail);
+            desired.last_update_time = Some(Time(now));
+        }
+        Some(Cause::Reported) | None => {}
     }
     desired
 }
@@ -147,6 +240,7 @@ async fn write_status(
             "status": desired.status,
             "lastUpdateTime": desired.last_update_time,
             "lastPingTime": desired.last_ping_time,
+            "lastPing": desired.last_ping,
             // `null` removes the field in a merge patch: ping disabled has no next reset.
             "nextPingTime": desired.next_ping_time,
             "pingInterval": desired.ping_interval.as_ref().map(|DurationString(text)| text),

@@ -14,6 +14,8 @@ pub enum Cause {
     Reported,
     /// The scheduled reset of a pinged control.
     PingReset,
+    /// A notified checker did not answer within `pendingTimeout`.
+    PendingTimeout,
 }
 
 impl Cause {
@@ -21,6 +23,7 @@ impl Cause {
         match self {
             Self::Reported => "StatusReported",
             Self::PingReset => "PingReset",
+            Self::PendingTimeout => "PendingTimeout",
         }
     }
 }
@@ -59,11 +62,27 @@ impl StatusEvents {
             action: format!("{}To{}", pascal(from), pascal(to)),
             secondary: None,
         };
+        self.publish(control, event);
+    }
+
+    /// A Warning about `control` (a failed or skipped ping); `reason` is PascalCase.
+    pub fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Ping".into(),
+            secondary: None,
+        };
+        self.publish(control, event);
+    }
+
+    fn publish(&self, control: &ExternalControl, event: Event) {
         let reference = control.object_ref(&());
         let recorder = self.recorder.clone();
         tokio::spawn(async move {
             if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::warn!(%error, "could not publish the status-change Event");
+                tracing::warn!(%error, reason = event.reason, "could not publish an Event");
             }
         });
     }

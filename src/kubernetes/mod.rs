@@ -3,6 +3,8 @@
 
 pub mod controller;
 pub mod events;
+pub mod notify;
+
 pub mod registry;
 pub mod watch;
 
@@ -18,6 +20,7 @@ use kube::runtime::Controller;
 use crate::endpoint::{self, EndpointConfig};
 use controller::{Context, error_policy, reconcile};
 use events::StatusEvents;
+use notify::Notifier;
 use registry::KubeRegistry;
 use watch::Scope;
 
@@ -29,6 +32,8 @@ pub struct RunSettings {
     pub endpoint: EndpointConfig,
     /// This replica's name in Events (the pod name in a cluster).
     pub instance: Option<String>,
+    /// Time an outbound ping may take, connection included.
+    pub ping_timeout: Duration,
 }
 
 /// Time a client has to send its request headers.
@@ -73,6 +78,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         client,
         stores: stores.clone(),
         events,
+        notifier: Notifier::new(settings.ping_timeout)?,
     });
 
     let reconciler = Controller::for_shared_stream(watches.control_events, stores.controls)

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -62,15 +61,8 @@ impl ControlRegistry for KubeRegistry {
     }
 
     fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {
-        let namespace = control.namespace().unwrap_or_default();
-        let secret_ref = ObjectRef::new(&control.spec.secret_ref.name).within(&namespace);
-        let secret = self
-            .stores
-            .secrets
-            .get(&secret_ref)
-            .ok_or(Rejection::TokenUnavailable)?;
-        let data = secret.data.clone().unwrap_or_default();
-        SigningTokens::from_secret_data(&data, &control.spec.secret_ref.key)
+        self.stores
+            .tokens(control)
             .map_err(|_| Rejection::TokenUnavailable)
     }
 

@@ -16,6 +16,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::core::readiness::READY;
+use crate::core::tokens::SigningTokens;
+
 use crate::crd::ExternalControl;
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
@@ -50,6 +52,19 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The control's signing tokens from its (watched) Secret, or why there are none.
+    pub fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+        let namespace = control.namespace().unwrap_or_default();
+        let name = &control.spec.secret_ref.name;
+        let secret = self
+            .secrets
+            .get(&ObjectRef::new(name).within(&namespace))
+            .ok_or_else(|| format!("Secret {name:?} not found"))?;
+        let data = secret.data.clone().unwrap_or_default();
+        SigningTokens::from_secret_data(&data, &control.spec.secret_ref.key)
+            .map_err(|problem| format!("Secret {name:?}: {problem}"))
+    }
+
     /// Whether both watches have delivered their first full list, so a lookup that finds
     /// nothing means there is nothing (not "not loaded yet").
     pub fn loaded(&self) -> bool {

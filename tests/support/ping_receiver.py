@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""A checker's ping endpoint, independent of extctl: verifies X-GitLab-Signature with Python's
+hmac over the raw body, logs each ping as a JSON line, and answers with a fixed HTTP status.
+
+Usage: ping_receiver.py --token-file F --code 200 --log FILE
+Prints the port it listens on (127.0.0.1), then serves until killed.
+"""
+
+import argparse
+import hashlib
+import hmac
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--code", type=int, default=200)
+    p.add_argument("--log", required=True)
+    args = p.parse_args()
+    with open(args.token_file, "rb") as f:
+        token = f.read()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            expected = hmac.new(token, body, hashlib.sha256).hexdigest()
+            received = self.headers.get("X-GitLab-Signature", "")
+            entry = {
+                "valid": hmac.compare_digest(expected, received),
+                "content_type": self.headers.get("Content-Type"),
+                "body": json.loads(body or b"null"),
+            }
+            with open(args.log, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+            self.send_response(args.code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
