@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -143,11 +143,13 @@ pub struct ExternalControlStatus {
 
     /// When the control was last reset to `pending` by ping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ping_time: Option<Time>,
+    pub last_ping_time: Option<MicroTime>,
 
-    /// When the next reset to `pending` is due (absent while ping is disabled).
+    /// When the next reset to `pending` is due (absent while ping is disabled). Microsecond
+    /// precision: the schedule is exactly what is stored, and whole-second rounding would bunch
+    /// controls created in the same second onto one instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_ping_time: Option<Time>,
+    pub next_ping_time: Option<MicroTime>,
 
     /// The outcome of the last outbound notification to `externalUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,8 +179,8 @@ pub struct ExternalControlStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PingOutcome {
-    /// When the reset that was notified happened.
-    pub time: Time,
+    /// When the reset that was notified happened (the same instant as `lastPingTime`).
+    pub time: MicroTime,
     /// The HTTP status the checker answered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,

@@ -63,7 +63,7 @@ mod tests {
     use super::*;
     use crate::core::signature;
     use crate::crd::PingOutcome;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     fn t(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + seconds).unwrap()
@@ -72,9 +72,9 @@ mod tests {
     fn pinged(code: Option<u16>, ping_at: i64, reset_at: i64) -> ExternalControlStatus {
         ExternalControlStatus {
             status: Some(ControlStatus::Pending),
-            last_ping_time: Some(Time(t(reset_at))),
+            last_ping_time: Some(MicroTime(t(reset_at))),
             last_ping: Some(PingOutcome {
-                time: Time(t(ping_at)),
+                time: MicroTime(t(ping_at)),
                 http_status: code,
                 error: code.is_none().then(|| "connection refused".into()),
             }),

@@ -101,6 +101,7 @@ pub fn change_message(from: ControlStatus, to: ControlStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -171,7 +172,7 @@ mod tests {
     fn apply_to_keeps_fields_the_endpoint_does_not_own() {
         let mut status = ExternalControlStatus {
             observed_generation: Some(3),
-            next_ping_time: Some(Time(at(100))),
+            next_ping_time: Some(MicroTime(at(100))),
             ..Default::default()
         };
         apply(None, &report(ControlStatus::Fail, NONCE, 0))
@@ -179,7 +180,7 @@ mod tests {
             .apply_to(&mut status);
         assert_eq!(status.status, Some(ControlStatus::Fail));
         assert_eq!(status.observed_generation, Some(3));
-        assert_eq!(status.next_ping_time, Some(Time(at(100))));
+        assert_eq!(status.next_ping_time, Some(MicroTime(at(100))));
     }
 
     #[test]

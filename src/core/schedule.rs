@@ -51,14 +51,14 @@ impl PingPlan {
 }
 
 pub fn plan(facts: &PingFacts, now: Timestamp) -> PingPlan {
-    let Some(next) = scheduled(facts, now) else {
+    let Some(next) = scheduled(facts, now).map(whole_microsecond) else {
         return PingPlan::Off;
     };
     if now < next {
         return PingPlan::Wait { next };
     }
     let due = next;
-    let next = first_after(due, facts.interval, now);
+    let next = whole_microsecond(first_after(due, facts.interval, now));
     let reported_after_due = facts.status != ControlStatus::Pending
         && facts.last_update.is_some_and(|reported| reported >= due);
     if reported_after_due {
@@ -96,6 +96,14 @@ fn first_after(due: Timestamp, interval: Duration, now: Timestamp) -> Timestamp 
     let steps = behind / step + 1;
     let nanos = i128::try_from(steps.saturating_mul(step)).unwrap_or(i128::MAX);
     Timestamp::from_nanosecond(due.as_nanosecond().saturating_add(nanos)).unwrap_or(Timestamp::MAX)
+}
+
+/// `nextPingTime` is stored with microseconds; scheduling on whole microseconds (rounding up, so
+/// a reset is never early) keeps the in-memory wake-up identical to the persisted value.
+fn whole_microsecond(at: Timestamp) -> Timestamp {
+    let nanos = at.as_nanosecond();
+    let rounded = nanos.div_euclid(1000) * 1000 + if nanos.rem_euclid(1000) > 0 { 1000 } else { 0 };
+    Timestamp::from_nanosecond(rounded).unwrap_or(at)
 }
 
 fn add(at: Timestamp, interval: Duration) -> Timestamp {
@@ -194,6 +202,24 @@ mod tests {
             ..facts()
         };
         assert!(matches!(plan(&pending, t(3701)), PingPlan::Reset { .. }));
+    }
+
+    #[test]
+    fn schedules_on_whole_microseconds_as_they_are_stored() {
+        let created = t(0)
+            .checked_add(SignedDuration::from_nanos(300_000_001))
+            .unwrap();
+        let new = PingFacts {
+            created,
+            seen_before: false,
+            next_ping: None,
+            scheduled_interval: None,
+            ..facts()
+        };
+        let next = t(3600)
+            .checked_add(SignedDuration::from_micros(300_001))
+            .unwrap();
+        assert_eq!(plan(&new, t(10)), PingPlan::Wait { next });
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -103,7 +103,7 @@ async fn notify(
             let note = format!("Not notifying {url}: {why}");
             context.events.warning(control, "PingSkipped", note);
             PingOutcome {
-                time: Time(reset_at),
+                time: MicroTime(reset_at),
                 http_status: None,
                 error: Some(why),
             }
@@ -122,7 +122,7 @@ async fn notify(
             let signature = signature::sign(tokens.current(), &body);
             let answer = context.notifier.ping(url, body, signature).await;
             let outcome = PingOutcome {
-                time: Time(reset_at),
+                time: MicroTime(reset_at),
                 http_status: answer.as_ref().ok().copied(),
                 error: answer.as_ref().err().cloned(),
             };
@@ -205,7 +205,7 @@ fn desired_status(
         &current.conditions,
         readiness.condition(generation, &current.conditions, now),
     );
-    desired.next_ping_time = plan.next().map(Time);
+    desired.next_ping_time = plan.next().map(MicroTime);
     desired.ping_interval = control
         .spec
         .ping_enabled
@@ -214,7 +214,7 @@ fn desired_status(
         Some(Cause::PingReset) => {
             desired.status = Some(ControlStatus::Pending);
             desired.last_update_time = Some(Time(now));
-            desired.last_ping_time = Some(Time(now));
+            desired.last_ping_time = Some(MicroTime(now));
             // The previous round's outcome must not time out this one.
             desired.last_ping = None;
         }
