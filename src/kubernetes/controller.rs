@@ -136,19 +136,7 @@ async fn notify(
     };
     // Written without a precondition: only the replica that carried out this reset writes it.
     let patch = json!({ "status": { "lastPing": outcome } });
-    let namespace = control.namespace().unwrap_or_default();
-    let api: Api<ExternalControl> = Api::namespaced(context.client.clone(), &namespace);
-    api.patch_status(
-        &control.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| ReconcileError::Write {
-        control: qualified_name(control),
-        source,
-    })
+    patch_status(&context.client, control, &patch).await
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.
@@ -248,12 +236,21 @@ async fn write_status(
             "conditions": desired.conditions,
         }
     });
+    patch_status(client, control, &patch).await
+}
+
+/// A merge patch of the control's status subresource.
+async fn patch_status(
+    client: &Client,
+    control: &ExternalControl,
+    patch: &serde_json::Value,
+) -> Result<(), ReconcileError> {
     let namespace = control.namespace().unwrap_or_default();
     let api: Api<ExternalControl> = Api::namespaced(client.clone(), &namespace);
     api.patch_status(
         &control.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::Merge(patch),
     )
     .await
     .map(|_| ())
