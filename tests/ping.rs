@@ -404,6 +404,24 @@ async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
         .unwrap();
     assert!(unreachable.error.is_some_and(|e| !e.is_empty()));
     assert!(receiver.pings().iter().all(|p| p["valid"] == true));
+    for (name, why) in [
+        ("five-hundred", "failed: HTTP 500"),
+        ("unreachable", "failed: "),
+    ] {
+        let warned = wait_for(Duration::from_secs(5), || async {
+            let notes = cluster.event_notes(name).await;
+            notes
+                .iter()
+                .any(|n| n.contains(why) && n.ends_with("the status stays pending"))
+                .then_some(())
+        })
+        .await;
+        assert!(
+            warned.is_some(),
+            "{name}: a Warning says why: {:?}",
+            cluster.event_notes(name).await
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,4 +488,17 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
         Some("SecretNotFound")
     );
     assert!(receiver.pings().is_empty(), "nothing was sent unsigned");
+    let warned = wait_for(Duration::from_secs(5), || async {
+        let notes = cluster.event_notes("sast").await;
+        notes
+            .iter()
+            .any(|n| n.starts_with("Not notifying") && n.contains("not found"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        warned.is_some(),
+        "a Warning says why: {:?}",
+        cluster.event_notes("sast").await
+    );
 }
