@@ -41,6 +41,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print the ExternalControl CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
+    /// Print the headers of a signed status call (and, with --explain, the signed string), to
+    /// check a checker's signing code. The token is read from a file, stdin or an environment
+    /// variable, never from the command line.
+    Sign(crate::sign::SignArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

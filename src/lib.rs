@@ -13,4 +13,6 @@ pub mod crd;
 pub mod endpoint;
 pub mod kubernetes;
 pub mod registry;
+pub mod sign;
+
 pub mod telemetry;

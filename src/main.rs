@@ -12,6 +12,17 @@ async fn main() -> ExitCode {
             print!("{}", crd::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Sign(args) => match extctl::sign::run(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl sign: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+
         Command::Run(args) => {
             telemetry::init(cli.log_format);
             // TLS to the API server uses rustls with ring, chosen here rather than by whichever

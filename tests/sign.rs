@@ -1,0 +1,229 @@
+//! `extctl sign` reproduces the protocol document's test vectors (computed independently with
+//! Python's hmac) and refuses bad input with precise errors.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn sign(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
+        .arg("sign")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn token_file(token: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "{token}").unwrap();
+    file
+}
+
+#[test]
+fn reproduces_the_first_test_vector_from_a_token_file() {
+    let token = token_file("foo");
+    let output = sign(
+        &[
+            "--token-file",
+            token.path().to_str().unwrap(),
+            "--project",
+            "1",
+            "--control",
+            "2",
+            "--status",
+            "pass",
+            "--timestamp",
+            "1700000000",
+            "--nonce",
+            "0123456789abcdef0123456789abcdef",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(
+        stdout(&output),
+        "X-Gitlab-Timestamp: 1700000000\n\
+         X-Gitlab-Nonce: 0123456789abcdef0123456789abcdef\n\
+         X-Gitlab-Hmac-Sha256: 25de0cc08468ff622368cd3e065faff71b6820ca3555fba5ef050fee2509092b\n"
+    );
+}
+
+#[test]
+fn reproduces_the_second_test_vector_from_the_environment_and_explains() {
+    let output = sign(
+        &[
+            "--token-env",
+            "CHECKER_TOKEN",
+            "--project",
+            "42",
+            "--control",
+            "7",
+            "--status",
+            "fail",
+            "--timestamp",
+            "1700000000",
+            "--nonce",
+            "fedcba9876543210fedcba9876543210",
+            "--explain",
+        ],
+        &[("CHECKER_TOKEN", "s3cr3t-t0ken")],
+        None,
+    );
+    let text = stdout(&output);
+    assert!(text.contains(
+        "# 1700000000fedcba9876543210fedcba9876543210/api/v4/projects/42/compliance_external_controls/7/statusstatus=fail\n"
+    ), "{text}");
+    assert!(text.ends_with(
+        "X-Gitlab-Hmac-Sha256: df2a5ddb4dfb05f4a77e28b89fef12ab824b522a07773b7b4d09e67e68fbd65f\n"
+    ), "{text}");
+    assert!(!text.contains("s3cr3t-t0ken"), "the token is never printed");
+}
+
+#[test]
+fn prints_a_curl_command_and_reads_the_token_from_stdin() {
+    let output = sign(
+        &[
+            "--token-stdin",
+            "--project",
+            "42",
+            "--control",
+            "7",
+            "--status",
+            "pass",
+            "--curl",
+            "http://extctl.extctl.svc/",
+        ],
+        &[],
+        Some("s3cr3t-t0ken\n"),
+    );
+    let text = stdout(&output);
+    assert!(text.starts_with(
+        "curl -X PATCH 'http://extctl.extctl.svc/api/v4/projects/42/compliance_external_controls/7/status' \\\n"
+    ), "{text}");
+    assert!(text.contains("-H 'X-Gitlab-Hmac-Sha256: "), "{text}");
+    assert!(text.ends_with("-d '{\"status\":\"pass\"}'\n"), "{text}");
+}
+
+#[test]
+fn defaults_to_now_and_a_fresh_random_nonce() {
+    let token = token_file("foo");
+    let args = [
+        "--token-file",
+        token.path().to_str().unwrap(),
+        "--project",
+        "1",
+        "--control",
+        "2",
+        "--status",
+        "pass",
+    ];
+    let nonce = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("X-Gitlab-Nonce: "))
+            .unwrap()
+            .to_owned()
+    };
+    let (first, second) = (
+        stdout(&sign(&args, &[], None)),
+        stdout(&sign(&args, &[], None)),
+    );
+    assert_eq!(nonce(&first).len(), 32);
+    assert_ne!(nonce(&first), nonce(&second), "a fresh nonce each time");
+    let timestamp: i64 = first
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Gitlab-Timestamp: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((jiff::Timestamp::now().as_second() - timestamp).abs() <= 2);
+}
+
+#[test]
+fn bad_input_gets_a_precise_error() {
+    let token = token_file("foo");
+    let path = token.path().to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--token-file",
+                path,
+                "--project",
+                "1",
+                "--control",
+                "2",
+                "--status",
+                "pending",
+            ],
+            "\"pending\" is not pass or fail",
+        ),
+        (
+            &[
+                "--token-file",
+                path,
+                "--project",
+                "1",
+                "--control",
+                "2",
+                "--status",
+                "pass",
+                "--nonce",
+                "short",
+            ],
+            "--nonce must be exactly 32 characters, got 5",
+        ),
+        (
+            &["--project", "1", "--control", "2", "--status", "pass"],
+            "--token-file",
+        ),
+        (
+            &[
+                "--token-file",
+                "/nonexistent/token",
+                "--project",
+                "1",
+                "--control",
+                "2",
+                "--status",
+                "pass",
+            ],
+            "cannot read --token-file /nonexistent/token",
+        ),
+        (
+            &[
+                "--token-env",
+                "EXTCTL_TEST_UNSET_VAR",
+                "--project",
+                "1",
+                "--control",
+                "2",
+                "--status",
+                "pass",
+            ],
+            "environment variable EXTCTL_TEST_UNSET_VAR is not set",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = sign(args, &[], None);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
