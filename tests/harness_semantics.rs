@@ -178,6 +178,21 @@ fn name_of(obj: &DynamicObject) -> &str {
     obj.metadata.name.as_deref().unwrap_or_default()
 }
 
+/// A raw watch (no kube-runtime watcher) from `version`.
+async fn open_watch(
+    api: &Api<DynamicObject>,
+    params: &WatchParams,
+    version: &str,
+) -> futures::stream::BoxStream<'static, kube::Result<WatchEvent<DynamicObject>>> {
+    api.watch(params, version).await.unwrap().boxed()
+}
+
+/// The names of the objects a list returns, in order.
+async fn listed(api: &Api<DynamicObject>, params: &ListParams) -> Vec<String> {
+    let list = api.list(params).await.unwrap();
+    list.items.iter().map(|o| name_of(o).to_owned()).collect()
+}
+
 /// `future`'s output, failing the test after [`EVENT_TIMEOUT`] instead of hanging.
 async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(EVENT_TIMEOUT, future)
@@ -255,9 +270,20 @@ where
     }
 }
 
-/// A plain HTTP client, for answers kube-rs would retry or refuse to send.
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
+/// A plain HTTP request to the harness, for answers kube-rs would retry or refuse to send:
+/// the status code and the body parsed as JSON. `body` is `(content type, text)`.
+async fn raw(
+    server: &ApiServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(&str, String)>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", server.url()));
+    if let Some((content_type, text)) = body {
+        request = request.header("content-type", content_type).body(text);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,22 +698,10 @@ async fn server_side_apply_creates_then_merges() {
     assert_eq!(merged.data["spec"]["color"], "blue");
 
     // The real server requires a field manager for apply (kube-rs refuses to send without).
-    let url = format!(
-        "{}/apis/test.example/v1/namespaces/default/widgets/applied",
-        server.url()
-    );
-    let response = http()
-        .patch(url)
-        .header("content-type", "application/apply-patch+yaml")
-        .body(again.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["reason"],
-        "BadRequest"
-    );
+    let path = "/apis/test.example/v1/namespaces/default/widgets/applied";
+    let apply_body = Some(("application/apply-patch+yaml", again.to_string()));
+    let (code, body) = raw(&server, reqwest::Method::PATCH, path, apply_body).await;
+    assert_eq!((code, &body["reason"]), (400, &json!("BadRequest")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,14 +892,8 @@ async fn list_filters_by_label_field_and_namespace() {
     assert_eq!(count("tier=odd,special").await, 1);
     assert_eq!(count("tier notin (odd),special").await, 0);
 
-    let by_name = api
-        .list(&ListParams::default().fields("metadata.name=w2"))
-        .await
-        .unwrap();
-    assert_eq!(
-        by_name.items.iter().map(name_of).collect::<Vec<_>>(),
-        ["w2"]
-    );
+    let by_name = ListParams::default().fields("metadata.name=w2");
+    assert_eq!(listed(&api, &by_name).await, ["w2"]);
     let status = api_error(api.list(&ListParams::default().fields("spec.size=1")).await);
     assert_eq!(status.code, 400);
 
@@ -899,14 +907,8 @@ async fn list_filters_by_label_field_and_namespace() {
             .len(),
         7
     );
-    let in_other = everywhere
-        .list(&ListParams::default().fields("metadata.namespace=other"))
-        .await
-        .unwrap();
-    assert_eq!(
-        in_other.items.iter().map(name_of).collect::<Vec<_>>(),
-        ["w9"]
-    );
+    let in_other = ListParams::default().fields("metadata.namespace=other");
+    assert_eq!(listed(&everywhere, &in_other).await, ["w9"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -923,11 +925,7 @@ async fn watch_reports_changes_in_order() {
         .metadata
         .resource_version
         .unwrap();
-    let mut stream = api
-        .watch(&WatchParams::default(), &start_rv)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default(), &start_rv).await;
 
     create_widget(&api, "alpha", 1).await;
     api.patch(
@@ -952,11 +950,7 @@ async fn watch_reports_changes_in_order() {
 
     // From "0" a watch starts with the current objects.
     create_widget(&api, "beta", 1).await;
-    let mut from_zero = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .unwrap()
-        .boxed();
+    let mut from_zero = open_watch(&api, &WatchParams::default(), "0").await;
     let (event_type, obj) = next_change(&mut from_zero).await;
     assert_eq!((event_type, name_of(&obj)), ("ADDED", "beta"));
 }
@@ -966,11 +960,7 @@ async fn watch_with_label_selector_follows_membership() {
     let (_server, client) = start().await;
     let api = widgets(&client);
     let pp = PatchParams::default();
-    let mut stream = api
-        .watch(&WatchParams::default().labels("team=blue"), "0")
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default().labels("team=blue"), "0").await;
 
     let mut alpha = widget("alpha", json!({"size": 1}));
     alpha.metadata.labels = labels(&[("team", "blue")]);
@@ -1026,11 +1016,7 @@ async fn stalled_watch_does_not_block_writers() {
     let (_server, client) = start().await;
     let api = widgets(&client);
     // Opened but not read while the writes happen.
-    let mut stream = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default(), "0").await;
 
     let started = Instant::now();
     for i in 0..200 {
@@ -1075,11 +1061,7 @@ async fn delete_collection_deletes_the_selected_objects() {
         .expect("the deleted objects");
     let names: Vec<&str> = deleted.items.iter().map(name_of).collect();
     assert_eq!(names, ["alpha", "beta"]);
-    let left = api.list(&ListParams::default()).await.unwrap();
-    assert_eq!(
-        left.items.iter().map(name_of).collect::<Vec<_>>(),
-        ["gamma"]
-    );
+    assert_eq!(listed(&api, &ListParams::default()).await, ["gamma"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1089,11 +1071,7 @@ async fn watch_sends_bookmarks_and_ends_at_timeout() {
     create_widget(&api, "alpha", 1).await;
     let current = server.resource_version().to_string();
     let started = Instant::now();
-    let mut stream = api
-        .watch(&WatchParams::default().timeout(2), &current)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default().timeout(2), &current).await;
 
     match next_item(&mut stream).await {
         Some(Ok(WatchEvent::Bookmark(bookmark))) => {
@@ -1128,11 +1106,7 @@ async fn watch_from_compacted_version_is_gone() {
     .unwrap();
     server.faults().compact();
 
-    let mut stream = api
-        .watch(&WatchParams::default(), &old_rv)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default(), &old_rv).await;
     match next_item(&mut stream).await {
         Some(Ok(WatchEvent::Error(status))) => {
             assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
@@ -1146,11 +1120,7 @@ async fn watch_from_compacted_version_is_gone() {
 
     // From the current resourceVersion, watching works again.
     let current = server.resource_version().to_string();
-    let mut stream = api
-        .watch(&WatchParams::default(), &current)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = open_watch(&api, &WatchParams::default(), &current).await;
     create_widget(&api, "beta", 1).await;
     let (event_type, obj) = next_change(&mut stream).await;
     assert_eq!((event_type, name_of(&obj)), ("ADDED", "beta"));
@@ -1544,13 +1514,14 @@ async fn errors_are_kubernetes_status_objects() {
         ("missing", "test.example", "widgets")
     );
 
-    let unknown = http()
-        .get(format!("{}/apis/nope.example/v1/things", server.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status().as_u16(), 404);
-    let body: Value = unknown.json().await.unwrap();
+    let (code, body) = raw(
+        &server,
+        reqwest::Method::GET,
+        "/apis/nope.example/v1/things",
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
     assert_eq!(
         (
             body["kind"].clone(),
@@ -1560,21 +1531,10 @@ async fn errors_are_kubernetes_status_objects() {
         (json!("Status"), json!("Failure"), json!(404))
     );
 
-    let malformed = http()
-        .post(format!(
-            "{}/apis/test.example/v1/namespaces/default/widgets",
-            server.url()
-        ))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(malformed.status().as_u16(), 400);
-    assert_eq!(
-        malformed.json::<Value>().await.unwrap()["reason"],
-        "BadRequest"
-    );
+    let path = "/apis/test.example/v1/namespaces/default/widgets";
+    let malformed = Some(("application/json", "{not json".to_string()));
+    let (code, body) = raw(&server, reqwest::Method::POST, path, malformed).await;
+    assert_eq!((code, &body["reason"]), (400, &json!("BadRequest")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1689,15 +1649,11 @@ async fn dropping_the_server_closes_its_connections() {
     let (server, client) = start().await;
     let api = widgets(&client);
     api.list(&ListParams::default()).await.unwrap(); // a kept-alive connection now exists
-    let mut open_watch = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .unwrap()
-        .boxed();
+    let mut watch = open_watch(&api, &WatchParams::default(), "0").await;
 
     drop(server);
 
-    assert!(next_item(&mut open_watch).await.is_none(), "watch ended");
+    assert!(next_item(&mut watch).await.is_none(), "watch ended");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = within(api.list(&ListParams::default())).await;
     assert!(
@@ -1713,27 +1669,15 @@ async fn dropping_the_server_closes_its_connections() {
 async fn unavailable_answers_503_until_restored() {
     let (server, client) = start().await;
     let api = widgets(&client);
-    let mut open_watch = api
-        .watch(&WatchParams::default(), "0")
-        .await
-        .unwrap()
-        .boxed();
+    let mut watch = open_watch(&api, &WatchParams::default(), "0").await;
 
     server.faults().set_unavailable(true);
     assert!(
-        next_item(&mut open_watch).await.is_none(),
+        next_item(&mut watch).await.is_none(),
         "open watches are closed"
     );
-    let raw = http()
-        .get(format!("{}/version", server.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(raw.status().as_u16(), 503);
-    assert_eq!(
-        raw.json::<Value>().await.unwrap()["reason"],
-        "ServiceUnavailable"
-    );
+    let (code, body) = raw(&server, reqwest::Method::GET, "/version", None).await;
+    assert_eq!((code, &body["reason"]), (503, &json!("ServiceUnavailable")));
 
     // kube's client retries 503s with backoff, so a call made during the outage succeeds
     // once the server is back.
