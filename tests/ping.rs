@@ -11,23 +11,64 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::{Cluster, Operator, TOKEN, checker, wait_for};
 
-async fn cluster_with(ping: serde_json::Value) -> (Cluster, String) {
-    let cluster = Cluster::start().await;
-    cluster
-        .create_secret("sast-token", &[("token", TOKEN)])
-        .await;
-    let mut spec = json!({"projectId": 42, "controlId": 7, "secretRef": {"name": "sast-token"}});
+/// Creates a control of project 42 with `ping` settings merged into its spec.
+async fn create_pinged(
+    cluster: &Cluster,
+    name: &str,
+    control_id: i64,
+    secret: &str,
+    ping: serde_json::Value,
+) {
+    let mut spec = json!({"projectId": 42, "controlId": control_id, "secretRef": {"name": secret}});
     spec.as_object_mut()
         .unwrap()
         .extend(ping.as_object().unwrap().clone());
     cluster
         .create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": "sast", "namespace": "default"}, "spec": spec
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec
         }))
         .await;
+}
+
+/// Control `sast` (42/7) with its Secret, and a token file for the checker.
+async fn cluster_with(ping: serde_json::Value) -> (Cluster, String) {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    create_pinged(&cluster, "sast", 7, "sast-token", ping).await;
     let token = cluster.token_file("token", TOKEN).display().to_string();
     (cluster, token)
+}
+
+/// As [`cluster_with`], with the operator running and the checker's `status` stored.
+async fn reported(ping: serde_json::Value, status: &str) -> (Cluster, Operator) {
+    let (cluster, token) = cluster_with(ping).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    report(&operator, &token, status).await;
+    (cluster, operator)
+}
+
+/// The persisted due time of `sast`'s next reset.
+async fn next_due(cluster: &Cluster) -> Timestamp {
+    time(
+        cluster
+            .control("sast")
+            .await
+            .status
+            .unwrap()
+            .next_ping_time
+            .as_ref(),
+    )
+}
+
+/// A reset counts as on time when it happened within 1 s after its due time.
+#[track_caller]
+fn assert_on_time(reset_at: Timestamp, due: Timestamp) {
+    let late = reset_at.duration_since(due).as_secs_f64();
+    assert!((0.0..1.0).contains(&late), "reset {late} s after due");
 }
 
 async fn report(operator: &Operator, token: &str, status: &str) {
@@ -65,20 +106,13 @@ async fn wait_status(cluster: &Cluster, want: ControlStatus, within: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
-    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "pass").await;
+    let (cluster, _operator) = reported(json!({"pingInterval": "2s"}), "pass").await;
 
     let before = cluster.control("sast").await.status.unwrap();
     let due = time(before.next_ping_time.as_ref());
     let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(5)).await;
     let status = reset.status.unwrap();
-    let late = time(status.last_ping_time.as_ref()).duration_since(due);
-    assert!(
-        late.as_secs_f64() >= 0.0 && late.as_secs_f64() < 1.0,
-        "reset {late:?} after due"
-    );
+    assert_on_time(time(status.last_ping_time.as_ref()), due);
     // The next reset counts from the due time, not from when the reset happened.
     assert_eq!(
         time(status.next_ping_time.as_ref())
@@ -106,19 +140,8 @@ async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_the_schedule() {
-    let (cluster, token) = cluster_with(json!({"pingInterval": "4s"})).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "pass").await;
-    let due = time(
-        cluster
-            .control("sast")
-            .await
-            .status
-            .unwrap()
-            .next_ping_time
-            .as_ref(),
-    );
+    let (cluster, operator) = reported(json!({"pingInterval": "4s"}), "pass").await;
+    let due = next_due(&cluster).await;
     assert!(operator.stop().await.success());
 
     let operator = Operator::start(&cluster, &[]).await;
@@ -129,29 +152,14 @@ async fn a_restart_keeps_the_schedule() {
     );
     let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(8)).await;
     let status = reset.status.unwrap();
-    let late = time(status.last_ping_time.as_ref()).duration_since(due);
-    assert!(
-        late.as_secs_f64() >= 0.0 && late.as_secs_f64() < 1.0,
-        "reset {late:?} after due"
-    );
+    assert_on_time(time(status.last_ping_time.as_ref()), due);
     drop(operator);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_stored_after_the_due_time_is_not_overwritten() {
-    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "fail").await;
-    let due = time(
-        cluster
-            .control("sast")
-            .await
-            .status
-            .unwrap()
-            .next_ping_time
-            .as_ref(),
-    );
+    let (cluster, operator) = reported(json!({"pingInterval": "2s"}), "fail").await;
+    let due = next_due(&cluster).await;
     assert!(operator.stop().await.success());
 
     // While no reconciler runs, the due time passes and a checker's `pass` is stored (as another
@@ -186,10 +194,8 @@ async fn a_report_stored_after_the_due_time_is_not_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
-    let (cluster, token) = cluster_with(json!({"pingInterval": "1s", "pingEnabled": false})).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "pass").await;
+    let (cluster, _operator) =
+        reported(json!({"pingInterval": "1s", "pingEnabled": false}), "pass").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let control = cluster.control("sast").await;
     assert_eq!(status_of(&control), Some(ControlStatus::Pass));
@@ -216,10 +222,7 @@ async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_change_reschedules_at_once() {
-    let (cluster, token) = cluster_with(json!({"pingInterval": "1h"})).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "pass").await;
+    let (cluster, _operator) = reported(json!({"pingInterval": "1h"}), "pass").await;
 
     let patch = json!({"spec": {"pingInterval": "2s"}});
     cluster
@@ -311,10 +314,7 @@ async fn an_accepted_ping_then_silence_times_out_to_fail() {
     let scratch = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(scratch.path(), 200).await;
     let ping = json!({"pingInterval": "4s", "pendingTimeout": "1s", "externalUrl": receiver.url});
-    let (cluster, token) = cluster_with(ping).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, "pass").await;
+    let (cluster, _operator) = reported(ping, "pass").await;
 
     let failed = wait_status(&cluster, ControlStatus::Fail, Duration::from_secs(8)).await;
     let status = failed.status.unwrap();
@@ -364,14 +364,14 @@ async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
         ("five-hundred", 7, &receiver.url),
         ("unreachable", 8, &unreachable),
     ] {
-        cluster
-            .create_control_from(json!({
-                "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"projectId": 42, "controlId": control, "secretRef": {"name": "sast-token"},
-                         "pingInterval": "2s", "pendingTimeout": "1s", "externalUrl": url}
-            }))
-            .await;
+        create_pinged(
+            &cluster,
+            name,
+            control,
+            "sast-token",
+            json!({"pingInterval": "2s", "pendingTimeout": "1s", "externalUrl": url}),
+        )
+        .await;
     }
     let _operator = Operator::start(&cluster, &[]).await;
 
@@ -431,14 +431,8 @@ async fn two_replicas_send_one_ping_per_reset() {
     cluster
         .create_secret("sast-token", &[("token", TOKEN)])
         .await;
-    cluster
-        .create_control_from(json!({
-            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": "sast", "namespace": "default"},
-            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "sast-token"},
-                     "pingInterval": "2s", "pendingTimeout": "1h", "externalUrl": receiver.url}
-        }))
-        .await;
+    let ping = json!({"pingInterval": "2s", "pendingTimeout": "1h", "externalUrl": receiver.url});
+    create_pinged(&cluster, "sast", 7, "sast-token", ping).await;
     let _first = Operator::start(&cluster, &[]).await;
     let _second = Operator::start(&cluster, &[]).await;
 
@@ -462,14 +456,8 @@ async fn two_replicas_send_one_ping_per_reset() {
 async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
     let cluster = Cluster::start().await;
     let receiver = Receiver::start(cluster.dir.path(), 200).await;
-    cluster
-        .create_control_from(json!({
-            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": "sast", "namespace": "default"},
-            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "missing"},
-                     "pingInterval": "2s", "externalUrl": receiver.url}
-        }))
-        .await;
+    let ping = json!({"pingInterval": "2s", "externalUrl": receiver.url});
+    create_pinged(&cluster, "sast", 7, "missing", ping).await;
     let _operator = Operator::start(&cluster, &[]).await;
 
     let outcome = wait_for(Duration::from_secs(6), || async {

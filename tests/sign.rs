@@ -37,27 +37,48 @@ fn token_file(token: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// `extctl sign` flags: the token source, `(project, control, status)`, then `extra`.
+fn flags<'a>(
+    token: &[&'a str],
+    call: (&'a str, &'a str, &'a str),
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let (project, control, status) = call;
+    let mut flags = token.to_vec();
+    flags.extend([
+        "--project",
+        project,
+        "--control",
+        control,
+        "--status",
+        status,
+    ]);
+    flags.extend_from_slice(extra);
+    flags
+}
+
+/// The value of header `name` in `extctl sign`'s output.
+fn header<'a>(text: &'a str, name: &str) -> &'a str {
+    let prefix = format!("{name}: ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap()
+}
+
+const VECTOR_1: (&str, &str, &str) = ("1", "2", "pass");
+const VECTOR_2: (&str, &str, &str) = ("42", "7", "fail");
+
 #[test]
 fn reproduces_the_first_test_vector_from_a_token_file() {
     let token = token_file("foo");
-    let output = sign(
-        &[
-            "--token-file",
-            token.path().to_str().unwrap(),
-            "--project",
-            "1",
-            "--control",
-            "2",
-            "--status",
-            "pass",
-            "--timestamp",
-            "1700000000",
-            "--nonce",
-            "0123456789abcdef0123456789abcdef",
-        ],
-        &[],
-        None,
-    );
+    let from_file = ["--token-file", token.path().to_str().unwrap()];
+    let fixed = [
+        "--timestamp",
+        "1700000000",
+        "--nonce",
+        "0123456789abcdef0123456789abcdef",
+    ];
+    let output = sign(&flags(&from_file, VECTOR_1, &fixed), &[], None);
     assert_eq!(
         stdout(&output),
         "X-Gitlab-Timestamp: 1700000000\n\
@@ -68,22 +89,16 @@ fn reproduces_the_first_test_vector_from_a_token_file() {
 
 #[test]
 fn reproduces_the_second_test_vector_from_the_environment_and_explains() {
+    let from_env = ["--token-env", "CHECKER_TOKEN"];
+    let fixed = [
+        "--timestamp",
+        "1700000000",
+        "--nonce",
+        "fedcba9876543210fedcba9876543210",
+        "--explain",
+    ];
     let output = sign(
-        &[
-            "--token-env",
-            "CHECKER_TOKEN",
-            "--project",
-            "42",
-            "--control",
-            "7",
-            "--status",
-            "fail",
-            "--timestamp",
-            "1700000000",
-            "--nonce",
-            "fedcba9876543210fedcba9876543210",
-            "--explain",
-        ],
+        &flags(&from_env, VECTOR_2, &fixed),
         &[("CHECKER_TOKEN", "s3cr3t-t0ken")],
         None,
     );
@@ -99,18 +114,9 @@ fn reproduces_the_second_test_vector_from_the_environment_and_explains() {
 
 #[test]
 fn prints_a_curl_command_and_reads_the_token_from_stdin() {
+    let curl = ["--curl", "http://extctl.extctl.svc/"];
     let output = sign(
-        &[
-            "--token-stdin",
-            "--project",
-            "42",
-            "--control",
-            "7",
-            "--status",
-            "pass",
-            "--curl",
-            "http://extctl.extctl.svc/",
-        ],
+        &flags(&["--token-stdin"], ("42", "7", "pass"), &curl),
         &[],
         Some("s3cr3t-t0ken\n"),
     );
@@ -125,103 +131,51 @@ fn prints_a_curl_command_and_reads_the_token_from_stdin() {
 #[test]
 fn defaults_to_now_and_a_fresh_random_nonce() {
     let token = token_file("foo");
-    let args = [
-        "--token-file",
-        token.path().to_str().unwrap(),
-        "--project",
-        "1",
-        "--control",
-        "2",
-        "--status",
-        "pass",
-    ];
-    let nonce = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("X-Gitlab-Nonce: "))
-            .unwrap()
-            .to_owned()
-    };
+    let args = flags(
+        &["--token-file", token.path().to_str().unwrap()],
+        VECTOR_1,
+        &[],
+    );
     let (first, second) = (
         stdout(&sign(&args, &[], None)),
         stdout(&sign(&args, &[], None)),
     );
-    assert_eq!(nonce(&first).len(), 32);
-    assert_ne!(nonce(&first), nonce(&second), "a fresh nonce each time");
-    let timestamp: i64 = first
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Gitlab-Timestamp: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let nonce = header(&first, "X-Gitlab-Nonce");
+    assert_eq!(nonce.len(), 32);
+    assert_ne!(
+        nonce,
+        header(&second, "X-Gitlab-Nonce"),
+        "a fresh nonce each time"
+    );
+    let timestamp: i64 = header(&first, "X-Gitlab-Timestamp").parse().unwrap();
     assert!((jiff::Timestamp::now().as_second() - timestamp).abs() <= 2);
 }
 
 #[test]
 fn bad_input_gets_a_precise_error() {
     let token = token_file("foo");
-    let path = token.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let from_file = ["--token-file", token.path().to_str().unwrap()];
+    let cases = [
         (
-            &[
-                "--token-file",
-                path,
-                "--project",
-                "1",
-                "--control",
-                "2",
-                "--status",
-                "pending",
-            ],
+            flags(&from_file, ("1", "2", "pending"), &[]),
             "\"pending\" is not pass or fail",
         ),
         (
-            &[
-                "--token-file",
-                path,
-                "--project",
-                "1",
-                "--control",
-                "2",
-                "--status",
-                "pass",
-                "--nonce",
-                "short",
-            ],
+            flags(&from_file, VECTOR_1, &["--nonce", "short"]),
             "--nonce must be exactly 32 characters, got 5",
         ),
+        (flags(&[], VECTOR_1, &[]), "--token-file"),
         (
-            &["--project", "1", "--control", "2", "--status", "pass"],
-            "--token-file",
-        ),
-        (
-            &[
-                "--token-file",
-                "/nonexistent/token",
-                "--project",
-                "1",
-                "--control",
-                "2",
-                "--status",
-                "pass",
-            ],
+            flags(&["--token-file", "/nonexistent/token"], VECTOR_1, &[]),
             "cannot read --token-file /nonexistent/token",
         ),
         (
-            &[
-                "--token-env",
-                "EXTCTL_TEST_UNSET_VAR",
-                "--project",
-                "1",
-                "--control",
-                "2",
-                "--status",
-                "pass",
-            ],
+            flags(&["--token-env", "EXTCTL_TEST_UNSET_VAR"], VECTOR_1, &[]),
             "environment variable EXTCTL_TEST_UNSET_VAR is not set",
         ),
     ];
     for (args, expected) in cases {
-        let output = sign(args, &[], None);
+        let output = sign(&args, &[], None);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
