@@ -53,6 +53,21 @@ impl Env {
         checker(&self.operator.url, &args).await
     }
 
+    /// A token file with a token that is not the control's.
+    fn wrong_token(&self) -> String {
+        self.cluster
+            .token_file("wrong", "not-the-token")
+            .display()
+            .to_string()
+    }
+
+    /// Sends each row's call and checks GitLab's answer: `(case, knobs, code, error)`.
+    async fn assert_rows(&self, rows: Vec<(&str, Vec<&str>, u16, &str)>) {
+        for (case, knobs, code, error) in rows {
+            assert_answer(&self.call(&knobs).await, code, error, case);
+        }
+    }
+
     async fn stored_status(&self) -> Option<ControlStatus> {
         self.cluster
             .control("sast")
@@ -127,11 +142,7 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_row_of_the_protocol_table() {
     let env = env().await;
-    let wrong_token = env
-        .cluster
-        .token_file("wrong", "not-the-token")
-        .display()
-        .to_string();
+    let wrong_token = env.wrong_token();
     let now = jiff::Timestamp::now().as_second();
     let expired = (now - 15).to_string();
     let future = (now + 60).to_string();
@@ -234,10 +245,7 @@ async fn every_error_row_of_the_protocol_table() {
             "Request has expired",
         ),
     ];
-    for (case, knobs, code, error) in rows {
-        let answer = env.call(&knobs).await;
-        assert_answer(&answer, code, error, case);
-    }
+    env.assert_rows(rows).await;
     assert_eq!(
         env.stored_status().await,
         Some(extctl::crd::ControlStatus::Pending),
@@ -265,19 +273,13 @@ async fn every_error_row_of_the_protocol_table() {
             "Project not found",
         ),
     ];
-    for (case, knobs, code, error) in lookups {
-        assert_answer(&env.call(&knobs).await, code, error, case);
-    }
+    env.assert_rows(lookups).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_run_in_the_documented_order() {
     let env = env().await;
-    let wrong = env
-        .cluster
-        .token_file("wrong", "nope")
-        .display()
-        .to_string();
+    let wrong = env.wrong_token();
     let expired = (jiff::Timestamp::now().as_second() - 60).to_string();
     let rows: Vec<(&str, Vec<&str>, u16, &str)> = vec![
         (
@@ -317,20 +319,14 @@ async fn checks_run_in_the_documented_order() {
             "Invalid nonce",
         ),
     ];
-    for (case, knobs, code, error) in rows {
-        assert_answer(&env.call(&knobs).await, code, error, case);
-    }
+    env.assert_rows(rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it() {
     let env = env().await;
     let nonce = "00000000000000000000000000000001";
-    let wrong = env
-        .cluster
-        .token_file("wrong", "nope")
-        .display()
-        .to_string();
+    let wrong = env.wrong_token();
 
     // Unlike GitLab, an unverified call does not burn the nonce.
     let forged = env.call(&["--nonce", nonce, "--token-file", &wrong]).await;
