@@ -1,13 +1,15 @@
-//! Command-line interface: `extctl run` and `extctl crd`. Every flag has an environment
+//! Command-line interface: `extctl run`, `dev`, `crd`, `sign` and `send`. Every flag has an environment
 //! variable fallback (shown in `--help`), which is how the Helm chart configures the operator.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::core::duration;
 use crate::core::freshness::TimestampWindow;
+use crate::dev::{ControlIds, DevSettings};
 use crate::endpoint::EndpointConfig;
 use crate::kubernetes::RunSettings;
 use crate::kubernetes::watch::Scope;
@@ -39,12 +41,20 @@ pub enum Command {
     /// Connects to Kubernetes with the in-cluster service account, or KUBECONFIG /
     /// ~/.kube/config outside a cluster.
     Run(RunArgs),
+    /// Run the endpoint and the reconciler without a cluster, for trying checkers and extctl
+    /// itself: controls and Secrets come from manifests (or --control), state lives in memory,
+    /// and every status change is printed.
+    Dev(DevArgs),
     /// Print the ExternalControl CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
     /// Print the headers of a signed status call (and, with --explain, the signed string), to
     /// check a checker's signing code. The token is read from a file, stdin or an environment
     /// variable, never from the command line.
-    Sign(crate::sign::SignArgs),
+    Sign(crate::checker::sign::SignArgs),
+    /// Sign a status call and send it to extctl or GitLab; prints the stored status, or exits
+    /// non-zero with the server's error message. The token is read from a file, stdin or an
+    /// environment variable, never from the command line.
+    Send(crate::checker::send::SendArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,8 +74,19 @@ pub struct RunArgs {
     #[arg(long, env = "EXTCTL_NAMESPACE")]
     pub namespace: Option<String>,
 
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// This replica's name in Events (the Helm chart sets it to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+/// Flags `extctl run` and `extctl dev` share: the endpoint's limits and the ping timeout.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
     /// Calls signed this long ago or earlier are refused as expired (GitLab: 15s).
-    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = parse_max_age)]
+    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = parse_positive_duration)]
     pub timestamp_max_age: Duration,
 
     /// How far ahead of this clock a call's timestamp may be (GitLab: 0s, none).
@@ -77,16 +98,25 @@ pub struct RunArgs {
     pub max_body_bytes: u32,
 
     /// Time allowed to receive a request body, and to store a status, before giving up.
-    #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_max_age)]
+    #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
     /// Time a ping to a control's externalUrl may take, connection included.
-    #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = parse_max_age)]
+    #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub ping_timeout: Duration,
+}
 
-    /// This replica's name in Events (the Helm chart sets it to the pod name).
-    #[arg(long, env = "POD_NAME")]
-    pub instance: Option<String>,
+impl CommonArgs {
+    pub fn endpoint(&self) -> EndpointConfig {
+        EndpointConfig {
+            window: TimestampWindow {
+                max_age: self.timestamp_max_age,
+                max_future_skew: self.timestamp_max_skew,
+            },
+            max_body_bytes: self.max_body_bytes as usize,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 impl RunArgs {
@@ -97,25 +127,70 @@ impl RunArgs {
                 .namespace
                 .clone()
                 .map_or(Scope::Cluster, Scope::Namespace),
-            endpoint: EndpointConfig {
-                window: TimestampWindow {
-                    max_age: self.timestamp_max_age,
-                    max_future_skew: self.timestamp_max_skew,
-                },
-                max_body_bytes: self.max_body_bytes as usize,
-                request_timeout: self.request_timeout,
-            },
+            endpoint: self.common.endpoint(),
             instance: self.instance.clone(),
-            ping_timeout: self.ping_timeout,
+            ping_timeout: self.common.ping_timeout,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address the status endpoint (and /healthz, /readyz) listens on.
+    #[arg(long, env = "EXTCTL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// ExternalControl and Secret manifests, as applied to a cluster: a YAML file (several
+    /// documents allowed) or a directory of .yaml/.yml/.json files. Repeatable.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub manifests: Vec<PathBuf>,
+
+    /// A control without a manifest, as PROJECT:CONTROL (e.g. 42:7), signed with the token in
+    /// --token-file. Repeatable.
+    #[arg(long = "control", value_name = "PROJECT:CONTROL", value_parser = parse_control_ids, requires = "token_file")]
+    pub controls: Vec<ControlIds>,
+
+    /// File holding the signing token of the --control controls.
+    #[arg(long, requires = "controls")]
+    pub token_file: Option<PathBuf>,
+
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl DevArgs {
+    pub fn settings(&self) -> DevSettings {
+        DevSettings {
+            listen: self.listen,
+            manifests: self.manifests.clone(),
+            controls: self.controls.clone(),
+            token_file: self.token_file.clone(),
+            json: self.json,
+            endpoint: self.common.endpoint(),
+            ping_timeout: self.common.ping_timeout,
+        }
+    }
+}
+
+fn parse_control_ids(text: &str) -> Result<ControlIds, String> {
+    let usage = || format!("{text:?} is not PROJECT:CONTROL, such as 42:7");
+    let (project, control) = text.split_once(':').ok_or_else(usage)?;
+    let id = |part: &str| part.parse::<i64>().ok().filter(|id| *id >= 1);
+    Ok(ControlIds {
+        project_id: id(project).ok_or_else(usage)?,
+        control_id: id(control).ok_or_else(usage)?,
+    })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text).map_err(|error| error.to_string())
 }
 
-fn parse_max_age(text: &str) -> Result<Duration, String> {
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         zero if zero.is_zero() => Err(format!("duration {text:?} must be at least 1s")),
         duration => Ok(duration),

@@ -268,6 +268,15 @@ fn default_secret_key() -> String {
     "token".into()
 }
 
+/// `namespace/name`, as people write it.
+pub fn qualified_name(object: &impl kube::ResourceExt) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&ExternalControl::crd()).expect("a CRD always serializes")

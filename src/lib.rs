@@ -3,16 +3,23 @@
 //! - [`core`]: the protocol and state rules, pure and I/O-free;
 //! - [`crd`]: the `ExternalControl` resource;
 //! - [`registry`]: what the endpoint needs from a control store, whatever backs it;
+//! - [`reconciler`]: initialising, pinging and timing out controls, whatever stores them;
+//! - [`notify`]: the outbound ping over HTTP;
 //! - [`endpoint`]: the GitLab-compatible HTTP endpoint (axum);
 //! - [`kubernetes`]: the Kubernetes adapters (reflectors, status writes, events, reconciler);
-//! - [`cli`], [`telemetry`]: the command line and logging.
+//! - [`dev`]: the same endpoint and reconciler on an in-memory store, without a cluster;
+//! - [`checker`]: the checker's side (`extctl sign`, `extctl send`);
+//! - [`cli`], [`telemetry`], [`shutdown`]: the command line, logging and signals.
 
+pub mod checker;
 pub mod cli;
 pub mod core;
 pub mod crd;
+pub mod dev;
 pub mod endpoint;
 pub mod kubernetes;
+pub mod notify;
+pub mod reconciler;
 pub mod registry;
-pub mod sign;
-
+pub mod shutdown;
 pub mod telemetry;

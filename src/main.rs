@@ -1,18 +1,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use extctl::checker::{send, sign};
 use extctl::cli::{Cli, Command};
 use extctl::{crd, kubernetes, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // TLS (to the API server, to checkers, to GitLab) uses rustls with ring, chosen here rather
+    // than by whichever dependency happens to ask first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Sign(args) => match extctl::sign::run(&args) {
+        Command::Sign(args) => match sign::run(&args) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -22,12 +26,31 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-
+        Command::Send(args) => match send::run(&args).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl send: {error}");
+                match error {
+                    send::SendError::Setup(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                }
+            }
+        },
+        Command::Dev(args) => {
+            telemetry::init(cli.log_format);
+            match extctl::dev::run(args.settings()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("extctl dev: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             telemetry::init(cli.log_format);
-            // TLS to the API server uses rustls with ring, chosen here rather than by whichever
-            // dependency happens to ask first.
-            let _ = rustls::crypto::ring::default_provider().install_default();
             match kubernetes::run(args.settings()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

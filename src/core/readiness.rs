@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::tokens::{SigningTokens, TokenProblem};
-use crate::crd::ExternalControl;
+use crate::crd::{ExternalControl, qualified_name};
 
 pub const READY: &str = "Ready";
 
@@ -53,6 +53,23 @@ impl Readiness {
                 problem,
             },
         }
+    }
+
+    /// Readiness among `controls` (all those served, `control` itself included).
+    pub fn among<'a>(
+        control: &ExternalControl,
+        secret: Option<&Secret>,
+        controls: impl IntoIterator<Item = &'a ExternalControl>,
+    ) -> Self {
+        let me = qualified_name(control);
+        let mut others: Vec<String> = controls
+            .into_iter()
+            .filter(|other| other.spec.control_id == control.spec.control_id)
+            .map(qualified_name)
+            .filter(|other| *other != me)
+            .collect();
+        others.sort();
+        Self::evaluate(control, secret, others)
     }
 
     pub fn is_ready(&self) -> bool {

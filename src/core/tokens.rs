@@ -59,6 +59,19 @@ impl SigningTokens {
     }
 
     /// A token given directly (from a file, stdin or the environment).
+    /// A control's tokens from its Secret (`None`: not found), or why there are none, naming
+    /// the Secret and key but never their contents.
+    pub fn for_control(
+        control: &crate::crd::ExternalControl,
+        secret: Option<&k8s_openapi::api::core::v1::Secret>,
+    ) -> Result<Self, String> {
+        let name = &control.spec.secret_ref.name;
+        let secret = secret.ok_or_else(|| format!("Secret {name:?} not found"))?;
+        let data = secret.data.clone().unwrap_or_default();
+        Self::from_secret_data(&data, &control.spec.secret_ref.key)
+            .map_err(|problem| format!("Secret {name:?}: {problem}"))
+    }
+
     pub fn single(token: &[u8]) -> Result<Self, TokenProblem> {
         let token = without_trailing_newline(token);
         if token.is_empty() {

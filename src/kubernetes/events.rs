@@ -6,27 +6,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::core::report::change_message;
 use crate::crd::{ControlStatus, ExternalControl};
-
-/// Why a control's status changed; the Event's reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// A checker's signed call.
-    Reported,
-    /// The scheduled reset of a pinged control.
-    PingReset,
-    /// A notified checker did not answer within `pendingTimeout`.
-    PendingTimeout,
-}
-
-impl Cause {
-    fn reason(self) -> &'static str {
-        match self {
-            Self::Reported => "StatusReported",
-            Self::PingReset => "PingReset",
-            Self::PendingTimeout => "PendingTimeout",
-        }
-    }
-}
+use crate::reconciler::{Cause, Journal};
 
 #[derive(Clone)]
 pub struct StatusEvents {
@@ -44,9 +24,21 @@ impl StatusEvents {
         }
     }
 
+    fn publish(&self, control: &ExternalControl, event: Event) {
+        let reference = control.object_ref(&());
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, reason = event.reason, "could not publish an Event");
+            }
+        });
+    }
+}
+
+impl Journal for StatusEvents {
     /// Publishes `Changed compliance control status from 'x' to 'y'` in the background: the
     /// status is already stored, and a failed Event must not turn that into an error.
-    pub fn status_changed(
+    fn status_changed(
         &self,
         control: &ExternalControl,
         cause: Cause,
@@ -66,7 +58,7 @@ impl StatusEvents {
     }
 
     /// A Warning about `control` (a failed or skipped ping); `reason` is PascalCase.
-    pub fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
+    fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
@@ -75,16 +67,6 @@ impl StatusEvents {
             secondary: None,
         };
         self.publish(control, event);
-    }
-
-    fn publish(&self, control: &ExternalControl, event: Event) {
-        let reference = control.object_ref(&());
-        let recorder = self.recorder.clone();
-        tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::warn!(%error, reason = event.reason, "could not publish an Event");
-            }
-        });
     }
 }
 

@@ -3,8 +3,6 @@
 
 pub mod controller;
 pub mod events;
-pub mod notify;
-
 pub mod registry;
 pub mod watch;
 
@@ -18,9 +16,11 @@ use kube::Client;
 use kube::runtime::Controller;
 
 use crate::endpoint::{self, EndpointConfig};
-use controller::{Context, error_policy, reconcile};
+use crate::notify::Notifier;
+use crate::reconciler::Reconciler;
+use crate::shutdown::shutdown_signal;
+use controller::{KubeStore, error_policy, reconcile};
 use events::StatusEvents;
-use notify::Notifier;
 use registry::KubeRegistry;
 use watch::Scope;
 
@@ -35,11 +35,6 @@ pub struct RunSettings {
     /// Time an outbound ping may take, connection included.
     pub ping_timeout: Duration,
 }
-
-/// Time a client has to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time open requests get to finish on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the endpoint and the reconciler until SIGINT or SIGTERM.
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
@@ -66,18 +61,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         events.clone(),
     ));
     let router = endpoint::router(registry, settings.endpoint);
-    let server = endpoint::serve(
-        listener,
-        router,
-        HEADER_TIMEOUT,
-        DRAIN_TIMEOUT,
-        shutdown_signal(),
-    );
+    let server = endpoint::serve(listener, router, shutdown_signal());
 
-    let context = Arc::new(Context {
-        client,
-        stores: stores.clone(),
-        events,
+    let context = Arc::new(Reconciler {
+        store: KubeStore {
+            client,
+            stores: stores.clone(),
+        },
+        journal: events,
         notifier: Notifier::new(settings.ping_timeout)?,
     });
 
@@ -94,24 +85,4 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     tokio::join!(server, reconciler);
     tracing::info!("extctl stopped");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM (what Kubernetes sends to stop a pod).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        () = terminate => {},
-    }
 }

@@ -7,12 +7,13 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::events::{Cause, StatusEvents};
+use super::events::StatusEvents;
 use super::watch::{Stores, controls_with_id};
 use crate::core::protocol::Rejection;
 use crate::core::report::{self, Report, ReportUpdate};
 use crate::core::tokens::SigningTokens;
-use crate::crd::ExternalControl;
+use crate::crd::{ExternalControl, qualified_name};
+use crate::reconciler::{Cause, Journal};
 use crate::registry::{ControlRegistry, Recorded};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
@@ -92,7 +93,7 @@ impl ControlRegistry for KubeRegistry {
                             update.status,
                         );
                     }
-                    tracing::info!(control = %super::watch::qualified_name(control), from = %update.previous, to = %update.status, "status stored");
+                    tracing::info!(control = %qualified_name(control), from = %update.previous, to = %update.status, "status stored");
                     return Ok(Recorded {
                         previous: update.previous,
                         stored: update.status,

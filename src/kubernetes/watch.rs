@@ -54,15 +54,14 @@ pub struct Stores {
 impl Stores {
     /// The control's signing tokens from its (watched) Secret, or why there are none.
     pub fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+        SigningTokens::for_control(control, self.secret_of(control).as_deref())
+    }
+
+    /// The Secret `control` references, if there is one.
+    pub fn secret_of(&self, control: &ExternalControl) -> Option<Arc<Secret>> {
         let namespace = control.namespace().unwrap_or_default();
-        let name = &control.spec.secret_ref.name;
-        let secret = self
-            .secrets
-            .get(&ObjectRef::new(name).within(&namespace))
-            .ok_or_else(|| format!("Secret {name:?} not found"))?;
-        let data = secret.data.clone().unwrap_or_default();
-        SigningTokens::from_secret_data(&data, &control.spec.secret_ref.key)
-            .map_err(|problem| format!("Secret {name:?}: {problem}"))
+        self.secrets
+            .get(&ObjectRef::new(&control.spec.secret_ref.name).within(&namespace))
     }
 
     /// Whether both watches have delivered their first full list, so a lookup that finds
@@ -238,13 +237,4 @@ pub fn controls_with_id(
         .into_iter()
         .filter(|control| control.spec.control_id == control_id)
         .collect()
-}
-
-/// `namespace/name`, as people write it.
-pub fn qualified_name(object: &impl ResourceExt) -> String {
-    format!(
-        "{}/{}",
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
 }

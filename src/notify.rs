@@ -36,7 +36,7 @@ impl Notifier {
 }
 
 /// The error and its causes in one line (reqwest's top-level message alone says too little).
-fn describe(error: &reqwest::Error) -> String {
+pub fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -1,0 +1,146 @@
+//! The checker's side of the protocol, for people writing or debugging external checkers:
+//! `extctl sign` prints a signed call, `extctl send` makes one (against extctl or GitLab).
+
+pub mod send;
+pub mod sign;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::core::signature::{sign, signed_string, status_path};
+use crate::core::tokens::SigningTokens;
+use crate::crd::ControlStatus;
+
+/// What a signed status call is made of. The token comes from a file, stdin or an environment
+/// variable, never from a bare command-line value (which would land in shell history and `ps`).
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("token").required(true))]
+pub struct CallArgs {
+    /// File holding the control's secret token (one trailing line break is ignored).
+    #[arg(long, group = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Read the token from standard input.
+    #[arg(long, group = "token")]
+    pub token_stdin: bool,
+    /// Name of an environment variable holding the token.
+    #[arg(long, group = "token", value_name = "VAR")]
+    pub token_env: Option<String>,
+
+    /// GitLab project id (the `:id` in the path).
+    #[arg(long)]
+    pub project: u64,
+    /// Control id (the `:control_id` in the path).
+    #[arg(long)]
+    pub control: u64,
+    /// The status to report: pass or fail.
+    #[arg(long, value_parser = parse_status)]
+    pub status: ControlStatus,
+
+    /// Unix time in seconds (default: now).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+    /// A 32-character nonce (default: 32 random hex characters).
+    #[arg(long)]
+    pub nonce: Option<String>,
+}
+
+/// A status call, signed: everything that goes on the wire, and the string that was signed.
+#[derive(Debug)]
+pub struct SignedCall {
+    /// `/api/v4/projects/<id>/compliance_external_controls/<control_id>/status`.
+    pub path: String,
+    pub status: ControlStatus,
+    pub timestamp: String,
+    pub nonce: String,
+    pub signature: String,
+    /// `timestamp + nonce + path + "status=" + status`.
+    pub signed_string: String,
+}
+
+impl SignedCall {
+    /// The three signature headers, in the order GitLab documents them.
+    pub fn headers(&self) -> [(&'static str, &str); 3] {
+        [
+            (TIMESTAMP_HEADER, &self.timestamp),
+            (NONCE_HEADER, &self.nonce),
+            (SIGNATURE_HEADER, &self.signature),
+        ]
+    }
+
+    /// The body GitLab's client libraries send.
+    pub fn json_body(&self) -> String {
+        format!("{{\"status\":\"{}\"}}", self.status)
+    }
+
+    /// The signed string, as `--explain` prints it.
+    pub fn explanation(&self) -> String {
+        format!(
+            "# signed string (timestamp + nonce + path + \"status=\" + status):\n# {}\n",
+            self.signed_string
+        )
+    }
+}
+
+impl CallArgs {
+    /// Reads the token and signs the call (fresh timestamp and random nonce unless given).
+    pub fn sign(&self) -> anyhow::Result<SignedCall> {
+        let tokens = SigningTokens::single(&self.read_token()?).context("the token is empty")?;
+        let timestamp = match self.timestamp {
+            Some(timestamp) => timestamp.to_string(),
+            None => jiff::Timestamp::now().as_second().to_string(),
+        };
+        let nonce = match &self.nonce {
+            Some(nonce) if nonce.chars().count() != NONCE_LENGTH => {
+                bail!(
+                    "--nonce must be exactly {NONCE_LENGTH} characters, got {}",
+                    nonce.chars().count()
+                )
+            }
+            Some(nonce) => nonce.clone(),
+            None => random_nonce()?,
+        };
+        let path = status_path(&self.project.to_string(), &self.control.to_string());
+        let message = signed_string(&timestamp, &nonce, &path, self.status.as_str());
+        let signature = sign(tokens.current(), message.as_bytes());
+        Ok(SignedCall {
+            path,
+            status: self.status,
+            timestamp,
+            nonce,
+            signature,
+            signed_string: message,
+        })
+    }
+
+    fn read_token(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(path) = &self.token_file {
+            return std::fs::read(path)
+                .with_context(|| format!("cannot read --token-file {}", path.display()));
+        }
+        if let Some(var) = &self.token_env {
+            return std::env::var(var)
+                .map(String::into_bytes)
+                .with_context(|| format!("environment variable {var} is not set"));
+        }
+        let mut token = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut token)
+            .context("cannot read the token from stdin")?;
+        Ok(token)
+    }
+}
+
+fn parse_status(text: &str) -> Result<ControlStatus, String> {
+    ControlStatus::from_report(text).ok_or_else(|| format!("{text:?} is not pass or fail"))
+}
+
+fn random_nonce() -> anyhow::Result<String> {
+    let mut bytes = [0u8; NONCE_LENGTH / 2];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| anyhow::anyhow!("no randomness available: {error}"))?;
+    Ok(hex::encode(bytes))
+}

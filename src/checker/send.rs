@@ -1,0 +1,188 @@
+//! `extctl send`: signs a status call and sends it, the way a checker written for GitLab does
+//! (`PATCH`, the three signature headers, a JSON body), so it works against GitLab itself as
+//! well as against extctl. Prints the stored status; on a refusal, GitLab's error message.
+
+use std::time::Duration;
+
+use clap::Args;
+use reqwest::Url;
+
+use super::CallArgs;
+use crate::notify::describe;
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub call: CallArgs,
+
+    /// Base URL of extctl or GitLab, e.g. http://127.0.0.1:8080 or https://gitlab.example.com
+    /// (a trailing /api/v4 is accepted too).
+    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
+    pub url: Url,
+
+    /// Also print the exact string that is signed.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// Time the whole call may take, connection included.
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_positive_duration)]
+    pub timeout: Duration,
+}
+
+/// Why `extctl send` did not store a status.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The call could not be made (unreadable token, no randomness): a usage problem.
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+    #[error("cannot reach {url}: {why}")]
+    Unreachable { url: String, why: String },
+    /// The server answered with an error; `message` is GitLab's `error` text when there is one.
+    #[error("HTTP {code}: {message}")]
+    Refused { code: u16, message: String },
+}
+
+/// Sends the call; the text to print on success.
+pub async fn run(args: &SendArgs) -> Result<String, SendError> {
+    let call = args.call.sign().map_err(SendError::Setup)?;
+    let url = endpoint_url(&args.url, &call.path);
+    let http = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .user_agent(concat!("extctl/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| SendError::Setup(error.into()))?;
+    let mut request = http
+        .patch(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(call.json_body());
+    for (name, value) in call.headers() {
+        request = request.header(name, value);
+    }
+    let unreachable = |error: reqwest::Error| SendError::Unreachable {
+        url: url.to_string(),
+        why: describe(&error),
+    };
+    let response = request.send().await.map_err(unreachable)?;
+    let code = response.status();
+    let body = response.text().await.map_err(unreachable)?;
+    let answer = serde_json::from_str::<serde_json::Value>(&body).ok();
+    if !code.is_success() {
+        let message = answer
+            .as_ref()
+            .and_then(error_message)
+            .unwrap_or_else(|| summary(&body, code));
+        return Err(SendError::Refused {
+            code: code.as_u16(),
+            message,
+        });
+    }
+    let stored = answer.as_ref().and_then(|a| a["status"].as_str());
+    let mut out = if args.explain {
+        call.explanation()
+    } else {
+        String::new()
+    };
+    out.push_str(&match stored {
+        Some(status) => format!("stored: {status} (HTTP {})\n", code.as_u16()),
+        None => format!("HTTP {}: {}\n", code.as_u16(), summary(&body, code)),
+    });
+    Ok(out)
+}
+
+/// GitLab answers `{"error": ...}` for this API's refusals and `{"message": ...}` for its
+/// generic ones (unknown route, authentication).
+fn error_message(answer: &serde_json::Value) -> Option<String> {
+    let message = answer.get("error").or_else(|| answer.get("message"))?;
+    Some(match message.as_str() {
+        Some(text) => text.to_owned(),
+        None => message.to_string(),
+    })
+}
+
+/// A non-JSON body in one short line (a proxy's HTML error page, say).
+fn summary(body: &str, code: reqwest::StatusCode) -> String {
+    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.chars().count() {
+        0 => code.canonical_reason().unwrap_or("no body").to_owned(),
+        n if n > 200 => format!("{}...", line.chars().take(200).collect::<String>()),
+        _ => line,
+    }
+}
+
+/// The base URL joined with the status path. A base that already ends in `/api/v4` (as
+/// GitLab client libraries are configured) is not doubled.
+fn endpoint_url(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    let prefix = prefix.strip_suffix("/api/v4").unwrap_or(prefix);
+    url.set_path(&format!("{prefix}{path}"));
+    url
+}
+
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    match url.scheme() {
+        "http" | "https" if url.query().is_none() => Ok(url),
+        "http" | "https" => Err(format!("{text:?}: a base URL takes no query string")),
+        other => Err(format!(
+            "{text:?}: scheme must be http or https, not {other}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "/api/v4/projects/42/compliance_external_controls/7/status";
+
+    #[test]
+    fn the_path_is_appended_to_any_base() {
+        for (base, expected) in [
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+            (
+                "https://gitlab.example.com/api/v4",
+                "https://gitlab.example.com",
+            ),
+            (
+                "https://gitlab.example.com/api/v4/",
+                "https://gitlab.example.com",
+            ),
+            ("https://example.com/gitlab", "https://example.com/gitlab"),
+        ] {
+            let url = endpoint_url(&parse_base_url(base).unwrap(), PATH);
+            assert_eq!(url.as_str(), format!("{expected}{PATH}"), "{base}");
+        }
+    }
+
+    #[test]
+    fn base_urls_must_be_http() {
+        assert!(
+            parse_base_url("ftp://x")
+                .unwrap_err()
+                .contains("http or https")
+        );
+        assert!(parse_base_url("127.0.0.1:8080").is_err());
+        assert!(
+            parse_base_url("http://x/?a=b")
+                .unwrap_err()
+                .contains("query")
+        );
+    }
+
+    #[test]
+    fn refusals_are_told_with_gitlabs_message() {
+        let error = serde_json::json!({"error": "Invalid signature"});
+        assert_eq!(error_message(&error).unwrap(), "Invalid signature");
+        let generic = serde_json::json!({"message": "404 Project Not Found"});
+        assert_eq!(error_message(&generic).unwrap(), "404 Project Not Found");
+        let code = reqwest::StatusCode::BAD_GATEWAY;
+        assert_eq!(summary("", code), "Bad Gateway");
+        assert_eq!(
+            summary("<html>\n <b>bad</b>\n</html>", code),
+            "<html> <b>bad</b> </html>"
+        );
+        assert!(summary(&"x".repeat(500), code).ends_with("..."));
+    }
+}

@@ -1,0 +1,50 @@
+//! `extctl sign`: the three headers of a signed status call, for checker authors to compare
+//! with what their own code produces (and, with `--explain`, the exact string that is signed).
+
+use clap::Args;
+
+use super::CallArgs;
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub call: CallArgs,
+
+    /// Also print the exact string that is signed.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print a complete curl command for this base URL (e.g. http://extctl.extctl.svc).
+    #[arg(long, value_name = "URL")]
+    pub curl: Option<String>,
+}
+
+/// The text `extctl sign` prints.
+pub fn run(args: &SignArgs) -> anyhow::Result<String> {
+    let call = args.call.sign()?;
+    let mut out = String::new();
+    if args.explain {
+        out.push_str(&call.explanation());
+    }
+    match &args.curl {
+        None => {
+            for (name, value) in call.headers() {
+                out.push_str(&format!("{name}: {value}\n"));
+            }
+        }
+        Some(base) => {
+            out.push_str(&format!(
+                "curl -X PATCH '{}{}' \\\n",
+                base.trim_end_matches('/'),
+                call.path
+            ));
+            for (name, value) in call.headers() {
+                out.push_str(&format!("  -H '{name}: {value}' \\\n"));
+            }
+            out.push_str(&format!(
+                "  -H 'Content-Type: application/json' -d '{}'\n",
+                call.json_body()
+            ));
+        }
+    }
+    Ok(out)
+}

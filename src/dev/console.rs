@@ -1,0 +1,109 @@
+//! What `extctl dev` prints on stdout: where it listens, each control with a ready `extctl
+//! send` line, then every status change and warning as it happens. One readable line each, or
+//! with `--json` one JSON object per line (for scripts and tests). Tokens are never printed.
+
+use std::io::Write;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::core::readiness::Readiness;
+use crate::core::report::change_message;
+use crate::crd::{ControlStatus, ExternalControl, qualified_name};
+use crate::reconciler::{Cause, Journal};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    pub json: bool,
+}
+
+impl Console {
+    pub fn listening(&self, url: &str, controls: usize) {
+        self.print(
+            format!("extctl dev: {controls} control(s), endpoint {url} (Ctrl-C to stop)"),
+            json!({ "event": "listening", "url": url, "controls": controls }),
+        );
+    }
+
+    /// A control as loaded: its ids, ping setting, readiness, and how to report for it.
+    pub fn control(&self, control: &ExternalControl, readiness: &Readiness, send: Option<&str>) {
+        let spec = &control.spec;
+        let ping = spec.ping_enabled.then_some(spec.ping_interval.0.as_str());
+        let state = match readiness {
+            Readiness::Ready => "ready".to_owned(),
+            other => format!("not ready: {}: {}", other.reason(), other.message()),
+        };
+        let mut text = format!(
+            "  {}  project {}  control {}  {}  {state}",
+            qualified_name(control),
+            spec.project_id,
+            spec.control_id,
+            ping.map_or("ping off".to_owned(), |every| format!("ping every {every}")),
+        );
+        if let Some(send) = send {
+            text.push_str(&format!("\n    {send}"));
+        }
+        self.print(
+            text,
+            json!({
+                "event": "control",
+                "control": qualified_name(control),
+                "projectId": spec.project_id,
+                "controlId": spec.control_id,
+                "pingInterval": ping,
+                "ready": readiness.is_ready(),
+                "reason": readiness.reason(),
+                "message": readiness.message(),
+                "send": send,
+            }),
+        );
+    }
+
+    fn print(&self, text: String, mut object: Value) {
+        let now = Timestamp::now();
+        let line = if self.json {
+            object["time"] = json!(now.to_string());
+            object.to_string()
+        } else {
+            text
+        };
+        // A closed stdout (the reader went away) must not take the endpoint down.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+
+    fn event(&self, control: &ExternalControl, reason: &str, message: &str, extra: Value) {
+        let time = Timestamp::now().strftime("%H:%M:%S");
+        let text = format!("{time}  {}  {reason}: {message}", qualified_name(control));
+        let mut object = json!({
+            "control": qualified_name(control),
+            "namespace": control.namespace(),
+            "name": control.name_any(),
+            "projectId": control.spec.project_id,
+            "controlId": control.spec.control_id,
+            "reason": reason,
+            "message": message,
+        });
+        if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
+            object.extend(extra);
+        }
+        self.print(text, object);
+    }
+}
+
+impl Journal for Console {
+    fn status_changed(
+        &self,
+        control: &ExternalControl,
+        cause: Cause,
+        from: ControlStatus,
+        to: ControlStatus,
+    ) {
+        let extra = json!({ "event": "statusChanged", "from": from, "to": to });
+        self.event(control, cause.reason(), &change_message(from, to), extra);
+    }
+
+    fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
+        self.event(control, reason, &note, json!({ "event": "warning" }));
+    }
+}

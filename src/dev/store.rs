@@ -1,0 +1,249 @@
+//! Controls and Secrets in memory, for `extctl dev`: the same two ports the Kubernetes adapters
+//! implement ([`ControlRegistry`] for the endpoint, [`ControlStore`] for the reconciler), with
+//! the API server's semantics that extctl relies on: every write bumps a resourceVersion, a
+//! conditional write against an older one is a conflict, and a report is stored atomically
+//! with its nonce.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use tokio::sync::watch;
+
+use super::console::Console;
+use super::manifests::DEFAULT_NAMESPACE;
+use crate::core::protocol::Rejection;
+use crate::core::readiness::Readiness;
+use crate::core::report::{self, Report};
+use crate::core::tokens::SigningTokens;
+use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
+use crate::reconciler::{Cause, ControlStore, Journal};
+use crate::registry::{ControlRegistry, Recorded};
+
+/// `(namespace, name)`.
+type Key = (String, String);
+
+/// A cheap handle; clones share the same state.
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    changes: watch::Sender<u64>,
+    console: Console,
+}
+
+#[derive(Default)]
+struct State {
+    controls: BTreeMap<Key, ExternalControl>,
+    secrets: BTreeMap<Key, Secret>,
+    /// The last resourceVersion handed out, like the API server's revision.
+    revision: u64,
+}
+
+/// A write conditioned on a resourceVersion that is no longer current.
+#[derive(Debug, thiserror::Error)]
+#[error("{control} changed meanwhile")]
+pub struct Conflict {
+    control: String,
+}
+
+impl MemoryStore {
+    /// Creates the objects as the API server would: namespace defaulted, creation time,
+    /// generation 1 and a resourceVersion set.
+    pub fn new(controls: Vec<ExternalControl>, secrets: Vec<Secret>, console: Console) -> Self {
+        let now = Timestamp::now();
+        let mut state = State::default();
+        for mut secret in secrets {
+            state.created(&mut secret.metadata, now);
+            state.secrets.insert(key(&secret), secret);
+        }
+        for mut control in controls {
+            state.created(&mut control.metadata, now);
+            control.metadata.generation = Some(1);
+            state.controls.insert(key(&control), control);
+        }
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            changes: watch::channel(0).0,
+            console,
+        }
+    }
+
+    /// Every control, as stored now.
+    pub fn controls(&self) -> Vec<ExternalControl> {
+        self.lock().controls.values().cloned().collect()
+    }
+
+    /// Tells of every write; `changed()` on the receiver completes after the next one.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written object: every write is
+        // one assignment. Keep serving rather than poison every later call.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `change` to the stored control when `expected` (a resourceVersion) is still
+    /// current, or unconditionally when it is `None`; bumps the resourceVersion.
+    fn update(
+        &self,
+        control: &ExternalControl,
+        expected: Option<&str>,
+        change: impl FnOnce(&mut ExternalControlStatus) -> Result<(), Rejection>,
+    ) -> Result<(), UpdateError> {
+        let mut state = self.lock();
+        let revision = state.revision + 1;
+        let stored = state
+            .controls
+            .get_mut(&key(control))
+            .ok_or(UpdateError::Rejected(Rejection::ControlNotFound))?;
+        if expected
+            .is_some_and(|version| stored.metadata.resource_version.as_deref() != Some(version))
+        {
+            return Err(UpdateError::Conflict);
+        }
+        let mut status = stored.status.clone().unwrap_or_default();
+        change(&mut status).map_err(UpdateError::Rejected)?;
+        stored.status = Some(status);
+        stored.metadata.resource_version = Some(revision.to_string());
+        state.revision = revision;
+        drop(state);
+        self.changes.send_replace(revision);
+        Ok(())
+    }
+}
+
+enum UpdateError {
+    Conflict,
+    Rejected(Rejection),
+}
+
+impl State {
+    fn created(&mut self, metadata: &mut kube::api::ObjectMeta, now: Timestamp) {
+        self.revision += 1;
+        metadata
+            .namespace
+            .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+        metadata.creation_timestamp = Some(Time(now));
+        metadata.resource_version = Some(self.revision.to_string());
+    }
+
+    fn secret_of(&self, control: &ExternalControl) -> Option<&Secret> {
+        let namespace = control.namespace().unwrap_or_default();
+        self.secrets
+            .get(&(namespace, control.spec.secret_ref.name.clone()))
+    }
+}
+
+fn key(object: &impl ResourceExt) -> Key {
+    (object.namespace().unwrap_or_default(), object.name_any())
+}
+
+impl ControlRegistry for MemoryStore {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
+        let state = self.lock();
+        let mut matches = state
+            .controls
+            .values()
+            .filter(|control| control.spec.control_id == control_id);
+        match (matches.next(), matches.next()) {
+            (None, _) => Err(Rejection::ControlNotFound),
+            (Some(control), None) => Ok(Arc::new(control.clone())),
+            (Some(_), Some(_)) => Err(Rejection::ControlAmbiguous),
+        }
+    }
+
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {
+        self.signing_tokens(control)
+            .map_err(|_| Rejection::TokenUnavailable)
+    }
+
+    async fn record(
+        &self,
+        control: &ExternalControl,
+        report: Report,
+    ) -> Result<Recorded, Rejection> {
+        let mut recorded = None;
+        // Checked and written under one lock: the nonce check sees every earlier report.
+        let write = self.update(control, None, |status| {
+            let update = report::apply(Some(status), &report)?;
+            update.apply_to(status);
+            recorded = Some(Recorded {
+                previous: update.previous,
+                stored: update.status,
+            });
+            Ok(())
+        });
+        match (write, recorded) {
+            (Ok(()), Some(recorded)) => {
+                if recorded.previous != recorded.stored {
+                    let (from, to) = (recorded.previous, recorded.stored);
+                    self.console
+                        .status_changed(control, Cause::Reported, from, to);
+                }
+                Ok(recorded)
+            }
+            (Err(UpdateError::Rejected(rejection)), _) => Err(rejection),
+            _ => Err(Rejection::Unavailable(
+                "the control changed meanwhile".into(),
+            )),
+        }
+    }
+}
+
+impl ControlStore for MemoryStore {
+    type Error = Conflict;
+
+    fn readiness(&self, control: &ExternalControl) -> Readiness {
+        let state = self.lock();
+        Readiness::among(control, state.secret_of(control), state.controls.values())
+    }
+
+    fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+        SigningTokens::for_control(control, self.lock().secret_of(control))
+    }
+
+    async fn write_status(
+        &self,
+        control: &ExternalControl,
+        desired: &ExternalControlStatus,
+    ) -> Result<(), Conflict> {
+        let version = control.resource_version();
+        self.update(
+            control,
+            Some(version.as_deref().unwrap_or_default()),
+            |status| {
+                // The version matched, so `desired` was computed from exactly this status.
+                *status = desired.clone();
+                Ok(())
+            },
+        )
+        .map_err(|_| Conflict {
+            control: qualified_name(control),
+        })
+    }
+
+    async fn write_last_ping(
+        &self,
+        control: &ExternalControl,
+        outcome: &PingOutcome,
+    ) -> Result<(), Conflict> {
+        self.update(control, None, |status| {
+            status.last_ping = Some(outcome.clone());
+            Ok(())
+        })
+        .map_err(|_| Conflict {
+            control: qualified_name(control),
+        })
+    }
+}

@@ -1,0 +1,271 @@
+//! The reconciler's logic, whatever stores the controls: keeps each control's status initialised
+//! (`pending`), its `Ready` condition current, `observedGeneration` current, resets pinged
+//! controls to `pending` when due, notifies the checker, and fails a notified control that stays
+//! `pending` past its `pendingTimeout`.
+//!
+//! `extctl run` drives it from kube-rs's `Controller` with a [`ControlStore`] on the Kubernetes
+//! API; `extctl dev` drives it from a timer loop with an in-memory store. The decisions are made
+//! here once, on top of the pure rules in [`crate::core`].
+
+use std::future::Future;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use kube::ResourceExt;
+
+use crate::core::ping::{self, PingSubject};
+use crate::core::readiness::{READY, Readiness};
+use crate::core::report::current_status;
+use crate::core::schedule::{self, PingFacts, PingPlan};
+use crate::core::signature;
+use crate::core::tokens::SigningTokens;
+use crate::crd::{
+    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
+};
+use crate::notify::Notifier;
+
+/// Why a control's status changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A checker's signed call.
+    Reported,
+    /// The scheduled reset of a pinged control.
+    PingReset,
+    /// A notified checker did not answer within `pendingTimeout`.
+    PendingTimeout,
+}
+
+impl Cause {
+    /// The reason, as Kubernetes Events (and `extctl dev`'s output) name it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Reported => "StatusReported",
+            Self::PingReset => "PingReset",
+            Self::PendingTimeout => "PendingTimeout",
+        }
+    }
+}
+
+/// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.
+/// Telling must not fail the write it reports (the status is already stored).
+pub trait Journal: Send + Sync + 'static {
+    /// A stored change of status, worded as GitLab's audit event.
+    fn status_changed(
+        &self,
+        control: &ExternalControl,
+        cause: Cause,
+        from: ControlStatus,
+        to: ControlStatus,
+    );
+
+    /// Something about `control` needs attention (a failed or skipped ping); `reason` is
+    /// PascalCase.
+    fn warning(&self, control: &ExternalControl, reason: &str, note: String);
+}
+
+/// What the reconciler needs from wherever controls live.
+pub trait ControlStore: Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Whether calls for `control` can succeed, judged from the stored Secrets and controls.
+    fn readiness(&self, control: &ExternalControl) -> Readiness;
+
+    /// The control's signing tokens, or why there are none (never the token itself).
+    fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String>;
+
+    /// Writes the reconciler's status fields, conditioned on the version `control` was read at:
+    /// a report stored meanwhile is never overwritten, and of several writers exactly one
+    /// carries out a reset.
+    fn write_status(
+        &self,
+        control: &ExternalControl,
+        desired: &ExternalControlStatus,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Records a notification's outcome, unconditionally: only the writer whose reset won
+    /// notifies, so no one else writes it.
+    fn write_last_ping(
+        &self,
+        control: &ExternalControl,
+        outcome: &PingOutcome,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// The status a control reports before anyone has written it.
+pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
+
+/// The reconciler: its store, where it tells what happened, and how it pings.
+pub struct Reconciler<S, J> {
+    pub store: S,
+    pub journal: J,
+    pub notifier: Notifier,
+}
+
+impl<S: ControlStore, J: Journal> Reconciler<S, J> {
+    /// Brings `control` up to date as of `now`; returns when it next needs a look (a reset or
+    /// a pending timeout falling due), or `None` when only a change to it can matter.
+    pub async fn reconcile(
+        &self,
+        control: &ExternalControl,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, S::Error> {
+        let current = control.status.clone().unwrap_or_default();
+        let plan = ping_plan(control, &current, now);
+        let deadline = control
+            .spec
+            .pending_timeout
+            .parse()
+            .ok()
+            .and_then(|timeout| ping::timeout_deadline(&current, timeout));
+        let change = match plan {
+            PingPlan::Reset { .. } => Some(Cause::PingReset),
+            _ if deadline.is_some_and(|deadline| deadline <= now) => Some(Cause::PendingTimeout),
+            _ => None,
+        };
+        let readiness = self.store.readiness(control);
+        let desired = desired_status(control, &current, &readiness, plan, change, now);
+        if desired != current {
+            self.store.write_status(control, &desired).await?;
+            let (from, to) = (
+                current_status(Some(&current)),
+                current_status(Some(&desired)),
+            );
+            if let Some(cause) = change.filter(|_| from != to) {
+                self.journal.status_changed(control, cause, from, to);
+            }
+            if !readiness.is_ready() {
+                tracing::info!(control = %qualified_name(control), reason = readiness.reason(), "control not ready");
+            }
+            if change == Some(Cause::PingReset) {
+                // Only the writer whose reset won gets here: one ping per reset.
+                self.notify(control, now).await?;
+            }
+        }
+        let wake = [plan.next(), deadline.filter(|d| *d > now)];
+        Ok(wake.into_iter().flatten().min())
+    }
+
+    /// Notifies the checker after a reset, when the control has an `externalUrl`, and records
+    /// the outcome in `status.lastPing`. Failures leave the status `pending` and raise a warning.
+    async fn notify(&self, control: &ExternalControl, reset_at: Timestamp) -> Result<(), S::Error> {
+        let Some(url) = control.spec.external_url.as_deref() else {
+            return Ok(());
+        };
+        let outcome = match self.store.signing_tokens(control) {
+            Err(why) => {
+                let note = format!("Not notifying {url}: {why}");
+                self.journal.warning(control, "PingSkipped", note);
+                PingOutcome {
+                    time: MicroTime(reset_at),
+                    http_status: None,
+                    error: Some(why),
+                }
+            }
+            Ok(tokens) => {
+                let namespace = control.namespace().unwrap_or_default();
+                let name = control.name_any();
+                let subject = PingSubject {
+                    project_id: control.spec.project_id,
+                    control_id: control.spec.control_id,
+                    namespace: &namespace,
+                    name: &name,
+                    display_name: control.spec.display_name.as_deref(),
+                };
+                let body = ping::payload(&subject, reset_at);
+                let signature = signature::sign(tokens.current(), &body);
+                let answer = self.notifier.ping(url, body, signature).await;
+                let outcome = PingOutcome {
+                    time: MicroTime(reset_at),
+                    http_status: answer.as_ref().ok().copied(),
+                    error: answer.as_ref().err().cloned(),
+                };
+                if !outcome.accepted() {
+                    let why = answer.map_or_else(|error| error, |code| format!("HTTP {code}"));
+                    let note = format!("Notifying {url} failed: {why}; the status stays pending");
+                    self.journal.warning(control, "PingFailed", note);
+                }
+                outcome
+            }
+        };
+        self.store.write_last_ping(control, &outcome).await
+    }
+}
+
+fn ping_plan(
+    control: &ExternalControl,
+    status: &ExternalControlStatus,
+    now: Timestamp,
+) -> PingPlan {
+    // The schema guarantees a valid interval; should one slip past it, ping stays off.
+    let Ok(interval) = control.spec.ping_interval.parse() else {
+        return PingPlan::Off;
+    };
+    let facts = PingFacts {
+        enabled: control.spec.ping_enabled,
+        interval,
+        created: control
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0),
+        seen_before: status.observed_generation.is_some(),
+        status: current_status(Some(status)),
+        last_update: status.last_update_time.as_ref().map(|t| t.0),
+        next_ping: status.next_ping_time.as_ref().map(|t| t.0),
+        scheduled_interval: status.ping_interval.as_ref().and_then(|i| i.parse().ok()),
+    };
+    schedule::plan(&facts, now)
+}
+
+/// The status the reconciler wants, from the current one; equal to it when nothing is to do.
+fn desired_status(
+    control: &ExternalControl,
+    current: &ExternalControlStatus,
+    readiness: &Readiness,
+    plan: PingPlan,
+    change: Option<Cause>,
+    now: Timestamp,
+) -> ExternalControlStatus {
+    let generation = control.metadata.generation;
+    let mut desired = current.clone();
+    desired.status = Some(current.status.unwrap_or(INITIAL_STATUS));
+    desired.observed_generation = generation;
+    desired.conditions = replace_ready(
+        &current.conditions,
+        readiness.condition(generation, &current.conditions, now),
+    );
+    desired.next_ping_time = plan.next().map(MicroTime);
+    desired.ping_interval = control
+        .spec
+        .ping_enabled
+        .then(|| control.spec.ping_interval.clone());
+    match change {
+        Some(Cause::PingReset) => {
+            desired.status = Some(ControlStatus::Pending);
+            desired.last_update_time = Some(Time(now));
+            desired.last_ping_time = Some(MicroTime(now));
+            // The previous round's outcome must not time out this one.
+            desired.last_ping = None;
+        }
+        Some(Cause::PendingTimeout) => {
+            desired.status = Some(ControlStatus::Fail);
+            desired.last_update_time = Some(Time(now));
+        }
+        Some(Cause::Reported) | None => {}
+    }
+    desired
+}
+
+fn replace_ready(conditions: &[Condition], ready: Condition) -> Vec<Condition> {
+    conditions
+        .iter()
+        .filter(|c| c.type_ != READY)
+        .cloned()
+        .chain(std::iter::once(ready))
+        .collect()
+}
+
+/// How long from `now` until `next` (zero when it is already due).
+pub fn duration_until(now: Timestamp, next: Timestamp) -> std::time::Duration {
+    std::time::Duration::try_from(next.duration_since(now)).unwrap_or_default()
+}
