@@ -1,44 +1,102 @@
-//! Every row of the protocol document, through the real `extctl run` binary against the
-//! Kubernetes API harness, with calls signed and sent by an independent Python checker.
+//! Every row of the protocol document, with calls signed and sent by an independent Python
+//! checker, through the real binary twice: `extctl run` against the Kubernetes API harness, and
+//! `extctl dev` with the same control and Secret as manifests (same endpoint, other store).
 
 mod support;
 
 use std::time::Duration;
 
 use extctl::crd::ControlStatus;
-use support::{Cluster, Operator, TOKEN, checker, wait_for};
+use support::{Cluster, Dev, Operator, TOKEN, checker, wait_for};
 
 const PROJECT: &str = "42";
 const CONTROL: &str = "7";
 
+/// Which command serves the endpoint.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Run,
+    Dev,
+}
+
+enum Backend {
+    Run {
+        cluster: Cluster,
+        operator: Operator,
+    },
+    Dev(Dev),
+}
+
 struct Env {
-    cluster: Cluster,
-    operator: Operator,
+    backend: Backend,
+    dir: tempfile::TempDir,
     token: String,
 }
 
-async fn env() -> Env {
-    env_with(&[]).await
+/// Control `sast` (project 42, control 7) and its Secret, as `kubectl apply` would get them.
+const MANIFESTS: &str = "\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: sast-token
+stringData:
+  token: s3cr3t-t0ken
+---
+apiVersion: extctl.dev/v1alpha1
+kind: ExternalControl
+metadata:
+  name: sast
+spec:
+  projectId: 42
+  controlId: 7
+  secretRef:
+    name: sast-token
+";
+
+async fn env(kind: Kind) -> Env {
+    env_with(kind, &[]).await
 }
 
-async fn env_with(operator_args: &[&str]) -> Env {
-    let cluster = Cluster::start().await;
-    cluster
-        .create_secret("sast-token", &[("token", TOKEN)])
-        .await;
-    cluster.create_control("sast", 42, 7, "sast-token").await;
-    let operator = Operator::start(&cluster, operator_args).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
-
-    let token = cluster.token_file("token", TOKEN).display().to_string();
+async fn env_with(kind: Kind, args: &[&str]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let backend = match kind {
+        Kind::Run => {
+            let cluster = Cluster::start().await;
+            cluster
+                .create_secret("sast-token", &[("token", TOKEN)])
+                .await;
+            cluster.create_control("sast", 42, 7, "sast-token").await;
+            let operator = Operator::start(&cluster, args).await;
+            cluster.wait_ready_reason("sast", "Ready").await;
+            Backend::Run { cluster, operator }
+        }
+        Kind::Dev => {
+            let manifests = dir.path().join("sast.yaml");
+            std::fs::write(&manifests, MANIFESTS).unwrap();
+            let mut dev_args = vec!["--manifests", manifests.to_str().unwrap()];
+            dev_args.extend_from_slice(args);
+            let dev = Dev::start(&dev_args).await;
+            assert_eq!(dev.control("default/sast")["ready"], true);
+            Backend::Dev(dev)
+        }
+    };
     Env {
-        cluster,
-        operator,
-        token,
+        backend,
+        token: token.display().to_string(),
+        dir,
     }
 }
 
 impl Env {
+    fn url(&self) -> &str {
+        match &self.backend {
+            Backend::Run { operator, .. } => &operator.url,
+            Backend::Dev(dev) => &dev.url,
+        }
+    }
+
     /// A call for project 42 / control 7 with the right token, plus `knobs`.
     async fn call(&self, knobs: &[&str]) -> support::Answer {
         let mut args = vec![
@@ -50,15 +108,14 @@ impl Env {
             &self.token,
         ];
         args.extend_from_slice(knobs);
-        checker(&self.operator.url, &args).await
+        checker(self.url(), &args).await
     }
 
     /// A token file with a token that is not the control's.
     fn wrong_token(&self) -> String {
-        self.cluster
-            .token_file("wrong", "not-the-token")
-            .display()
-            .to_string()
+        let path = self.dir.path().join("wrong");
+        std::fs::write(&path, "not-the-token").unwrap();
+        path.display().to_string()
     }
 
     /// Sends each row's call and checks GitLab's answer: `(case, knobs, code, error)`.
@@ -68,12 +125,43 @@ impl Env {
         }
     }
 
-    async fn stored_status(&self) -> Option<ControlStatus> {
-        self.cluster
-            .control("sast")
-            .await
-            .status
-            .and_then(|s| s.status)
+    /// The status in the store: the API server's copy, or what `extctl dev` printed.
+    async fn stored_status(&self) -> ControlStatus {
+        match &self.backend {
+            Backend::Run { cluster, .. } => {
+                let status = cluster.control("sast").await.status;
+                status.and_then(|s| s.status).expect("a status is set")
+            }
+            Backend::Dev(dev) => {
+                let status = dev.status("default/sast");
+                serde_json::from_value(serde_json::json!(status)).unwrap()
+            }
+        }
+    }
+
+    /// Waits briefly for `expected` to be stored (dev prints asynchronously), then asserts it.
+    async fn assert_stored(&self, expected: ControlStatus, case: &str) {
+        let matched = wait_for(Duration::from_secs(5), || async {
+            (self.stored_status().await == expected).then_some(())
+        })
+        .await;
+        let stored = self.stored_status().await;
+        assert!(
+            matched.is_some(),
+            "{case}: stored {stored:?}, expected {expected:?}"
+        );
+    }
+
+    /// The audit messages of status changes: Events in a cluster, printed lines in dev.
+    async fn change_messages(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Run { cluster, .. } => cluster.event_notes("sast").await,
+            Backend::Dev(dev) => dev
+                .events("statusChanged")
+                .iter()
+                .map(|line| line["message"].as_str().unwrap().to_owned())
+                .collect(),
+        }
     }
 }
 
@@ -87,14 +175,10 @@ fn assert_answer(answer: &support::Answer, code: u16, error: &str, case: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepted_calls_store_the_status_and_answer_like_gitlab() {
-    let env = env().await;
-    assert_eq!(
-        env.stored_status().await,
-        Some(ControlStatus::Pending),
-        "a new control is pending"
-    );
+async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
+    let env = env(kind).await;
+    env.assert_stored(ControlStatus::Pending, "a new control is pending")
+        .await;
 
     let cases: [(&str, &[&str], ControlStatus); 5] = [
         (
@@ -131,17 +215,12 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab() {
             serde_json::json!({"status": expected.as_str()}),
             "{case}"
         );
-        assert_eq!(
-            env.stored_status().await,
-            Some(expected),
-            "{case}: stored in the API"
-        );
+        env.assert_stored(expected, case).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_row_of_the_protocol_table() {
-    let env = env().await;
+async fn every_error_row_of_the_protocol_table(kind: Kind) {
+    let env = env(kind).await;
     let wrong_token = env.wrong_token();
     let now = jiff::Timestamp::now().as_second();
     let expired = (now - 15).to_string();
@@ -246,11 +325,8 @@ async fn every_error_row_of_the_protocol_table() {
         ),
     ];
     env.assert_rows(rows).await;
-    assert_eq!(
-        env.stored_status().await,
-        Some(extctl::crd::ControlStatus::Pending),
-        "nothing was stored"
-    );
+    env.assert_stored(ControlStatus::Pending, "nothing was stored")
+        .await;
 
     // The checker takes the last of a repeated flag, so these override project 42 / control 7.
     let lookups: Vec<(&str, Vec<&str>, u16, &str)> = vec![
@@ -276,9 +352,8 @@ async fn every_error_row_of_the_protocol_table() {
     env.assert_rows(lookups).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_run_in_the_documented_order() {
-    let env = env().await;
+async fn checks_run_in_the_documented_order(kind: Kind) {
+    let env = env(kind).await;
     let wrong = env.wrong_token();
     let expired = (jiff::Timestamp::now().as_second() - 60).to_string();
     let rows: Vec<(&str, Vec<&str>, u16, &str)> = vec![
@@ -322,9 +397,8 @@ async fn checks_run_in_the_documented_order() {
     env.assert_rows(rows).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it() {
-    let env = env().await;
+async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind) {
+    let env = env(kind).await;
     let nonce = "00000000000000000000000000000001";
     let wrong = env.wrong_token();
 
@@ -336,12 +410,12 @@ async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it() {
 
     let replay = env.call(&["--nonce", nonce, "--status", "fail"]).await;
     assert_answer(&replay, 401, "Invalid nonce", "replayed nonce");
-    assert_eq!(env.stored_status().await, Some(ControlStatus::Pass));
+    env.assert_stored(ControlStatus::Pass, "the replay changed nothing")
+        .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none() {
-    let env = env().await;
+async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none(kind: Kind) {
+    let env = env(kind).await;
     for status in ["pass", "pass", "fail", "fail"] {
         assert_eq!(env.call(&["--status", status]).await.code, 200);
     }
@@ -350,20 +424,19 @@ async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none() {
         "Changed compliance control status from 'pass' to 'fail'",
     ];
     let notes = wait_for(Duration::from_secs(10), || async {
-        let notes = env.cluster.event_notes("sast").await;
+        let notes = env.change_messages().await;
         (notes.len() >= expected.len()).then_some(notes)
     })
     .await
     .expect("Events are published");
     // Give a stray extra Event the chance to show up before asserting there is none.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.cluster.event_notes("sast").await, expected);
+    assert_eq!(env.change_messages().await, expected);
     assert_eq!(notes, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_are_bounded_and_unknown_routes_answer_in_json() {
-    let env = env().await;
+async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind) {
+    let env = env(kind).await;
     let big = format!("{{\"status\":\"pass\",\"pad\":\"{}\"}}", "x".repeat(5000));
     let answer = env
         .call(&["--raw-body", &big, "--content-type", "application/json"])
@@ -379,7 +452,7 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json() {
     let get = client
         .get(format!(
             "{}/api/v4/projects/42/compliance_external_controls/7/status",
-            env.operator.url
+            env.url()
         ))
         .send()
         .await
@@ -390,7 +463,7 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json() {
         "405 Method Not Allowed"
     );
     let missing = client
-        .get(format!("{}/api/v4/nothing", env.operator.url))
+        .get(format!("{}/api/v4/nothing", env.url()))
         .send()
         .await
         .unwrap();
@@ -403,8 +476,11 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_api_server_refuses_is_reported_not_stored() {
-    let env = env().await;
-    env.cluster
+    let env = env(Kind::Run).await;
+    let Backend::Run { cluster, .. } = &env.backend else {
+        unreachable!()
+    };
+    cluster
         .api
         .faults()
         .fail_next(1, Some(axum::http::Method::PATCH), "/status", 422);
@@ -417,22 +493,24 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         "{:?}",
         answer.body
     );
-    assert_eq!(env.stored_status().await, Some(ControlStatus::Pending));
+    env.assert_stored(ControlStatus::Pending, "the refused write")
+        .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stops_cleanly_on_sigterm() {
-    let env = env().await;
-    let status = env.operator.stop().await;
+async fn stops_cleanly_on_sigterm(kind: Kind) {
+    let env = env(kind).await;
+    let status = match env.backend {
+        Backend::Run { operator, .. } => operator.stop().await,
+        Backend::Dev(dev) => dev.stop().await,
+    };
     assert!(status.success(), "exit status {status:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_body_times_out() {
+async fn a_client_that_never_finishes_its_body_times_out(kind: Kind) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let env = env_with(&["--request-timeout", "1s"]).await;
-    let address = env.operator.url.trim_start_matches("http://");
+    let env = env_with(kind, &["--request-timeout", "1s"]).await;
+    let address = env.url().trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let head = "PATCH /api/v4/projects/42/compliance_external_controls/7/status HTTP/1.1\r\n\
                 Host: extctl\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sta";
@@ -448,3 +526,36 @@ async fn a_client_that_never_finishes_its_body_times_out() {
         "{answer}"
     );
 }
+
+/// Each test above that takes a [`Kind`], once per command.
+macro_rules! on_run_and_dev {
+    ($($test:ident),* $(,)?) => {
+        mod run {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Kind::Run).await
+                }
+            )*
+        }
+        mod dev {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Kind::Dev).await
+                }
+            )*
+        }
+    };
+}
+
+on_run_and_dev!(
+    accepted_calls_store_the_status_and_answer_like_gitlab,
+    every_error_row_of_the_protocol_table,
+    checks_run_in_the_documented_order,
+    a_nonce_is_used_once_and_only_a_verified_call_can_use_it,
+    changes_emit_gitlabs_audit_event_and_repeats_emit_none,
+    bodies_are_bounded_and_unknown_routes_answer_in_json,
+    stops_cleanly_on_sigterm,
+    a_client_that_never_finishes_its_body_times_out,
+);

@@ -235,17 +235,7 @@ impl Operator {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running") as i32;
-        // Stop it the way Kubernetes stops a pod.
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .expect("extctl stops within 15 s of SIGTERM")
-            .unwrap()
+        terminate(&mut self.child).await
     }
 }
 
@@ -301,4 +291,126 @@ pub async fn checker(url: &str, args: &[&str]) -> Answer {
         code: line["code"].as_u64().unwrap() as u16,
         body: line["body"].clone(),
     }
+}
+
+/// The real `extctl dev` binary with `--json`: its stdout lines, parsed.
+pub struct Dev {
+    child: Child,
+    pub url: String,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Dev {
+    /// Starts `extctl dev --json --listen 127.0.0.1:0` with `args`; waits for its endpoint.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
+            .args(["dev", "--json", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("extctl binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        tokio::spawn(collect_json_lines(stdout, lines.clone()));
+        let mut dev = Self {
+            child,
+            url: String::new(),
+            lines,
+        };
+        let listening = wait_for(Duration::from_secs(20), || async {
+            dev.events("listening").into_iter().next()
+        })
+        .await;
+        let Some(listening) = listening else {
+            let output = dev.child.wait_with_output().await.unwrap();
+            panic!(
+                "extctl dev did not start: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        dev.url = listening["url"].as_str().unwrap().to_owned();
+        dev
+    }
+
+    /// The lines printed so far whose `event` is `event`.
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| line["event"] == event)
+            .cloned()
+            .collect()
+    }
+
+    /// The `control` line of `namespace/name`.
+    pub fn control(&self, qualified_name: &str) -> Value {
+        self.events("control")
+            .into_iter()
+            .find(|line| line["control"] == qualified_name)
+            .unwrap_or_else(|| panic!("no control line for {qualified_name}"))
+    }
+
+    /// `(reason, from, to)` of every status change of `namespace/name` printed so far.
+    pub fn changes(&self, qualified_name: &str) -> Vec<(String, String, String)> {
+        self.events("statusChanged")
+            .into_iter()
+            .filter(|line| line["control"] == qualified_name)
+            .map(|line| {
+                let text = |key: &str| line[key].as_str().unwrap_or_default().to_owned();
+                (text("reason"), text("from"), text("to"))
+            })
+            .collect()
+    }
+
+    /// The status `namespace/name` has, from the changes printed (a new control is pending).
+    pub fn status(&self, qualified_name: &str) -> String {
+        self.changes(qualified_name)
+            .pop()
+            .map_or("pending".into(), |(_, _, to)| to)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child).await
+    }
+}
+
+async fn collect_json_lines(stdout: tokio::process::ChildStdout, lines: Arc<Mutex<Vec<Value>>>) {
+    let mut reader = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        let value = serde_json::from_str(&line)
+            .unwrap_or_else(|error| panic!("extctl dev --json printed {line:?}: {error}"));
+        lines.lock().unwrap().push(value);
+    }
+}
+
+/// Stops a process the way Kubernetes stops a pod (SIGTERM) and waits up to 15 s for it.
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("extctl stops within 15 s of SIGTERM")
+        .unwrap()
+}
+
+/// Runs `extctl` with `args` to completion.
+pub async fn extctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_extctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("extctl binary runs")
 }
