@@ -9,7 +9,7 @@ use extctl::crd::{ControlStatus, ExternalControl};
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::{Cluster, Operator, TOKEN, checker, wait_for};
+use support::{Cluster, Operator, PythonServer, TOKEN, checker, wait_for};
 
 /// Creates a control of project 42 with `ping` settings merged into its spec.
 async fn create_pinged(
@@ -262,50 +262,20 @@ async fn two_replicas_reset_once_per_due_time() {
 
 /// The independent Python ping receiver, answering every ping with `code`.
 struct Receiver {
-    _process: tokio::process::Child,
+    server: PythonServer,
     url: String,
-    log: std::path::PathBuf,
 }
 
 impl Receiver {
     async fn start(dir: &std::path::Path, code: u16) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ping_receiver.py");
-        let log = dir.join(format!("pings-{code}.jsonl"));
-        let token = dir.join("receiver-token");
-        std::fs::write(&token, TOKEN).unwrap();
-        let mut process = tokio::process::Command::new("python3")
-            .arg(script)
-            .args(["--code", &code.to_string()])
-            .arg("--token-file")
-            .arg(&token)
-            .arg("--log")
-            .arg(&log)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let stdout = process.stdout.take().unwrap();
-        let port = tokio::io::BufReader::new(stdout)
-            .lines()
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap();
-        Self {
-            _process: process,
-            url: format!("http://127.0.0.1:{port}/hooks/extctl"),
-            log,
-        }
+        let code = code.to_string();
+        let server = PythonServer::start("ping_receiver.py", dir, TOKEN, &["--code", &code]).await;
+        let url = format!("{}/hooks/extctl", server.base_url);
+        Self { server, url }
     }
 
     fn pings(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        self.server.records()
     }
 }
 

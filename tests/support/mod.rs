@@ -414,3 +414,62 @@ pub async fn extctl(args: &[&str]) -> std::process::Output {
         .await
         .expect("extctl binary runs")
 }
+
+/// One of the independent Python servers in `tests/support` (the ping receiver, the GitLab
+/// stand-in), given a token file holding `token`, a JSON-lines log in `dir`, and `args`.
+pub struct PythonServer {
+    _process: Child,
+    pub base_url: String,
+    log: PathBuf,
+}
+
+impl PythonServer {
+    pub async fn start(script: &str, dir: &Path, token: &str, args: &[&str]) -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(script);
+        let stem = script.trim_end_matches(".py");
+        let log = tempfile::Builder::new()
+            .prefix(stem)
+            .suffix(".jsonl")
+            .tempfile_in(dir)
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        let token_file = dir.join(format!("{stem}-token"));
+        std::fs::write(&token_file, token).unwrap();
+        let mut process = Command::new("python3")
+            .arg(path)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let stdout = process.stdout.take().unwrap();
+        let port = BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server prints its port");
+        Self {
+            _process: process,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// What it logged, one JSON object per request.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
