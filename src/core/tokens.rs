@@ -58,7 +58,6 @@ impl SigningTokens {
         })
     }
 
-    /// A token given directly (from a file, stdin or the environment).
     /// A control's tokens from its Secret (`None`: not found), or why there are none, naming
     /// the Secret and key but never their contents.
     pub fn for_control(
@@ -72,6 +71,7 @@ impl SigningTokens {
             .map_err(|problem| format!("Secret {name:?}: {problem}"))
     }
 
+    /// A token given directly (from a file, stdin or the environment).
     pub fn single(token: &[u8]) -> Result<Self, TokenProblem> {
         let token = without_trailing_newline(token);
         if token.is_empty() {

@@ -388,8 +388,14 @@ fn parse_secret(value: Value) -> Result<Secret, String> {
             return Err(unknown.join("; "));
         }
     }
-    let mut secret: Secret =
-        serde_path_to_error::deserialize(value).map_err(|error| path_problem(&error))?;
+    let mut secret: Secret = serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        if path.starts_with("data.") {
+            format!("{path}: not valid base64 ({})", error.inner())
+        } else {
+            path_problem(&error)
+        }
+    })?;
     if let Some(strings) = secret.string_data.take() {
         let data = secret.data.get_or_insert_with(Default::default);
         for (key, text) in strings {

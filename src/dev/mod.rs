@@ -129,8 +129,9 @@ fn add_flag_controls(loaded: &mut Manifests, settings: &DevSettings) -> anyhow::
     };
     let token = std::fs::read(token_file)
         .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
-    SigningTokens::single(&token)
-        .map_err(|problem| anyhow::anyhow!("--token-file {}: {problem}", token_file.display()))?;
+    SigningTokens::single(&token).map_err(|_| {
+        anyhow::anyhow!("--token-file {}: the token is empty", token_file.display())
+    })?;
     loaded.secrets.push(Secret {
         metadata: metadata(FLAG_SECRET),
         data: Some([("token".to_owned(), ByteString(token))].into()),
