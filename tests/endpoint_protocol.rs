@@ -21,7 +21,7 @@ enum Kind {
 
 enum Backend {
     Run {
-        cluster: Cluster,
+        cluster: Box<Cluster>,
         operator: Operator,
     },
     Dev(Dev),
@@ -70,7 +70,10 @@ async fn env_with(kind: Kind, args: &[&str]) -> Env {
             cluster.create_control("sast", 42, 7, "sast-token").await;
             let operator = Operator::start(&cluster, args).await;
             cluster.wait_ready_reason("sast", "Ready").await;
-            Backend::Run { cluster, operator }
+            Backend::Run {
+                cluster: Box::new(cluster),
+                operator,
+            }
         }
         Kind::Dev => {
             let manifests = dir.path().join("sast.yaml");
