@@ -404,3 +404,107 @@ fn parse_secret(value: Value) -> Result<Secret, String> {
     }
     Ok(secret)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `text` as one file; the problems, without the temporary path.
+    fn load_text(text: &str) -> Result<Manifests, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yaml");
+        std::fs::write(&file, text).unwrap();
+        load(&[file.clone()]).map_err(|errors| {
+            let prefix = format!("{}, ", file.display());
+            errors
+                .iter()
+                .map(|e| e.to_string().replace(&prefix, ""))
+                .collect()
+        })
+    }
+
+    const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n";
+    const CONTROL: &str = "apiVersion: extctl.dev/v1alpha1\nkind: ExternalControl\n";
+
+    #[test]
+    fn documents_are_split_at_separator_lines_with_their_first_line() {
+        let text = "---\na: 1\n--- # second\nb: 2\n---\n";
+        let split = documents(text);
+        let lines: Vec<usize> = split.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [1, 2, 4, 6]);
+        assert_eq!(split[2].1, "b: 2\n");
+        // `---` inside a value is not a separator.
+        assert_eq!(documents("a: '---'\n").len(), 1);
+    }
+
+    #[test]
+    fn a_minimal_control_gets_the_schema_defaults_and_no_status() {
+        let text = format!(
+            "{CONTROL}metadata: {{name: sast}}\nspec: {{projectId: 42, controlId: 7, secretRef: {{name: s}}}}\n\
+             status: {{status: pass}}\n"
+        );
+        let manifests = load_text(&text).unwrap();
+        let control = &manifests.controls[0];
+        assert!(control.spec.ping_enabled);
+        assert_eq!(control.spec.ping_interval.0, "12h");
+        assert_eq!(control.spec.secret_ref.key, "token");
+        assert_eq!(control.status, None, "status is not set through a manifest");
+    }
+
+    #[test]
+    fn string_data_is_merged_into_data_and_wins() {
+        let text =
+            format!("{SECRET}data: {{token: b2xk, other: b3RoZXI=}}\nstringData: {{token: new}}\n");
+        let manifests = load_text(&text).unwrap();
+        let data = manifests.secrets[0].data.clone().unwrap();
+        assert_eq!(data["token"].0, b"new");
+        assert_eq!(data["other"].0, b"other");
+        assert_eq!(manifests.secrets[0].string_data, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_found_at_any_depth() {
+        let text = format!(
+            "{CONTROL}metadata: {{name: a, labels: {{x: y}}}}\n\
+             spec: {{projectId: 1, controlId: 2, secretRef: {{name: s, keyy: t}}, extra: 1}}\n"
+        );
+        let problems = load_text(&text).unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "document 1 (line 1), ExternalControl default/a: spec.extra: unknown field; \
+              spec.secretRef.keyy: unknown field"
+            ]
+        );
+    }
+
+    #[test]
+    fn yaml_errors_give_the_files_line() {
+        let text = format!("{SECRET}---\n{SECRET}stringData: {{token: [x}}\n");
+        let problems = load_text(&text).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("document 2 (line 5): invalid YAML at line 8, column"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        for good in ["a", "sast-token", "a.b", "0x"] {
+            assert!(check_dns_subdomain("n", good).is_ok(), "{good}");
+        }
+        for bad in ["", "A", "a_b", "-a", "a-", &"a".repeat(254)] {
+            assert!(check_dns_subdomain("n", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_missing_or_empty_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = load(&[dir.path().to_owned()]).unwrap_err();
+        assert!(errors[0].problem.contains("no .yaml, .yml or .json files"));
+        let errors = load(&[dir.path().join("missing.yaml")]).unwrap_err();
+        assert!(errors[0].problem.starts_with("cannot read"));
+    }
+}

@@ -247,3 +247,93 @@ impl ControlStore for MemoryStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ControlStatus;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn control(name: &str, control_id: i64) -> ExternalControl {
+        serde_json::from_value(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+            "metadata": {"name": name},
+            "spec": {"projectId": 42, "controlId": control_id, "secretRef": {"name": "s"}}
+        }))
+        .unwrap()
+    }
+
+    fn store(controls: Vec<ExternalControl>) -> MemoryStore {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("s".into()),
+                ..Default::default()
+            },
+            data: Some([("token".into(), ByteString(b"t0k".to_vec()))].into()),
+            ..Default::default()
+        };
+        MemoryStore::new(controls, vec![secret], Console { json: true })
+    }
+
+    fn report(status: ControlStatus, nonce: &str) -> Report {
+        let now = Timestamp::now();
+        Report {
+            status,
+            nonce: nonce.into(),
+            nonce_expires_at: now + jiff::SignedDuration::from_secs(15),
+            received_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_from_a_stale_version_conflicts() {
+        let store = store(vec![control("a", 7)]);
+        let read = store.controls().remove(0);
+        assert_eq!(read.namespace().as_deref(), Some(DEFAULT_NAMESPACE));
+        store
+            .record(&read, report(ControlStatus::Pass, "n1"))
+            .await
+            .unwrap();
+        let desired = ExternalControlStatus {
+            status: Some(ControlStatus::Pending),
+            ..Default::default()
+        };
+        assert!(store.write_status(&read, &desired).await.is_err());
+        let fresh = store.controls().remove(0);
+        assert_ne!(fresh.resource_version(), read.resource_version());
+        store.write_status(&fresh, &desired).await.unwrap();
+        let written = store.controls().remove(0);
+        assert_eq!(written.status.unwrap().status, Some(ControlStatus::Pending));
+    }
+
+    #[tokio::test]
+    async fn a_nonce_is_stored_with_the_report_and_refused_again() {
+        let store = store(vec![control("a", 7)]);
+        let read = store.controls().remove(0);
+        let first = store.record(&read, report(ControlStatus::Pass, "n1")).await;
+        assert_eq!(
+            first.unwrap(),
+            Recorded {
+                previous: ControlStatus::Pending,
+                stored: ControlStatus::Pass
+            }
+        );
+        // Even from the same (now stale) copy: the check runs against the stored state.
+        let replay = store.record(&read, report(ControlStatus::Fail, "n1")).await;
+        assert_eq!(replay, Err(Rejection::InvalidNonce));
+    }
+
+    #[test]
+    fn lookups_find_one_control_by_id_and_its_readiness() {
+        let store = store(vec![control("a", 7), control("b", 8), control("c", 8)]);
+        assert_eq!(store.lookup(7).unwrap().name_any(), "a");
+        assert_eq!(store.lookup(9).unwrap_err(), Rejection::ControlNotFound);
+        assert_eq!(store.lookup(8).unwrap_err(), Rejection::ControlAmbiguous);
+        let b = store.lookup(7).unwrap();
+        assert!(store.readiness(&b).is_ready());
+        assert!(store.tokens(&b).is_ok());
+        let c = store.controls().remove(2);
+        assert_eq!(store.readiness(&c).reason(), "DuplicateControl");
+    }
+}
