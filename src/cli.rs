@@ -41,19 +41,23 @@ pub enum Command {
     /// Connects to Kubernetes with the in-cluster service account, or KUBECONFIG /
     /// ~/.kube/config outside a cluster.
     Run(RunArgs),
-    /// Run the endpoint and the reconciler without a cluster, for trying checkers and extctl
-    /// itself: controls and Secrets come from manifests (or --control), state lives in memory,
-    /// and every status change is printed.
+    /// Try extctl and checkers without a cluster: the same endpoint and reconciler, in memory.
+    ///
+    /// Controls and Secrets come from the manifests a cluster admin would apply (or from
+    /// --control and --token-file); every status change is printed, and at start the endpoint's
+    /// URL and a ready `extctl send` line for each control.
     Dev(DevArgs),
     /// Print the ExternalControl CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
-    /// Print the headers of a signed status call (and, with --explain, the signed string), to
-    /// check a checker's signing code. The token is read from a file, stdin or an environment
-    /// variable, never from the command line.
+    /// Print the headers of a signed status call, to check a checker's signing code.
+    ///
+    /// With --explain also the exact signed string; with --curl a complete curl command. The
+    /// token is read from a file, stdin or an environment variable, never from the command line.
     Sign(crate::checker::sign::SignArgs),
-    /// Sign a status call and send it to extctl or GitLab; prints the stored status, or exits
-    /// non-zero with the server's error message. The token is read from a file, stdin or an
-    /// environment variable, never from the command line.
+    /// Sign a status call and send it to extctl or GitLab; print the stored status.
+    ///
+    /// Exits 1 with the server's error message when the call is refused (2 for bad flags). The
+    /// token is read from a file, stdin or an environment variable, never from the command line.
     Send(crate::checker::send::SendArgs),
 }
 

@@ -70,4 +70,25 @@ fn readme_documents_every_flag() {
         assert!(readme.contains(&flag), "README does not document {flag}");
         assert!(readme.contains(&env), "README does not document {env}");
     }
+    let mut cli = Cli::command();
+    cli.build();
+    for command in cli.get_subcommands() {
+        for flag in command.get_arguments().filter_map(|arg| arg.get_long()) {
+            let (name, flag) = (command.get_name(), format!("--{flag}"));
+            if flag != "--help" {
+                assert!(
+                    mentions(&readme, &flag),
+                    "README does not document {name} {flag}"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `text` has `flag` as a whole word (`--token-file`, not just `--token`).
+fn mentions(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(at, _)| {
+        let next = text[at + flag.len()..].chars().next();
+        !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
 }

@@ -414,7 +414,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.yaml");
         std::fs::write(&file, text).unwrap();
-        load(&[file.clone()]).map_err(|errors| {
+        load(std::slice::from_ref(&file)).map_err(|errors| {
             let prefix = format!("{}, ", file.display());
             errors
                 .iter()

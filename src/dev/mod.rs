@@ -77,7 +77,7 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let url = local_url(listener.local_addr()?);
-    tracing::info!(listen = %listener.local_addr()?, "extctl dev starting");
+    tracing::debug!(listen = %listener.local_addr()?, "extctl dev starting");
     // Token files for the printed `extctl send` lines; removed when extctl dev stops.
     let token_dir = tempfile::Builder::new().prefix("extctl-dev-").tempdir()?;
     introduce(&store, console, &url, &settings, token_dir.path())?;
