@@ -38,3 +38,14 @@ pub trait ControlRegistry: Send + Sync + 'static {
         report: Report,
     ) -> impl Future<Output = Result<Recorded, Rejection>> + Send;
 }
+
+/// The control among `claimants` (the controls with the id called): `ControlNotFound` when
+/// none, `ControlAmbiguous` when several, so no call updates one of them arbitrarily.
+pub fn the_only<T>(claimants: impl IntoIterator<Item = T>) -> Result<T, Rejection> {
+    let mut claimants = claimants.into_iter();
+    match (claimants.next(), claimants.next()) {
+        (None, _) => Err(Rejection::ControlNotFound),
+        (Some(control), None) => Ok(control),
+        (Some(_), Some(_)) => Err(Rejection::ControlAmbiguous),
+    }
+}

@@ -21,7 +21,7 @@ use crate::core::report::{self, Report};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
 use crate::reconciler::{Cause, ControlStore, Journal};
-use crate::registry::{ControlRegistry, Recorded};
+use crate::registry::{ControlRegistry, Recorded, the_only};
 
 /// `(namespace, name)`.
 type Key = (String, String);
@@ -152,15 +152,11 @@ impl ControlRegistry for MemoryStore {
 
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let state = self.lock();
-        let mut matches = state
+        let claimants = state
             .controls
             .values()
             .filter(|control| control.spec.control_id == control_id);
-        match (matches.next(), matches.next()) {
-            (None, _) => Err(Rejection::ControlNotFound),
-            (Some(control), None) => Ok(Arc::new(control.clone())),
-            (Some(_), Some(_)) => Err(Rejection::ControlAmbiguous),
-        }
+        the_only(claimants).map(|control| Arc::new(control.clone()))
     }
 
     fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {

@@ -14,7 +14,7 @@ use crate::core::report::{self, Report, ReportUpdate};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, qualified_name};
 use crate::reconciler::{Cause, Journal};
-use crate::registry::{ControlRegistry, Recorded};
+use crate::registry::{ControlRegistry, Recorded, the_only};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
 /// means another write succeeded, so this bounds contention, not progress.
@@ -53,12 +53,7 @@ impl ControlRegistry for KubeRegistry {
         if !self.ready() {
             return Err(Rejection::Unavailable("controls are still loading".into()));
         }
-        let mut matches = controls_with_id(&self.stores.controls, control_id);
-        match matches.len() {
-            0 => Err(Rejection::ControlNotFound),
-            1 => Ok(matches.remove(0)),
-            _ => Err(Rejection::ControlAmbiguous),
-        }
+        the_only(controls_with_id(&self.stores.controls, control_id))
     }
 
     fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {

@@ -14,7 +14,8 @@ import hmac
 import json
 import re
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from local_server import Handler, serve
 
 ROUTE = re.compile(r"^/api/v4/projects/(\d+)/compliance_external_controls/(\d+)/status$")
 
@@ -29,7 +30,7 @@ def main():
     with open(args.token_file, "rb") as f:
         token = f.read().rstrip(b"\n")
 
-    class Handler(BaseHTTPRequestHandler):
+    class Server(Handler):
         def do_PATCH(self):
             self.handle_call()
 
@@ -42,8 +43,7 @@ def main():
             headers = {k.lower(): v for k, v in self.headers.items()}
             entry = {"method": self.command, "path": path, "headers": headers,
                      "body": body.decode()}
-            with open(args.log, "a") as log:
-                log.write(json.dumps(entry) + "\n")
+            self.record(entry)
             if args.code is not None:
                 return self.answer(args.code, args.body.encode(), "text/html")
             route = ROUTE.match(path)
@@ -68,12 +68,7 @@ def main():
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *_):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    serve(Server, args.log)
 
 
 if __name__ == "__main__":

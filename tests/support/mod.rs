@@ -180,18 +180,11 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(cluster: &Cluster, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
-            .args(["run", "--listen", "127.0.0.1:0"])
+        let mut child = extctl_command(&["run", "--listen", "127.0.0.1:0"])
             .args(extra_args)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
-            )
-            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("extctl binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -303,17 +296,10 @@ pub struct Dev {
 impl Dev {
     /// Starts `extctl dev --json --listen 127.0.0.1:0` with `args`; waits for its endpoint.
     pub async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
-            .args(["dev", "--json", "--listen", "127.0.0.1:0"])
+        let mut child = extctl_command(&["dev", "--json", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
-            )
-            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("extctl binary starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -405,11 +391,24 @@ async fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .unwrap()
 }
 
+/// The extctl binary with `args`, logging at `EXTCTL_TEST_LOG` (default `info`), without
+/// colours, killed when dropped.
+fn extctl_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_extctl"));
+    command
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    command
+}
+
 /// Runs `extctl` with `args` to completion.
 pub async fn extctl(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_extctl"))
-        .args(args)
-        .env("NO_COLOR", "1")
+    extctl_command(args)
         .output()
         .await
         .expect("extctl binary runs")

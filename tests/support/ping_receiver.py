@@ -11,7 +11,8 @@ import hashlib
 import hmac
 import json
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from local_server import Handler, serve
 
 
 def main():
@@ -23,7 +24,7 @@ def main():
     with open(args.token_file, "rb") as f:
         token = f.read()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Server(Handler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             expected = hmac.new(token, body, hashlib.sha256).hexdigest()
@@ -33,18 +34,12 @@ def main():
                 "content_type": self.headers.get("Content-Type"),
                 "body": json.loads(body or b"null"),
             }
-            with open(args.log, "a") as log:
-                log.write(json.dumps(entry) + "\n")
+            self.record(entry)
             self.send_response(args.code)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *_):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    serve(Server, args.log)
 
 
 if __name__ == "__main__":
