@@ -93,15 +93,22 @@ async fn a_refusal_exits_non_zero_with_gitlabs_message() {
     let gitlab = setup.gitlab(&[]).await;
     let wrong = setup.dir.path().join("wrong");
     std::fs::write(&wrong, "not-the-token").unwrap();
-    let (code, stdout, stderr) = setup
-        .send(
-            &gitlab.base_url,
-            "pass",
-            &["--token-file", wrong.to_str().unwrap()],
-        )
-        .await;
+    let fixed = [
+        "--timestamp",
+        "1700000000",
+        "--nonce",
+        "fedcba9876543210fedcba9876543210",
+    ];
+    let mut flags = vec!["--token-file", wrong.to_str().unwrap(), "--explain"];
+    flags.extend(fixed);
+    let (code, stdout, stderr) = setup.send(&gitlab.base_url, "fail", &flags).await;
     assert_eq!(code, 1, "{stderr}");
-    assert_eq!(stdout, "");
+    // The signed string is shown even (above all) when the call is refused.
+    assert_eq!(
+        stdout,
+        "# signed string (timestamp + nonce + path + \"status=\" + status):\n\
+         # 1700000000fedcba9876543210fedcba9876543210/api/v4/projects/42/compliance_external_controls/7/statusstatus=fail\n"
+    );
     assert_eq!(stderr, "extctl send: HTTP 401: Invalid signature\n");
 }
 

@@ -20,7 +20,7 @@ pub struct SendArgs {
     #[arg(long, value_name = "URL", value_parser = parse_base_url)]
     pub url: Url,
 
-    /// Also print the exact string that is signed.
+    /// Also print the exact string that is signed (before sending).
     #[arg(long)]
     pub explain: bool,
 
@@ -45,6 +45,10 @@ pub enum SendError {
 /// Sends the call; the text to print on success.
 pub async fn run(args: &SendArgs) -> Result<String, SendError> {
     let call = args.call.sign().map_err(SendError::Setup)?;
+    if args.explain {
+        // Before sending: the signed string matters most when the call is refused.
+        print!("{}", call.explanation());
+    }
     let url = endpoint_url(&args.url, &call.path);
     let http = reqwest::Client::builder()
         .timeout(args.timeout)
@@ -77,16 +81,10 @@ pub async fn run(args: &SendArgs) -> Result<String, SendError> {
         });
     }
     let stored = answer.as_ref().and_then(|a| a["status"].as_str());
-    let mut out = if args.explain {
-        call.explanation()
-    } else {
-        String::new()
-    };
-    out.push_str(&match stored {
+    Ok(match stored {
         Some(status) => format!("stored: {status} (HTTP {})\n", code.as_u16()),
         None => format!("HTTP {}: {}\n", code.as_u16(), summary(&body, code)),
-    });
-    Ok(out)
+    })
 }
 
 /// GitLab answers `{"error": ...}` for this API's refusals and `{"message": ...}` for its
