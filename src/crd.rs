@@ -137,9 +137,11 @@ pub struct ExternalControlStatus {
     #[schemars(schema_with = "status_value_schema")]
     pub status: Option<ControlStatus>,
 
-    /// When a checker's report or a reset last set `status`.
+    /// When a checker's report or a reset last set `status` (microsecond precision).
+    // Precise as the ping times it is compared with: a report stored just after a reset fell
+    // due must read back as after it, not rounded down to the second before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_update_time: Option<Time>,
+    pub last_update_time: Option<MicroTime>,
 
     /// When the control was last reset to `pending` by ping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +378,19 @@ mod tests {
             1800
         );
         assert_eq!(control.spec.secret_ref.key, "token");
+    }
+
+    #[test]
+    fn status_times_keep_microseconds_through_json() {
+        let at = jiff::Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+        let status = ExternalControlStatus {
+            last_update_time: Some(MicroTime(at)),
+            next_ping_time: Some(MicroTime(at)),
+            ..Default::default()
+        };
+        let read: ExternalControlStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(read, status);
     }
 
     #[test]

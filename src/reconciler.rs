@@ -10,7 +10,7 @@
 use std::future::Future;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
 use crate::core::ping::{self, PingSubject};
@@ -242,14 +242,14 @@ fn desired_status(
     match change {
         Some(Cause::PingReset) => {
             desired.status = Some(ControlStatus::Pending);
-            desired.last_update_time = Some(Time(now));
+            desired.last_update_time = Some(MicroTime(now));
             desired.last_ping_time = Some(MicroTime(now));
             // The previous round's outcome must not time out this one.
             desired.last_ping = None;
         }
         Some(Cause::PendingTimeout) => {
             desired.status = Some(ControlStatus::Fail);
-            desired.last_update_time = Some(Time(now));
+            desired.last_update_time = Some(MicroTime(now));
         }
         Some(Cause::Reported) | None => {}
     }

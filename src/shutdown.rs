@@ -1,21 +1,34 @@
 //! Stopping on the signals Kubernetes (and a terminal) send.
 
-/// Completes on SIGINT or SIGTERM (what Kubernetes sends to stop a pod).
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+use std::future::Future;
+
+/// Completes on SIGINT, SIGTERM (what Kubernetes sends to stop a pod) or SIGHUP (a closed
+/// terminal). The handlers are installed when this is called, not when the future is first
+/// polled: a signal that arrives in between still stops the process cleanly.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ];
+    let mut signals: Vec<_> = kinds
+        .into_iter()
+        .filter_map(|kind| signal(kind).ok())
+        .collect();
+    async move {
+        if signals.is_empty() {
+            return std::future::pending().await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        () = terminate => {},
+        let received = signals.iter_mut().map(|signal| Box::pin(signal.recv()));
+        futures::future::select_all(received).await;
+    }
+}
+
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -90,12 +90,12 @@ async fn controls_from_flags_share_the_token_file() {
     ])
     .await;
 
-    let control = dev.control("default/control-8");
+    let control = dev.control("default/control-43-8");
     assert_eq!(
         (control["projectId"].clone(), control["ready"].clone()),
         (json!(43), json!(true))
     );
-    let send = dev.control("default/control-7")["send"]
+    let send = dev.control("default/control-42-7")["send"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -120,7 +120,7 @@ async fn controls_from_flags_share_the_token_file() {
     assert_eq!(checker(&dev.url, &args).await.code, 200);
     let expected = [change("StatusReported", "pending", "fail")];
     assert_eq!(
-        changes(&dev, "default/control-8", 1, Duration::from_secs(5)).await,
+        changes(&dev, "default/control-43-8", 1, Duration::from_secs(5)).await,
         expected
     );
 }
@@ -223,6 +223,75 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_that_never_answers_a_ping_holds_up_no_other_control() {
+    // Accepts connections and never answers them.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/ping", black_hole.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = black_hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let documents = [
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sast-token\nstringData:\n  token: {TOKEN}\n"
+        ),
+        control(
+            "silent",
+            7,
+            json!({"pingInterval": "2s", "externalUrl": silent_url}),
+        ),
+        control("steady", 8, json!({"pingInterval": "2s"})),
+    ];
+    let manifests = dir.path().join("controls.yaml");
+    std::fs::write(&manifests, documents.join("---\n")).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let dev = Dev::start(&[
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--ping-timeout",
+        "60s",
+    ])
+    .await;
+    let report = |control: &'static str| {
+        let (url, token) = (dev.url.clone(), token.to_str().unwrap().to_owned());
+        async move {
+            let args = [
+                "--project",
+                "42",
+                "--control",
+                control,
+                "--status",
+                "pass",
+                "--token-file",
+                &token,
+            ];
+            assert_eq!(checker(&url, &args).await.code, 200);
+        }
+    };
+    report("7").await;
+    report("8").await;
+    // `silent`'s first ping hangs for a minute from about 2 s on; `steady` keeps its schedule.
+    changes(&dev, "default/steady", 2, Duration::from_secs(5)).await;
+    report("8").await;
+    let seen = changes(&dev, "default/steady", 4, Duration::from_secs(5)).await;
+    let expected = [
+        change("StatusReported", "pending", "pass"),
+        change("PingReset", "pass", "pending"),
+        change("StatusReported", "pending", "pass"),
+        change("PingReset", "pass", "pending"),
+    ];
+    assert_eq!(seen[..4], expected);
+    assert_eq!(
+        dev.changes("default/silent")[1],
+        change("PingReset", "pass", "pending")
+    );
+}
+
 #[tokio::test]
 async fn bad_manifests_are_refused_naming_file_document_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,7 +363,7 @@ async fn bad_manifests_are_refused_naming_file_document_and_field() {
             at("controls.yaml")
         ),
         format!(
-            "{}, document 1 (line 1), Secret default/t: data.token: not valid base64 (Invalid symbol 32, offset 3.)",
+            "{}, document 1 (line 1), Secret default/t: data.token: not valid base64",
             at("secrets.yml")
         ),
         format!(
@@ -316,7 +385,19 @@ async fn bad_manifests_are_refused_naming_file_document_and_field() {
 
 #[tokio::test]
 async fn bad_flags_are_refused_precisely() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "dev",
+                "--control",
+                "42:7",
+                "--control",
+                "42:7",
+                "--token-file",
+                "Cargo.toml",
+            ],
+            "--control 42:7 is given twice",
+        ),
         (
             &["dev", "--control", "42"],
             "\"42\" is not PROJECT:CONTROL, such as 42:7",

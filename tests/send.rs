@@ -126,6 +126,20 @@ async fn a_non_json_error_page_is_summarised_on_one_line() {
 }
 
 #[tokio::test]
+async fn a_success_code_without_a_status_stored_nothing() {
+    let setup = setup();
+    let login = setup
+        .gitlab(&["--code", "200", "--body", "<html>Sign in</html>"])
+        .await;
+    let (code, stdout, stderr) = setup.send(&login.base_url, "pass", &[]).await;
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_eq!(
+        stderr,
+        "extctl send: HTTP 200: no status in the answer: <html>Sign in</html>\n"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_server_and_bad_flags_are_told_precisely() {
     let setup = setup();
     let (code, _, stderr) = setup.send("http://127.0.0.1:1", "pass", &[]).await;

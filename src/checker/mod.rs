@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use reqwest::Url;
 
 use crate::core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::core::signature::{sign, signed_string, status_path};
@@ -100,6 +101,9 @@ impl CallArgs {
                     nonce.chars().count()
                 )
             }
+            Some(nonce) if !nonce.bytes().all(|b| b.is_ascii_graphic()) => {
+                bail!("--nonce must be printable ASCII (it is sent as a header)")
+            }
             Some(nonce) => nonce.clone(),
             None => random_nonce()?,
         };
@@ -143,4 +147,85 @@ fn random_nonce() -> anyhow::Result<String> {
     getrandom::fill(&mut bytes)
         .map_err(|error| anyhow::anyhow!("no randomness available: {error}"))?;
     Ok(hex::encode(bytes))
+}
+
+/// The base URL joined with the status path. A base that already ends in `/api/v4` (as
+/// GitLab client libraries are configured) is not doubled.
+pub fn endpoint_url(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    let prefix = prefix.strip_suffix("/api/v4").unwrap_or(prefix);
+    url.set_path(&format!("{prefix}{path}"));
+    url
+}
+
+pub fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    match url.scheme() {
+        "http" | "https" if url.query().is_none() => Ok(url),
+        "http" | "https" => Err(format!("{text:?}: a base URL takes no query string")),
+        other => Err(format!(
+            "{text:?}: scheme must be http or https, not {other}"
+        )),
+    }
+}
+
+/// `text` as one shell word: as is when that is safe, else single-quoted.
+pub fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "/api/v4/projects/42/compliance_external_controls/7/status";
+
+    #[test]
+    fn the_path_is_appended_to_any_base() {
+        for (base, expected) in [
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+            (
+                "https://gitlab.example.com/api/v4",
+                "https://gitlab.example.com",
+            ),
+            (
+                "https://gitlab.example.com/api/v4/",
+                "https://gitlab.example.com",
+            ),
+            ("https://example.com/gitlab", "https://example.com/gitlab"),
+        ] {
+            let url = endpoint_url(&parse_base_url(base).unwrap(), PATH);
+            assert_eq!(url.as_str(), format!("{expected}{PATH}"), "{base}");
+        }
+    }
+
+    #[test]
+    fn base_urls_must_be_http() {
+        assert!(
+            parse_base_url("ftp://x")
+                .unwrap_err()
+                .contains("http or https")
+        );
+        assert!(parse_base_url("127.0.0.1:8080").is_err());
+        assert!(
+            parse_base_url("http://x/?a=b")
+                .unwrap_err()
+                .contains("query")
+        );
+    }
+
+    #[test]
+    fn words_are_quoted_only_when_needed() {
+        assert_eq!(shell_quote("/tmp/a.token"), "/tmp/a.token");
+        assert_eq!(shell_quote("http://[::1]:8080"), "'http://[::1]:8080'");
+        assert_eq!(shell_quote("my token's"), r"'my token'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }

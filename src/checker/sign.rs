@@ -3,7 +3,9 @@
 
 use clap::Args;
 
-use super::CallArgs;
+use reqwest::Url;
+
+use super::{CallArgs, endpoint_url, parse_base_url};
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -14,8 +16,8 @@ pub struct SignArgs {
     #[arg(long)]
     pub explain: bool,
     /// Print a complete curl command for this base URL (e.g. http://extctl.extctl.svc).
-    #[arg(long, value_name = "URL")]
-    pub curl: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = parse_base_url)]
+    pub curl: Option<Url>,
 }
 
 /// The text `extctl sign` prints.
@@ -32,11 +34,9 @@ pub fn run(args: &SignArgs) -> anyhow::Result<String> {
             }
         }
         Some(base) => {
-            out.push_str(&format!(
-                "curl -X PATCH '{}{}' \\\n",
-                base.trim_end_matches('/'),
-                call.path
-            ));
+            // In single quotes; a quote in the URL is the same URL percent-encoded.
+            let url = endpoint_url(base, &call.path).as_str().replace('\'', "%27");
+            out.push_str(&format!("curl -X PATCH '{url}' \\\n"));
             for (name, value) in call.headers() {
                 out.push_str(&format!("  -H '{name}: {value}' \\\n"));
             }

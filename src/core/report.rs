@@ -4,7 +4,7 @@
 //! with a resourceVersion precondition: a nonce accepted by one replica is refused by all.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
 use super::protocol::Rejection;
 use crate::crd::{ControlStatus, ExternalControlStatus, RecentNonce};
@@ -25,7 +25,7 @@ pub struct ReportUpdate {
     /// The status before this report (`pending` for a control never written yet).
     pub previous: ControlStatus,
     pub status: ControlStatus,
-    pub last_update_time: Time,
+    pub last_update_time: MicroTime,
     pub recent_nonces: Vec<RecentNonce>,
 }
 
@@ -81,7 +81,7 @@ pub fn apply(
     Ok(ReportUpdate {
         previous: current_status(current),
         status: report.status,
-        last_update_time: Time(report.received_at),
+        last_update_time: MicroTime(report.received_at),
         recent_nonces,
     })
 }
@@ -101,7 +101,6 @@ pub fn change_message(from: ControlStatus, to: ControlStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -130,7 +129,7 @@ mod tests {
         assert_eq!(update.previous, ControlStatus::Pending);
         assert_eq!(update.status, ControlStatus::Pass);
         assert!(update.changes_status());
-        assert_eq!(update.last_update_time, Time(at(0)));
+        assert_eq!(update.last_update_time, MicroTime(at(0)));
         assert_eq!(update.recent_nonces.len(), 1);
         assert_eq!(update.recent_nonces[0].expires_at, Time(at(15)));
     }
@@ -141,7 +140,7 @@ mod tests {
         let other = "ffffffffffffffffffffffffffffffff";
         let again = apply(Some(&first), &report(ControlStatus::Pass, other, 1)).unwrap();
         assert!(!again.changes_status());
-        assert_eq!(again.last_update_time, Time(at(1)));
+        assert_eq!(again.last_update_time, MicroTime(at(1)));
         assert_eq!(again.recent_nonces.len(), 2);
     }
 

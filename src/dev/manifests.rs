@@ -235,38 +235,46 @@ fn yaml_problem(error: &serde_yaml::Error, first_line: usize) -> String {
     }
 }
 
-/// `namespace/name`, defaulting the namespace; names follow Kubernetes' DNS-subdomain rule.
+/// `namespace/name`, defaulting the namespace, with Kubernetes' naming rules: a name is a
+/// DNS subdomain, a namespace a DNS label.
 fn object_name(value: &Value) -> Result<String, String> {
     let metadata = &value["metadata"];
     let name = metadata["name"]
         .as_str()
         .ok_or("metadata.name: Required value")?;
-    check_dns_subdomain("metadata.name", name)?;
+    if !is_dns_subdomain(name) {
+        return Err(format!(
+            "metadata.name: {name:?} must be lowercase letters, digits, '-' and '.', each \
+             '.'-separated part starting and ending with a letter or digit, at most 253 characters"
+        ));
+    }
     let namespace = match &metadata["namespace"] {
         Value::Null => DEFAULT_NAMESPACE,
         Value::String(namespace) => namespace,
         _ => return Err("metadata.namespace: must be a string".into()),
     };
-    check_dns_subdomain("metadata.namespace", namespace)?;
+    if namespace.len() > 63 || !is_dns_label(namespace) {
+        return Err(format!(
+            "metadata.namespace: {namespace:?} must be lowercase letters, digits and '-', \
+             starting and ending with a letter or digit, at most 63 characters"
+        ));
+    }
     Ok(format!("{namespace}/{name}"))
 }
 
-fn check_dns_subdomain(field: &str, name: &str) -> Result<(), String> {
-    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+/// RFC 1123 label characters and edges (the length limit is the caller's).
+fn is_dns_label(text: &str) -> bool {
     let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let bytes = name.as_bytes();
-    let valid = name.len() <= 253
-        && bytes.iter().all(|b| allowed(*b))
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && edge(bytes.first())
-        && edge(bytes.last());
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field}: {name:?} must be lowercase letters, digits, '-' or '.', start and end \
-             with a letter or digit, at most 253 characters"
-        ))
-    }
+        && edge(bytes.last())
+}
+
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
 /// The CRD's schema, compiled once: the OpenAPI part and the CEL rules.
@@ -293,6 +301,9 @@ fn parse_control(mut value: Value) -> Result<ExternalControl, String> {
         // The status subresource is not writable through a manifest: the API server drops it.
         object.remove("status");
     }
+    // `null` means "not set" to the API server (nullable fields keep it, others drop it);
+    // either way extctl reads it as absent, and the schema check must not see it.
+    drop_nulls(&mut value);
     let schema = &*CONTROL_SCHEMA;
     let mut problems: Vec<String> = unknown_fields(&schema.openapi, &value, "");
     problems.extend(
@@ -319,6 +330,13 @@ fn parse_control(mut value: Value) -> Result<ExternalControl, String> {
 
 /// The fields of every Kubernetes object, absent from a CRD's schema.
 const OBJECT_FIELDS: [&str; 3] = ["apiVersion", "kind", "metadata"];
+
+fn drop_nulls(value: &mut Value) {
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, field| !field.is_null());
+        object.values_mut().for_each(drop_nulls);
+    }
+}
 
 /// Fields the schema does not know, which the API server would silently drop (and `kubectl
 /// apply` refuses): almost always a typo, such as `controlID`.
@@ -364,6 +382,21 @@ fn path_problem<E: fmt::Display>(error: &serde_path_to_error::Error<E>) -> Strin
     field_problem(&path, error.inner())
 }
 
+/// What is wrong with a Secret, without quoting the value: serde's messages quote it, and a
+/// Secret's values are tokens.
+fn secret_problem<E: fmt::Display>(error: &serde_path_to_error::Error<E>) -> String {
+    let path = error.path().to_string();
+    let inner = error.inner().to_string();
+    let expected = inner
+        .rsplit_once(", expected ")
+        .map(|(_, expected)| expected);
+    match expected {
+        _ if path.starts_with("data.") => format!("{path}: not valid base64"),
+        Some(expected) => format!("{path}: invalid value, expected {expected}"),
+        None => format!("{path}: invalid value"),
+    }
+}
+
 /// The fields a Secret manifest may have.
 const SECRET_FIELDS: [&str; 7] = [
     "apiVersion",
@@ -388,14 +421,8 @@ fn parse_secret(value: Value) -> Result<Secret, String> {
             return Err(unknown.join("; "));
         }
     }
-    let mut secret: Secret = serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        if path.starts_with("data.") {
-            format!("{path}: not valid base64 ({})", error.inner())
-        } else {
-            path_problem(&error)
-        }
-    })?;
+    let mut secret: Secret =
+        serde_path_to_error::deserialize(value).map_err(|error| secret_problem(&error))?;
     if let Some(strings) = secret.string_data.take() {
         let data = secret.data.get_or_insert_with(Default::default);
         for (key, text) in strings {
@@ -492,11 +519,47 @@ mod tests {
     #[test]
     fn names_follow_kubernetes_rules() {
         for good in ["a", "sast-token", "a.b", "0x"] {
-            assert!(check_dns_subdomain("n", good).is_ok(), "{good}");
+            assert!(is_dns_subdomain(good), "{good}");
         }
-        for bad in ["", "A", "a_b", "-a", "a-", &"a".repeat(254)] {
-            assert!(check_dns_subdomain("n", bad).is_err(), "{bad}");
+        for bad in ["", "A", "a_b", "-a", "a-", "a..b", "a.-b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
         }
+        assert!(is_dns_label("team-a") && !is_dns_label("team.a"));
+        let long = format!(
+            "{CONTROL}metadata: {{name: a, namespace: {}}}\n",
+            "n".repeat(64)
+        );
+        assert!(load_text(&long).unwrap_err()[0].contains("at most 63 characters"));
+    }
+
+    #[test]
+    fn null_fields_read_as_absent() {
+        let text = format!(
+            "{CONTROL}metadata: {{name: a}}\n\
+             spec: {{projectId: 1, controlId: 2, secretRef: {{name: s}}, displayName: null, externalUrl: ~}}\n"
+        );
+        let control = &load_text(&text).unwrap().controls[0];
+        assert_eq!(control.spec.external_url, None);
+    }
+
+    #[test]
+    fn secret_values_are_never_quoted_in_problems() {
+        let text = format!(
+            "{SECRET}stringData: {{token: 12345678}}\n---\n{SECRET}data: {{token: 'hunter2 '}}\n"
+        );
+        let problems = load_text(&text).unwrap_err().join("\n");
+        assert!(
+            problems.contains("stringData.token: invalid value, expected a string"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("data.token: not valid base64"),
+            "{problems}"
+        );
+        assert!(
+            !problems.contains("12345678") && !problems.contains("hunter2"),
+            "{problems}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod console;
 pub mod manifests;
 mod store;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde_json::json;
+use tokio::task::JoinSet;
 
+use crate::checker::shell_quote;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, qualified_name};
 use crate::endpoint::{self, EndpointConfig};
@@ -32,6 +35,7 @@ use crate::shutdown::shutdown_signal;
 pub use console::Console;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
 pub use store::MemoryStore;
+use store::{Key, key};
 
 /// A control given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,56 +77,99 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     };
     let store = MemoryStore::new(loaded.controls, loaded.secrets, console);
 
+    // Installed now: a signal from here on, even during start-up, stops extctl dev cleanly
+    // (and removes its token files).
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let url = local_url(listener.local_addr()?);
     tracing::debug!(listen = %listener.local_addr()?, "extctl dev starting");
-    // Token files for the printed `extctl send` lines; removed when extctl dev stops.
-    let token_dir = tempfile::Builder::new().prefix("extctl-dev-").tempdir()?;
-    introduce(&store, console, &url, &settings, token_dir.path())?;
-
-    let router = endpoint::router(Arc::new(store.clone()), settings.endpoint);
-    let server = endpoint::serve(listener, router, shutdown_signal());
-    let reconciler = Reconciler {
-        store,
+    let reconciler = Arc::new(Reconciler {
+        store: store.clone(),
         journal: console,
         notifier: Notifier::new(settings.ping_timeout)?,
-    };
+    });
+    // Token files for the printed `extctl send` lines: owner-only, removed on exit.
+    let token_dir = private_dir()?;
+    introduce(&store, console, &url, &settings, token_dir.path())?;
+
+    let router = endpoint::router(Arc::new(store), settings.endpoint);
     tokio::select! {
-        () = server => {},
-        () = reconcile_forever(&reconciler) => {},
+        () = endpoint::serve(listener, router, shutdown) => {},
+        () = reconcile_forever(reconciler) => {},
     }
     Ok(())
 }
 
-/// Reconciles every control after each change, and otherwise sleeps until the earliest time
-/// one falls due (as kube-rs's Controller requeues each control at its own time).
-async fn reconcile_forever(reconciler: &Reconciler<MemoryStore, Console>) {
+/// Reconciles each control when anything changed or when it falls due, as kube-rs's
+/// Controller does: every control on its own task, one at a time per control, so a slow ping
+/// to one checker does not hold up another control's reset.
+async fn reconcile_forever(reconciler: Arc<Reconciler<MemoryStore, Console>>) {
     let mut changes = reconciler.store.subscribe();
+    let mut tasks = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
+    let mut due: HashMap<Key, Timestamp> = HashMap::new();
+    // Controls to reconcile again once their running task ends.
+    let mut again: HashSet<Key> = HashSet::new();
+    let mut everything = true;
     loop {
-        changes.borrow_and_update();
-        let mut wake: Option<Timestamp> = None;
+        let now = Timestamp::now();
         for control in reconciler.store.controls() {
-            // A conflict means a report landed meanwhile; its change notice brings another pass.
-            if let Ok(Some(next)) = reconciler.reconcile(&control, Timestamp::now()).await {
-                wake = Some(wake.map_or(next, |wake| wake.min(next)));
+            let key = key(&control);
+            let is_due = due.get(&key).is_some_and(|at| *at <= now);
+            if !(everything || is_due || again.contains(&key)) {
+                continue;
             }
+            if running.values().any(|busy| *busy == key) {
+                again.insert(key);
+                continue;
+            }
+            again.remove(&key);
+            due.remove(&key);
+            let reconciler = reconciler.clone();
+            let task =
+                tasks.spawn(async move { reconciler.reconcile(&control, Timestamp::now()).await });
+            running.insert(task.id(), key);
         }
-        let sleep = async {
-            match wake {
-                Some(next) => tokio::time::sleep(duration_until(Timestamp::now(), next)).await,
+        everything = false;
+        let next = due.values().min().copied();
+        let sleep = async move {
+            match next {
+                Some(at) => tokio::time::sleep(duration_until(Timestamp::now(), at)).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = sleep => {},
-            changed = changes.changed() => if changed.is_err() { return },
+            changed = changes.changed() => match changed {
+                Ok(()) => everything = true,
+                Err(_) => return,
+            },
+            Some(done) = tasks.join_next_with_id() => {
+                let (id, outcome) = match done {
+                    Ok((id, outcome)) => (id, outcome.map_err(|e| e.to_string())),
+                    Err(error) => (error.id(), Err(error.to_string())),
+                };
+                let Some(key) = running.remove(&id) else { continue };
+                match outcome {
+                    Ok(Some(at)) => {
+                        due.insert(key, at);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        // A conflict: a report landed meanwhile. Look again.
+                        tracing::debug!(%error, "reconcile did not complete");
+                        again.insert(key);
+                    }
+                }
+            }
         }
     }
 }
 
-/// The `--control` flags as objects: one control each, sharing one Secret with the token.
+/// The `--control` flags as objects: a control `control-<project>-<id>` each, sharing one
+/// Secret with the token. A name the manifests already use is an error, not an overwrite.
 fn add_flag_controls(loaded: &mut Manifests, settings: &DevSettings) -> anyhow::Result<()> {
     let Some(token_file) = &settings.token_file else {
         return Ok(());
@@ -132,13 +179,29 @@ fn add_flag_controls(loaded: &mut Manifests, settings: &DevSettings) -> anyhow::
     SigningTokens::single(&token).map_err(|_| {
         anyhow::anyhow!("--token-file {}: the token is empty", token_file.display())
     })?;
+    if loaded.secrets.iter().any(is_flag_secret) {
+        bail!(
+            "the manifests define Secret {DEFAULT_NAMESPACE}/{FLAG_SECRET}, which --control uses"
+        );
+    }
     loaded.secrets.push(Secret {
         metadata: metadata(FLAG_SECRET),
         data: Some([("token".to_owned(), ByteString(token))].into()),
         ..Default::default()
     });
     for ids in &settings.controls {
-        let name = format!("control-{}", ids.control_id);
+        let name = format!("control-{}-{}", ids.project_id, ids.control_id);
+        let taken = |control: &ExternalControl| {
+            control.namespace().as_deref() == Some(DEFAULT_NAMESPACE) && control.name_any() == name
+        };
+        if loaded.controls.iter().any(taken) {
+            bail!(
+                "--control {}:{} is given twice, or the manifests define ExternalControl \
+                 {DEFAULT_NAMESPACE}/{name}",
+                ids.project_id,
+                ids.control_id
+            );
+        }
         let control = serde_json::from_value(json!({
             "apiVersion": "extctl.dev/v1alpha1",
             "kind": "ExternalControl",
@@ -153,6 +216,11 @@ fn add_flag_controls(loaded: &mut Manifests, settings: &DevSettings) -> anyhow::
         loaded.controls.push(control);
     }
     Ok(())
+}
+
+fn is_flag_secret(secret: &Secret) -> bool {
+    secret.namespace().as_deref().unwrap_or(DEFAULT_NAMESPACE) == DEFAULT_NAMESPACE
+        && secret.name_any() == FLAG_SECRET
 }
 
 fn metadata(name: &str) -> ObjectMeta {
@@ -175,18 +243,22 @@ fn introduce(
 ) -> anyhow::Result<()> {
     let controls = store.controls();
     console.listening(url, controls.len());
-    let program = program_name();
+    let program = shell_quote(&program_name());
     for control in &controls {
         let readiness = store.readiness(control);
         let send = match store.signing_tokens(control) {
             Ok(tokens) if readiness.is_ready() => {
-                let file = match (&settings.token_file, control.spec.secret_ref.name.as_str()) {
-                    (Some(file), FLAG_SECRET) => file.clone(),
+                let uses_flag_secret = control.namespace().as_deref() == Some(DEFAULT_NAMESPACE)
+                    && control.spec.secret_ref.name == FLAG_SECRET;
+                let file = match &settings.token_file {
+                    // Absolute, so the line works from any directory.
+                    Some(file) if uses_flag_secret => std::path::absolute(file)?,
                     _ => write_token_file(token_dir, control, tokens.current())?,
                 };
                 Some(format!(
-                    "{program} send --url {url} --project {} --control {} --status pass \
+                    "{program} send --url {} --project {} --control {} --status pass \
                      --token-file {}",
+                    shell_quote(url),
                     control.spec.project_id,
                     control.spec.control_id,
                     shell_quote(&file.display().to_string()),
@@ -204,8 +276,9 @@ fn write_token_file(
     control: &ExternalControl,
     token: &[u8],
 ) -> anyhow::Result<PathBuf> {
+    // `_` occurs in neither namespaces nor names: one file per control.
     let file = dir.join(format!(
-        "{}.{}.token",
+        "{}_{}.token",
         control.namespace().unwrap_or_default(),
         control.name_any()
     ));
@@ -218,6 +291,17 @@ fn write_token_file(
         .with_context(|| format!("cannot write the token file of {}", qualified_name(control)))?;
     std::io::Write::write_all(&mut handle, token)?;
     Ok(file)
+}
+
+/// A directory only this user can read, removed when dropped.
+fn private_dir() -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("extctl-dev-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    builder
+        .tempdir()
+        .context("cannot create a directory for token files")
 }
 
 /// `extctl` when run from the PATH, else the path it was run by (such as `target/debug/extctl`).
@@ -235,13 +319,4 @@ fn local_url(address: SocketAddr) -> String {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     format!("http://{address}")
-}
-
-fn shell_quote(text: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c);
-    if text.chars().all(plain) {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }

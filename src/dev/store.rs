@@ -24,7 +24,7 @@ use crate::reconciler::{Cause, ControlStore, Journal};
 use crate::registry::{ControlRegistry, Recorded, the_only};
 
 /// `(namespace, name)`.
-type Key = (String, String);
+pub type Key = (String, String);
 
 /// A cheap handle; clones share the same state.
 #[derive(Clone)]
@@ -42,11 +42,23 @@ struct State {
     revision: u64,
 }
 
-/// A write conditioned on a resourceVersion that is no longer current.
+/// Why the reconciler's write was not stored.
 #[derive(Debug, thiserror::Error)]
-#[error("{control} changed meanwhile")]
-pub struct Conflict {
-    control: String,
+pub enum WriteError {
+    /// Conditioned on a resourceVersion that is no longer current.
+    #[error("{0} changed meanwhile")]
+    Conflict(String),
+    #[error("{0} is gone")]
+    NotFound(String),
+}
+
+impl WriteError {
+    fn of(control: &ExternalControl, error: UpdateError) -> Self {
+        match error {
+            UpdateError::Conflict => Self::Conflict(qualified_name(control)),
+            _ => Self::NotFound(qualified_name(control)),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -62,7 +74,7 @@ impl MemoryStore {
         for mut control in controls {
             state.created(&mut control.metadata, now);
             control.metadata.generation = Some(1);
-            state.controls.insert(key(&control), control);
+            state.controls.insert(key(&control), as_stored(&control));
         }
         Self {
             state: Arc::new(Mutex::new(state)),
@@ -91,35 +103,36 @@ impl MemoryStore {
 
     /// Applies `change` to the stored control when `expected` (a resourceVersion) is still
     /// current, or unconditionally when it is `None`; bumps the resourceVersion.
-    fn update(
+    fn update<T>(
         &self,
         control: &ExternalControl,
         expected: Option<&str>,
-        change: impl FnOnce(&mut ExternalControlStatus) -> Result<(), Rejection>,
-    ) -> Result<(), UpdateError> {
+        change: impl FnOnce(&mut ExternalControlStatus) -> Result<T, Rejection>,
+    ) -> Result<T, UpdateError> {
         let mut state = self.lock();
         let revision = state.revision + 1;
         let stored = state
             .controls
             .get_mut(&key(control))
-            .ok_or(UpdateError::Rejected(Rejection::ControlNotFound))?;
+            .ok_or(UpdateError::NotFound)?;
         if expected
             .is_some_and(|version| stored.metadata.resource_version.as_deref() != Some(version))
         {
             return Err(UpdateError::Conflict);
         }
         let mut status = stored.status.clone().unwrap_or_default();
-        change(&mut status).map_err(UpdateError::Rejected)?;
-        stored.status = Some(status);
+        let outcome = change(&mut status).map_err(UpdateError::Rejected)?;
+        stored.status = Some(as_stored(&status));
         stored.metadata.resource_version = Some(revision.to_string());
         state.revision = revision;
         drop(state);
         self.changes.send_replace(revision);
-        Ok(())
+        Ok(outcome)
     }
 }
 
 enum UpdateError {
+    NotFound,
     Conflict,
     Rejected(Rejection),
 }
@@ -141,7 +154,15 @@ impl State {
     }
 }
 
-fn key(object: &impl ResourceExt) -> Key {
+/// `value` as it reads back from the API server: through JSON, so times have the precision
+/// their types store (`Time` whole seconds, `MicroTime` microseconds), as in a cluster.
+fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    serde_json::to_value(value)
+        .and_then(serde_json::from_value)
+        .expect("extctl's own types read back what they write")
+}
+
+pub fn key(object: &impl ResourceExt) -> Key {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
 
@@ -169,36 +190,32 @@ impl ControlRegistry for MemoryStore {
         control: &ExternalControl,
         report: Report,
     ) -> Result<Recorded, Rejection> {
-        let mut recorded = None;
         // Checked and written under one lock: the nonce check sees every earlier report.
         let write = self.update(control, None, |status| {
             let update = report::apply(Some(status), &report)?;
             update.apply_to(status);
-            recorded = Some(Recorded {
+            Ok(Recorded {
                 previous: update.previous,
                 stored: update.status,
-            });
-            Ok(())
+            })
         });
-        match (write, recorded) {
-            (Ok(()), Some(recorded)) => {
-                if recorded.previous != recorded.stored {
-                    let (from, to) = (recorded.previous, recorded.stored);
-                    self.console
-                        .status_changed(control, Cause::Reported, from, to);
-                }
-                Ok(recorded)
-            }
-            (Err(UpdateError::Rejected(rejection)), _) => Err(rejection),
-            _ => Err(Rejection::Unavailable(
-                "the control changed meanwhile".into(),
-            )),
+        let recorded = match write {
+            Ok(recorded) => recorded,
+            Err(UpdateError::Rejected(rejection)) => return Err(rejection),
+            Err(UpdateError::NotFound) => return Err(Rejection::ControlNotFound),
+            Err(UpdateError::Conflict) => unreachable!("an unconditional update cannot conflict"),
+        };
+        if recorded.previous != recorded.stored {
+            let (from, to) = (recorded.previous, recorded.stored);
+            self.console
+                .status_changed(control, Cause::Reported, from, to);
         }
+        Ok(recorded)
     }
 }
 
 impl ControlStore for MemoryStore {
-    type Error = Conflict;
+    type Error = WriteError;
 
     fn readiness(&self, control: &ExternalControl) -> Readiness {
         let state = self.lock();
@@ -213,7 +230,7 @@ impl ControlStore for MemoryStore {
         &self,
         control: &ExternalControl,
         desired: &ExternalControlStatus,
-    ) -> Result<(), Conflict> {
+    ) -> Result<(), WriteError> {
         let version = control.resource_version();
         self.update(
             control,
@@ -224,23 +241,19 @@ impl ControlStore for MemoryStore {
                 Ok(())
             },
         )
-        .map_err(|_| Conflict {
-            control: qualified_name(control),
-        })
+        .map_err(|error| WriteError::of(control, error))
     }
 
     async fn write_last_ping(
         &self,
         control: &ExternalControl,
         outcome: &PingOutcome,
-    ) -> Result<(), Conflict> {
+    ) -> Result<(), WriteError> {
         self.update(control, None, |status| {
             status.last_ping = Some(outcome.clone());
             Ok(())
         })
-        .map_err(|_| Conflict {
-            control: qualified_name(control),
-        })
+        .map_err(|error| WriteError::of(control, error))
     }
 }
 

@@ -269,6 +269,7 @@ pub async fn checker(url: &str, args: &[&str]) -> Answer {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gitlab_checker.py");
     let output = Command::new("python3")
         .arg(script)
+        .env("NO_PROXY", "127.0.0.1,localhost")
         .args(["--url", url])
         .args(args)
         .output()
@@ -291,6 +292,7 @@ pub struct Dev {
     child: Child,
     pub url: String,
     lines: Arc<Mutex<Vec<Value>>>,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Dev {
@@ -302,23 +304,38 @@ impl Dev {
             .stderr(Stdio::piped())
             .spawn()
             .expect("extctl binary starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        tokio::spawn(collect_json_lines(stdout, lines.clone()));
+        let (lines, logs) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        tokio::spawn(collect_json_lines(
+            child.stdout.take().unwrap(),
+            lines.clone(),
+        ));
+        // Drained, so that verbose logging can never fill the pipe and block extctl.
+        let (address, _) = tokio::sync::oneshot::channel();
+        tokio::spawn(collect_logs(
+            child.stderr.take().unwrap(),
+            logs.clone(),
+            address,
+        ));
         let mut dev = Self {
             child,
             url: String::new(),
             lines,
+            logs,
         };
+        // Started once it has said where it listens and introduced every control.
         let listening = wait_for(Duration::from_secs(20), || async {
-            dev.events("listening").into_iter().next()
+            let listening = dev.events("listening").into_iter().next()?;
+            let controls = listening["controls"].as_u64()? as usize;
+            (dev.events("control").len() == controls).then_some(listening)
         })
         .await;
         let Some(listening) = listening else {
-            let output = dev.child.wait_with_output().await.unwrap();
             panic!(
                 "extctl dev did not start: {}",
-                String::from_utf8_lossy(&output.stderr)
+                dev.logs.lock().unwrap().join("\n")
             );
         };
         dev.url = listening["url"].as_str().unwrap().to_owned();
@@ -402,6 +419,8 @@ fn extctl_command(args: &[&str]) -> Command {
             std::env::var("EXTCTL_TEST_LOG").unwrap_or("info".into()),
         )
         .env("NO_COLOR", "1")
+        // Loopback is never proxied, whatever the environment says.
+        .env("NO_PROXY", "127.0.0.1,localhost")
         .kill_on_drop(true);
     command
 }
