@@ -140,8 +140,9 @@ impl RunArgs {
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Address the status endpoint (and /healthz, /readyz) listens on.
-    #[arg(long, env = "EXTCTL_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address the status endpoint (and /healthz, /readyz) listens on. (Not read from
+    /// EXTCTL_LISTEN: a sandbox stays on loopback unless asked on its own command line.)
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// ExternalControl and Secret manifests, as applied to a cluster: a YAML file (several
