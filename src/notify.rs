@@ -30,8 +30,24 @@ impl Notifier {
             .body(body)
             .send()
             .await
-            .map_err(|error| describe(&error))?;
+            // The URL is told by the caller, without what may hold credentials.
+            .map_err(|error| describe(&error.without_url()))?;
         Ok(response.status().as_u16())
+    }
+}
+
+/// `url` as it may be shown in Events and output: without user info, query and fragment,
+/// where credentials for a checker's endpoint would be.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "(an invalid URL)".into(),
     }
 }
 
@@ -45,4 +61,18 @@ pub fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(
+            shown_url("https://bot:s3cret@checker.example.com/ping?token=abc#x"),
+            "https://checker.example.com/ping"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9/p"), "http://127.0.0.1:9/p");
+    }
 }

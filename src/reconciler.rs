@@ -22,7 +22,7 @@ use crate::core::tokens::SigningTokens;
 use crate::crd::{
     ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
 };
-use crate::notify::Notifier;
+use crate::notify::{Notifier, shown_url};
 
 /// Why a control's status changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +151,10 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         let Some(url) = control.spec.external_url.as_deref() else {
             return Ok(());
         };
+        let shown = shown_url(url);
         let outcome = match self.store.signing_tokens(control) {
             Err(why) => {
-                let note = format!("Not notifying {url}: {why}");
+                let note = format!("Not notifying {shown}: {why}");
                 self.journal.warning(control, "PingSkipped", note);
                 PingOutcome {
                     time: MicroTime(reset_at),
@@ -181,7 +182,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                 };
                 if !outcome.accepted() {
                     let why = answer.map_or_else(|error| error, |code| format!("HTTP {code}"));
-                    let note = format!("Notifying {url} failed: {why}; the status stays pending");
+                    let note = format!("Notifying {shown} failed: {why}; the status stays pending");
                     self.journal.warning(control, "PingFailed", note);
                 }
                 outcome
