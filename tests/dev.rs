@@ -139,15 +139,57 @@ fn control(name: &str, control_id: i64, spec: serde_json::Value) -> String {
     serde_yaml::to_string(&manifest).unwrap()
 }
 
+/// `extctl dev` serving `controls` (from [`control`]) and their Secret `sast-token`, with
+/// `args`; and a token file for reports.
+struct Sandbox {
+    dev: Dev,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    async fn start(dir: tempfile::TempDir, controls: &[String], args: &[&str]) -> Self {
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sast-token\nstringData:\n  token: {TOKEN}\n"
+        );
+        let documents: Vec<&str> = std::iter::once(secret.as_str())
+            .chain(controls.iter().map(String::as_str))
+            .collect();
+        let manifests = dir.path().join("controls.yaml");
+        std::fs::write(&manifests, documents.join("---\n")).unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, TOKEN).unwrap();
+        let mut dev_args = vec!["--manifests", manifests.to_str().unwrap()];
+        dev_args.extend_from_slice(args);
+        Self {
+            dev: Dev::start(&dev_args).await,
+            token: token.display().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// The checker reports `pass` for control `control_id` of project 42.
+    async fn report_pass(&self, control_id: &str) {
+        let args = [
+            "--project",
+            "42",
+            "--control",
+            control_id,
+            "--status",
+            "pass",
+            "--token-file",
+            &self.token,
+        ];
+        assert_eq!(checker(&self.dev.url, &args).await.code, 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let receiver =
         PythonServer::start("ping_receiver.py", dir.path(), TOKEN, &["--code", "200"]).await;
-    let documents = [
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sast-token\nstringData:\n  token: {TOKEN}\n"
-        ),
+    let controls = [
         control(
             "pinged",
             7,
@@ -160,30 +202,10 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         ),
         control("quiet", 9, json!({"pingEnabled": false})),
     ];
-    let manifests = dir.path().join("controls.yaml");
-    std::fs::write(&manifests, documents.join("---\n")).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let dev = Dev::start(&[
-        "--manifests",
-        manifests.to_str().unwrap(),
-        "--ping-timeout",
-        "1s",
-    ])
-    .await;
-    for control in ["7", "9"] {
-        let args = [
-            "--project",
-            "42",
-            "--control",
-            control,
-            "--status",
-            "pass",
-            "--token-file",
-            token.to_str().unwrap(),
-        ];
-        assert_eq!(checker(&dev.url, &args).await.code, 200);
-    }
+    let sandbox = Sandbox::start(dir, &controls, &["--ping-timeout", "1s"]).await;
+    let dev = &sandbox.dev;
+    sandbox.report_pass("7").await;
+    sandbox.report_pass("9").await;
 
     // Reset after 2 s, the checker notified (2xx) but silent: fail 1 s later.
     let expected = [
@@ -191,7 +213,7 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         change("PingReset", "pass", "pending"),
         change("PendingTimeout", "pending", "fail"),
     ];
-    let seen = changes(&dev, "default/pinged", 3, Duration::from_secs(10)).await;
+    let seen = changes(dev, "default/pinged", 3, Duration::from_secs(10)).await;
     assert_eq!(seen[..3], expected);
     let pings = receiver.records();
     assert!(!pings.is_empty());
@@ -234,11 +256,7 @@ async fn a_checker_that_never_answers_a_ping_holds_up_no_other_control() {
             held.push(stream);
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let documents = [
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sast-token\nstringData:\n  token: {TOKEN}\n"
-        ),
+    let controls = [
         control(
             "silent",
             7,
@@ -246,39 +264,19 @@ async fn a_checker_that_never_answers_a_ping_holds_up_no_other_control() {
         ),
         control("steady", 8, json!({"pingInterval": "2s"})),
     ];
-    let manifests = dir.path().join("controls.yaml");
-    std::fs::write(&manifests, documents.join("---\n")).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let dev = Dev::start(&[
-        "--manifests",
-        manifests.to_str().unwrap(),
-        "--ping-timeout",
-        "60s",
-    ])
+    let sandbox = Sandbox::start(
+        tempfile::tempdir().unwrap(),
+        &controls,
+        &["--ping-timeout", "60s"],
+    )
     .await;
-    let report = |control: &'static str| {
-        let (url, token) = (dev.url.clone(), token.to_str().unwrap().to_owned());
-        async move {
-            let args = [
-                "--project",
-                "42",
-                "--control",
-                control,
-                "--status",
-                "pass",
-                "--token-file",
-                &token,
-            ];
-            assert_eq!(checker(&url, &args).await.code, 200);
-        }
-    };
-    report("7").await;
-    report("8").await;
+    let dev = &sandbox.dev;
+    sandbox.report_pass("7").await;
+    sandbox.report_pass("8").await;
     // `silent`'s first ping hangs for a minute from about 2 s on; `steady` keeps its schedule.
-    changes(&dev, "default/steady", 2, Duration::from_secs(5)).await;
-    report("8").await;
-    let seen = changes(&dev, "default/steady", 4, Duration::from_secs(5)).await;
+    changes(dev, "default/steady", 2, Duration::from_secs(5)).await;
+    sandbox.report_pass("8").await;
+    let seen = changes(dev, "default/steady", 4, Duration::from_secs(5)).await;
     let expected = [
         change("StatusReported", "pending", "pass"),
         change("PingReset", "pass", "pending"),
