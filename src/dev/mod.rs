@@ -59,7 +59,7 @@ pub struct DevSettings {
 /// The Secret that holds the token of `--control` controls.
 const FLAG_SECRET: &str = "extctl-dev-token";
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT, SIGTERM or SIGHUP.
 pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     let mut loaded = manifests::load(&settings.manifests).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
