@@ -3,6 +3,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the benchmark, so its file must exist for any build.
+COPY benches ./benches
 RUN cargo build --release --locked --bin extctl
 
 # Distroless, non-root: no shell, no package manager, just the binary and CA roots.

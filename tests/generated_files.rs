@@ -92,3 +92,45 @@ fn mentions(text: &str, flag: &str) -> bool {
         !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
     })
 }
+
+/// Cargo refuses to build at all when a declared target's file is missing, so the image build
+/// must copy every directory holding the library, a binary or a benchmark.
+#[test]
+fn dockerfile_copies_every_declared_target() {
+    let dockerfile = committed("Dockerfile");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for target in metadata["packages"][0]["targets"].as_array().unwrap() {
+        let kinds = target["kind"].as_array().unwrap();
+        if !kinds
+            .iter()
+            .any(|k| k == "lib" || k == "bin" || k == "bench")
+        {
+            continue;
+        }
+        let path = Path::new(target["src_path"].as_str().unwrap());
+        let relative = path.strip_prefix(root).unwrap();
+        let dir = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        assert!(
+            dockerfile.contains(&format!("COPY {dir} ./{dir}")),
+            "the Dockerfile does not copy {dir}/, which holds {}",
+            relative.display()
+        );
+    }
+}
