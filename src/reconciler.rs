@@ -82,8 +82,8 @@ pub trait ControlStore: Send + Sync + 'static {
         desired: &ExternalControlStatus,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Records a notification's outcome, unconditionally: only the writer whose reset won
-    /// notifies, so no one else writes it.
+    /// Records a notification's outcome, if `lastPingTime` is still the reset it notified
+    /// (`outcome.time`); otherwise a later reset superseded it, and it is dropped.
     fn write_last_ping(
         &self,
         control: &ExternalControl,

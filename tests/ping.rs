@@ -460,3 +460,49 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
         cluster.event_notes("sast").await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
+    use extctl::crd::PingOutcome;
+    use extctl::kubernetes::controller::KubeStore;
+    use extctl::kubernetes::watch::{self, Scope};
+    use extctl::reconciler::ControlStore;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    let (cluster, _) = cluster_with(json!({"pingInterval": "1h"})).await;
+    let earlier = Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+    let later = Timestamp::from_microsecond(1_700_003_600_123_456).unwrap();
+    // Another replica has carried out the later reset.
+    let reset = json!({"status": {"status": "pending", "lastPingTime": MicroTime(later)}});
+    cluster
+        .controls()
+        .patch_status("sast", &PatchParams::default(), &Patch::Merge(&reset))
+        .await
+        .unwrap();
+    let (triggers, _) = futures::channel::mpsc::unbounded();
+    let store = KubeStore {
+        client: cluster.client.clone(),
+        stores: watch::start(cluster.client.clone(), &Scope::Cluster, triggers).stores,
+    };
+    let control = cluster.control("sast").await;
+    let outcome = |time| PingOutcome {
+        time: MicroTime(time),
+        http_status: Some(200),
+        error: None,
+    };
+
+    // The earlier round's ping answers late: dropped, not written over the later round.
+    store
+        .write_last_ping(&control, &outcome(earlier))
+        .await
+        .unwrap();
+    let status = cluster.control("sast").await.status.unwrap();
+    assert_eq!(status.last_ping, None);
+    // The later round's own outcome is recorded.
+    store
+        .write_last_ping(&control, &outcome(later))
+        .await
+        .unwrap();
+    let status = cluster.control("sast").await.status.unwrap();
+    assert_eq!(status.last_ping, Some(outcome(later)));
+}

@@ -250,7 +250,11 @@ impl ControlStore for MemoryStore {
         outcome: &PingOutcome,
     ) -> Result<(), WriteError> {
         self.update(control, None, |status| {
-            status.last_ping = Some(outcome.clone());
+            // Only onto the round it belongs to, as on Kubernetes (compared as stored: in
+            // microseconds).
+            if status.last_ping_time == Some(as_stored(&outcome.time)) {
+                status.last_ping = Some(outcome.clone());
+            }
             Ok(())
         })
         .map_err(|error| WriteError::of(control, error))
@@ -262,6 +266,7 @@ mod tests {
     use super::*;
     use crate::crd::ControlStatus;
     use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use serde_json::json;
 
     fn control(name: &str, control_id: i64) -> ExternalControl {
@@ -331,6 +336,38 @@ mod tests {
         // Even from the same (now stale) copy: the check runs against the stored state.
         let replay = store.record(&read, report(ControlStatus::Fail, "n1")).await;
         assert_eq!(replay, Err(Rejection::InvalidNonce));
+    }
+
+    #[tokio::test]
+    async fn a_ping_outcome_is_recorded_only_for_the_current_round() {
+        let store = store(vec![control("a", 7)]);
+        // Nanoseconds, as `Timestamp::now()` gives; the store keeps microseconds.
+        let at = |second: i128| {
+            jiff::Timestamp::from_nanosecond((1_700_000_000 + second) * 1_000_000_000 + 123_456_789)
+                .unwrap()
+        };
+        let reset = ExternalControlStatus {
+            last_ping_time: Some(MicroTime(at(60))),
+            ..Default::default()
+        };
+        store
+            .write_status(&store.controls()[0], &reset)
+            .await
+            .unwrap();
+        let outcome = |time| PingOutcome {
+            time: MicroTime(time),
+            http_status: Some(200),
+            error: None,
+        };
+        let read = store.controls().remove(0);
+        store.write_last_ping(&read, &outcome(at(0))).await.unwrap();
+        assert_eq!(store.controls()[0].status.as_ref().unwrap().last_ping, None);
+        store
+            .write_last_ping(&read, &outcome(at(60)))
+            .await
+            .unwrap();
+        let recorded = store.controls()[0].status.clone().unwrap().last_ping;
+        assert_eq!(recorded, Some(as_stored(&outcome(at(60)))));
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl ControlStore for KubeStore {
                 "conditions": desired.conditions,
             }
         });
-        self.patch_status(control, &patch).await
+        self.patch_status(control, &Patch::Merge(&patch)).await
     }
 
     async fn write_last_ping(
@@ -103,30 +103,46 @@ impl ControlStore for KubeStore {
         control: &ExternalControl,
         outcome: &PingOutcome,
     ) -> Result<(), WriteError> {
-        let patch = json!({ "status": { "lastPing": outcome } });
-        self.patch_status(control, &patch).await
+        // Only onto the round it belongs to: with a ping slower than the interval, another
+        // replica may have reset the control again, and its outcome must not be overwritten.
+        let operations = json!([
+            { "op": "test", "path": "/status/lastPingTime", "value": outcome.time },
+            { "op": "add", "path": "/status/lastPing", "value": outcome },
+        ]);
+        let patch = Patch::Json::<()>(
+            serde_json::from_value(operations).expect("a JSON Patch of two operations"),
+        );
+        match self.patch_status(control, &patch).await {
+            // The test failed (422): a later reset owns `lastPing` now.
+            Err(WriteError { source, .. }) if is_unprocessable(&source) => {
+                let control = qualified_name(control);
+                tracing::info!(%control, "a later reset superseded this ping's outcome");
+                Ok(())
+            }
+            written => written,
+        }
     }
 }
 
+fn is_unprocessable(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 422)
+}
+
 impl KubeStore {
-    /// A merge patch of the control's status subresource.
-    async fn patch_status(
+    /// A patch of the control's status subresource.
+    async fn patch_status<P: serde::Serialize + std::fmt::Debug>(
         &self,
         control: &ExternalControl,
-        patch: &serde_json::Value,
+        patch: &Patch<P>,
     ) -> Result<(), WriteError> {
         let namespace = control.namespace().unwrap_or_default();
         let api: Api<ExternalControl> = Api::namespaced(self.client.clone(), &namespace);
-        api.patch_status(
-            &control.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|source| WriteError {
-            control: qualified_name(control),
-            source,
-        })
+        api.patch_status(&control.name_any(), &PatchParams::default(), patch)
+            .await
+            .map(|_| ())
+            .map_err(|source| WriteError {
+                control: qualified_name(control),
+                source,
+            })
     }
 }
