@@ -15,7 +15,7 @@ use kube::ResourceExt;
 
 use crate::core::ping::{self, PingSubject};
 use crate::core::readiness::{READY, Readiness};
-use crate::core::report::current_status;
+use crate::core::report::{Cause, StatusChange, current_status};
 use crate::core::schedule::{self, PingFacts, PingPlan};
 use crate::core::signature;
 use crate::core::tokens::SigningTokens;
@@ -24,39 +24,11 @@ use crate::crd::{
 };
 use crate::notify::{Notifier, shown_url};
 
-/// Why a control's status changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// A checker's signed call.
-    Reported,
-    /// The scheduled reset of a pinged control.
-    PingReset,
-    /// A notified checker did not answer within `pendingTimeout`.
-    PendingTimeout,
-}
-
-impl Cause {
-    /// The reason, as Kubernetes Events (and `extctl dev`'s output) name it.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Reported => "StatusReported",
-            Self::PingReset => "PingReset",
-            Self::PendingTimeout => "PendingTimeout",
-        }
-    }
-}
-
 /// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.
 /// Telling must not fail the write it reports (the status is already stored).
 pub trait Journal: Send + Sync + 'static {
-    /// A stored change of status, worded as GitLab's audit event.
-    fn status_changed(
-        &self,
-        control: &ExternalControl,
-        cause: Cause,
-        from: ControlStatus,
-        to: ControlStatus,
-    );
+    /// A stored change of status.
+    fn status_changed(&self, control: &ExternalControl, change: StatusChange);
 
     /// Something about `control` needs attention (a failed or skipped ping); `reason` is
     /// PascalCase.
@@ -130,8 +102,8 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                 current_status(Some(&current)),
                 current_status(Some(&desired)),
             );
-            if let Some(cause) = change.filter(|_| from != to) {
-                self.journal.status_changed(control, cause, from, to);
+            if let Some(change) = change.and_then(|cause| StatusChange::between(cause, from, to)) {
+                self.journal.status_changed(control, change);
             }
             if !readiness.is_ready() {
                 tracing::info!(control = %qualified_name(control), reason = readiness.reason(), "control not ready");

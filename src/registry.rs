@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::core::protocol::Rejection;
-use crate::core::report::Report;
+use crate::core::report::{Cause, Report, StatusChange};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ControlStatus, ExternalControl};
 
@@ -19,6 +19,13 @@ pub struct Recorded {
     pub stored: ControlStatus,
 }
 
+impl Recorded {
+    /// The change this report made, if it made one (an audit event, then).
+    pub fn change(&self) -> Option<StatusChange> {
+        StatusChange::between(Cause::Reported, self.previous, self.stored)
+    }
+}
+
 pub trait ControlRegistry: Send + Sync + 'static {
     /// Whether controls and Secrets have been loaded, so lookups can be trusted.
     fn ready(&self) -> bool;
@@ -27,8 +34,9 @@ pub trait ControlRegistry: Send + Sync + 'static {
     /// claim it, `Unavailable` while controls are still loading. Answered from memory.
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
 
-    /// The control's signing tokens, or `TokenUnavailable`. Answered from memory.
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection>;
+    /// The control's signing tokens, or why there are none (never the token itself).
+    /// Answered from memory.
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String>;
 
     /// Stores a verified report, atomically with its nonce: a nonce already recorded by anyone
     /// (any replica) yields `InvalidNonce`. Returns only once the store has accepted the write.

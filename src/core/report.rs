@@ -30,10 +30,6 @@ pub struct ReportUpdate {
 }
 
 impl ReportUpdate {
-    pub fn changes_status(&self) -> bool {
-        self.previous != self.status
-    }
-
     /// Writes these fields into a status (used by stores that keep typed objects).
     pub fn apply_to(&self, status: &mut ExternalControlStatus) {
         status.status = Some(self.status);
@@ -93,9 +89,49 @@ pub fn current_status(status: Option<&ExternalControlStatus>) -> ControlStatus {
         .unwrap_or(ControlStatus::Pending)
 }
 
-/// GitLab's audit-event wording for a status change.
-pub fn change_message(from: ControlStatus, to: ControlStatus) -> String {
-    format!("Changed compliance control status from '{from}' to '{to}'")
+/// Why a control's status changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A checker's signed call.
+    Reported,
+    /// The scheduled reset of a pinged control.
+    PingReset,
+    /// A notified checker did not answer within `pendingTimeout`.
+    PendingTimeout,
+}
+
+impl Cause {
+    /// The reason, as Kubernetes Events (and `extctl dev`'s output) name it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Reported => "StatusReported",
+            Self::PingReset => "PingReset",
+            Self::PendingTimeout => "PendingTimeout",
+        }
+    }
+}
+
+/// A stored change of status, and why it happened: what an audit event tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusChange {
+    pub cause: Cause,
+    pub from: ControlStatus,
+    pub to: ControlStatus,
+}
+
+impl StatusChange {
+    /// The change, or `None` when the status stayed the same (GitLab records no event then).
+    pub fn between(cause: Cause, from: ControlStatus, to: ControlStatus) -> Option<Self> {
+        (from != to).then_some(Self { cause, from, to })
+    }
+
+    /// GitLab's audit-event wording.
+    pub fn message(&self) -> String {
+        format!(
+            "Changed compliance control status from '{}' to '{}'",
+            self.from, self.to
+        )
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +164,6 @@ mod tests {
         let update = apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap();
         assert_eq!(update.previous, ControlStatus::Pending);
         assert_eq!(update.status, ControlStatus::Pass);
-        assert!(update.changes_status());
         assert_eq!(update.last_update_time, MicroTime(at(0)));
         assert_eq!(update.recent_nonces.len(), 1);
         assert_eq!(update.recent_nonces[0].expires_at, Time(at(15)));
@@ -139,7 +174,7 @@ mod tests {
         let first = stored(&apply(None, &report(ControlStatus::Pass, NONCE, 0)).unwrap());
         let other = "ffffffffffffffffffffffffffffffff";
         let again = apply(Some(&first), &report(ControlStatus::Pass, other, 1)).unwrap();
-        assert!(!again.changes_status());
+        assert_eq!(again.previous, again.status, "not a change");
         assert_eq!(again.last_update_time, MicroTime(at(1)));
         assert_eq!(again.recent_nonces.len(), 2);
     }
@@ -183,10 +218,16 @@ mod tests {
     }
 
     #[test]
-    fn change_message_is_gitlabs_audit_wording() {
+    fn a_change_is_worded_as_gitlabs_audit_event_and_a_repeat_is_none() {
+        let change =
+            StatusChange::between(Cause::Reported, ControlStatus::Pending, ControlStatus::Pass);
         assert_eq!(
-            change_message(ControlStatus::Pending, ControlStatus::Pass),
+            change.unwrap().message(),
             "Changed compliance control status from 'pending' to 'pass'"
+        );
+        assert_eq!(
+            StatusChange::between(Cause::PingReset, ControlStatus::Pass, ControlStatus::Pass),
+            None
         );
     }
 }

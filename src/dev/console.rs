@@ -9,9 +9,9 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::core::readiness::Readiness;
-use crate::core::report::change_message;
-use crate::crd::{ControlStatus, ExternalControl, qualified_name};
-use crate::reconciler::{Cause, Journal};
+use crate::core::report::StatusChange;
+use crate::crd::{ExternalControl, qualified_name};
+use crate::reconciler::Journal;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Console {
@@ -92,15 +92,9 @@ impl Console {
 }
 
 impl Journal for Console {
-    fn status_changed(
-        &self,
-        control: &ExternalControl,
-        cause: Cause,
-        from: ControlStatus,
-        to: ControlStatus,
-    ) {
-        let extra = json!({ "event": "statusChanged", "from": from, "to": to });
-        self.event(control, cause.reason(), &change_message(from, to), extra);
+    fn status_changed(&self, control: &ExternalControl, change: StatusChange) {
+        let extra = json!({ "event": "statusChanged", "from": change.from, "to": change.to });
+        self.event(control, change.cause.reason(), &change.message(), extra);
     }
 
     fn warning(&self, control: &ExternalControl, reason: &str, note: String) {

@@ -20,7 +20,7 @@ use crate::core::readiness::Readiness;
 use crate::core::report::{self, Report};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
-use crate::reconciler::{Cause, ControlStore, Journal};
+use crate::reconciler::{ControlStore, Journal};
 use crate::registry::{ControlRegistry, Recorded, the_only};
 
 /// `(namespace, name)`.
@@ -180,9 +180,8 @@ impl ControlRegistry for MemoryStore {
         the_only(claimants).map(|control| Arc::new(control.clone()))
     }
 
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
         self.signing_tokens(control)
-            .map_err(|_| Rejection::TokenUnavailable)
     }
 
     async fn record(
@@ -205,10 +204,8 @@ impl ControlRegistry for MemoryStore {
             Err(UpdateError::NotFound) => return Err(Rejection::ControlNotFound),
             Err(UpdateError::Conflict) => unreachable!("an unconditional update cannot conflict"),
         };
-        if recorded.previous != recorded.stored {
-            let (from, to) = (recorded.previous, recorded.stored);
-            self.console
-                .status_changed(control, Cause::Reported, from, to);
+        if let Some(change) = recorded.change() {
+            self.console.status_changed(control, change);
         }
         Ok(recorded)
     }

@@ -32,7 +32,10 @@ pub async fn verify_and_record<R: ControlRegistry>(
     )?;
     let signed_at = config.window.check(headers.timestamp, now)?;
 
-    let tokens = registry.tokens(&control)?;
+    let tokens = registry.tokens(&control).map_err(|why| {
+        tracing::debug!(%why, "no signing token");
+        Rejection::TokenUnavailable
+    })?;
     // The path is rebuilt from the route parameters, never taken from the request line.
     let path = status_path(call.project, call.control);
     let message = signed_string(headers.timestamp, headers.nonce, &path, status.as_str());

@@ -4,9 +4,9 @@ use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use crate::core::report::change_message;
+use crate::core::report::StatusChange;
 use crate::crd::{ControlStatus, ExternalControl};
-use crate::reconciler::{Cause, Journal};
+use crate::reconciler::Journal;
 
 #[derive(Clone)]
 pub struct StatusEvents {
@@ -38,20 +38,14 @@ impl StatusEvents {
 impl Journal for StatusEvents {
     /// Publishes `Changed compliance control status from 'x' to 'y'` in the background: the
     /// status is already stored, and a failed Event must not turn that into an error.
-    fn status_changed(
-        &self,
-        control: &ExternalControl,
-        cause: Cause,
-        from: ControlStatus,
-        to: ControlStatus,
-    ) {
+    fn status_changed(&self, control: &ExternalControl, change: StatusChange) {
         let event = Event {
             type_: EventType::Normal,
-            reason: cause.reason().into(),
-            note: Some(change_message(from, to)),
+            reason: change.cause.reason().into(),
+            note: Some(change.message()),
             // The recorder folds repeats of one (reason, action) into a series that keeps the
             // first note, so the action names the transition to keep every note accurate.
-            action: format!("{}To{}", pascal(from), pascal(to)),
+            action: format!("{}To{}", pascal(change.from), pascal(change.to)),
             secondary: None,
         };
         self.publish(control, event);

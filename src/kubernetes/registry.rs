@@ -13,7 +13,7 @@ use crate::core::protocol::Rejection;
 use crate::core::report::{self, Report, ReportUpdate};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, qualified_name};
-use crate::reconciler::{Cause, Journal};
+use crate::reconciler::Journal;
 use crate::registry::{ControlRegistry, Recorded, the_only};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
@@ -56,10 +56,8 @@ impl ControlRegistry for KubeRegistry {
         the_only(controls_with_id(&self.stores.controls, control_id))
     }
 
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, Rejection> {
-        self.stores
-            .tokens(control)
-            .map_err(|_| Rejection::TokenUnavailable)
+    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+        self.stores.tokens(control)
     }
 
     async fn record(
@@ -80,19 +78,15 @@ impl ControlRegistry for KubeRegistry {
                 .await
             {
                 Ok(_) => {
-                    if update.changes_status() {
-                        self.events.status_changed(
-                            control,
-                            Cause::Reported,
-                            update.previous,
-                            update.status,
-                        );
-                    }
-                    tracing::info!(control = %qualified_name(control), from = %update.previous, to = %update.status, "status stored");
-                    return Ok(Recorded {
+                    let recorded = Recorded {
                         previous: update.previous,
                         stored: update.status,
-                    });
+                    };
+                    if let Some(change) = recorded.change() {
+                        self.events.status_changed(control, change);
+                    }
+                    tracing::info!(control = %qualified_name(control), from = %update.previous, to = %update.status, "status stored");
+                    return Ok(recorded);
                 }
                 Err(error) if is_conflict(&error) => {
                     current = api.get_status(&name).await.map_err(rejection)?;
