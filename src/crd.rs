@@ -31,9 +31,11 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     printcolumn = r#"{"name":"Project","type":"integer","jsonPath":".spec.projectId"}"#,
     printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Ping","type":"boolean","jsonPath":".spec.pingEnabled"}"#,
     printcolumn = r#"{"name":"Last Update","type":"date","jsonPath":".status.lastUpdateTime"}"#,
-    printcolumn = r#"{"name":"Next Ping","type":"date","jsonPath":".status.nextPingTime"}"#,
+    // A string, not a date: the API server renders a date in the future as `<invalid>`.
+    printcolumn = r#"{"name":"Next Ping","type":"string","jsonPath":".status.nextPingTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -185,6 +187,7 @@ pub struct PingOutcome {
     pub time: MicroTime,
     /// The HTTP status the checker answered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "http_status_schema")]
     pub http_status: Option<u16>,
     /// Why no answer was received (network failure, timeout, no signing token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +254,18 @@ fn status_value_schema(_: &mut SchemaGenerator) -> Schema {
         "type": "string",
         "enum": ["pending", "pass", "fail"],
         "description": "`pending`, `pass` or `fail`; a new control starts `pending`."
+    })
+}
+
+/// An HTTP status code as a Kubernetes-known integer format (`uint16`, which schemars derives
+/// for `u16`, makes `kubectl apply` of the CRD warn `unrecognized format "uint16"`).
+fn http_status_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "integer",
+        "format": "int32",
+        "minimum": 100,
+        "maximum": 599,
+        "description": "The HTTP status the checker answered with."
     })
 }
 
@@ -322,12 +337,67 @@ mod tests {
                 "Project",
                 "Control",
                 "Status",
+                "Ready",
                 "Ping",
                 "Last Update",
                 "Next Ping",
                 "Age"
             ]
         );
+    }
+
+    #[test]
+    fn next_ping_is_shown_as_text_not_as_a_relative_date() {
+        // The API server prints a `date` column that lies in the future as `<invalid>`
+        // (recorded: ../shared/fixtures/kube-apiserver/v1.36/17-table-output.json).
+        let crd = serde_json::to_value(ExternalControl::crd()).unwrap();
+        let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"].clone();
+        let next = columns
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "Next Ping")
+            .unwrap();
+        assert_eq!(next["type"], "string");
+    }
+
+    /// Formats the API server knows; any other makes `kubectl apply` warn `unrecognized format`.
+    const KUBERNETES_FORMATS: &[&str] = &[
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+        "duration",
+        "uri",
+    ];
+
+    fn formats(schema: &Value, found: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                if let Some(Value::String(format)) = map.get("format") {
+                    found.push(format.clone());
+                }
+                map.values().for_each(|v| formats(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_format_is_one_kubernetes_recognises() {
+        let mut found = Vec::new();
+        formats(&schema(), &mut found);
+        assert!(found.iter().any(|f| f == "date-time"), "{found:?}");
+        for format in found {
+            assert!(
+                KUBERNETES_FORMATS.contains(&format.as_str()),
+                "format {format:?} would make kubectl warn"
+            );
+        }
     }
 
     #[test]

@@ -505,4 +505,42 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
         .unwrap();
     let status = cluster.control("sast").await.status.unwrap();
     assert_eq!(status.last_ping, Some(outcome(later)));
+
+    // Any other refusal, a 422 among them, is an error, not a superseded outcome.
+    cluster
+        .api
+        .faults()
+        .fail_next(1, Some(axum::http::Method::PATCH), "/sast/status", 422);
+    let refused = store.write_last_ping(&control, &outcome(later)).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_about_the_longest_url_the_schema_admits_is_still_an_event() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let base = format!("http://{closed_port}/");
+    // 1024 characters, the schema's maxLength: with the error, the note is over the API
+    // server's 1024-byte limit for an Event note.
+    let url = format!("{base}{}", "p".repeat(1024 - base.len()));
+    assert_eq!(url.len(), 1024);
+    let ping = json!({"pingInterval": "1s", "pendingTimeout": "1s", "externalUrl": url});
+    create_pinged(&cluster, "sast", 7, "sast-token", ping).await;
+    let _operator = Operator::start(&cluster, &[]).await;
+
+    let warned = wait_for(Duration::from_secs(8), || async {
+        let notes = cluster.event_notes("sast").await;
+        notes.into_iter().find(|n| n.starts_with("Notifying "))
+    })
+    .await;
+    let note = warned.expect("a PingFailed Event is stored despite the long URL");
+    assert!(note.len() <= 1024, "{} bytes", note.len());
+    assert!(note.contains(&base), "{note}");
+    assert!(note.ends_with('…'), "{note}");
 }

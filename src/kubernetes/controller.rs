@@ -113,8 +113,9 @@ impl ControlStore for KubeStore {
             serde_json::from_value(operations).expect("a JSON Patch of two operations"),
         );
         match self.patch_status(control, &patch).await {
-            // The test failed (422): a later reset owns `lastPing` now.
-            Err(WriteError { source, .. }) if is_unprocessable(&source) => {
+            // The test failed: a later reset owns `lastPing` now. Any other refusal (a 422 for
+            // an invalid value among them) is an error to report, not a superseded outcome.
+            Err(WriteError { source, .. }) if is_failed_json_patch(&source) => {
                 let control = qualified_name(control);
                 tracing::info!(%control, "a later reset superseded this ping's outcome");
                 Ok(())
@@ -124,8 +125,14 @@ impl ControlStore for KubeStore {
     }
 }
 
-fn is_unprocessable(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 422)
+/// kube-apiserver's answer to a JSON patch whose operation failed (here only the `test` can):
+/// 422 with this message and no causes, unlike a schema refusal, which names the object and
+/// its fields (`../shared/fixtures/kube-apiserver/v1.36/10-jsonpatch-test.json`).
+pub const JSON_PATCH_FAILED: &str =
+    "the server rejected our request due to an error in our request";
+
+fn is_failed_json_patch(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 422 && status.message == JSON_PATCH_FAILED)
 }
 
 impl KubeStore {

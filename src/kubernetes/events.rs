@@ -24,7 +24,8 @@ impl StatusEvents {
         }
     }
 
-    fn publish(&self, control: &ExternalControl, event: Event) {
+    fn publish(&self, control: &ExternalControl, mut event: Event) {
+        event.note = event.note.map(fit_note);
         let reference = control.object_ref(&());
         let recorder = self.recorder.clone();
         tokio::spawn(async move {
@@ -64,10 +65,54 @@ impl Journal for StatusEvents {
     }
 }
 
+/// The API server refuses an Event whose note is longer than this many bytes (422, recorded in
+/// `../shared/fixtures/kube-apiserver/v1.36/16-events.json`).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// `note`, cut to [`MAX_NOTE_BYTES`] on a character boundary (ending in `…`) when longer: a
+/// note about a 1024-character `externalUrl` plus an error must still be stored.
+pub fn fit_note(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    const ELLIPSIS: char = '…';
+    let mut end = MAX_NOTE_BYTES - ELLIPSIS.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = note;
+    cut.truncate(end);
+    cut.push(ELLIPSIS);
+    cut
+}
+
 fn pascal(status: ControlStatus) -> &'static str {
     match status {
         ControlStatus::Pending => "Pending",
         ControlStatus::Pass => "Pass",
         ControlStatus::Fail => "Fail",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_notes_are_kept_whole() {
+        let note = "x".repeat(MAX_NOTE_BYTES);
+        assert_eq!(fit_note(note.clone()), note);
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_limit_on_a_character_boundary() {
+        for filler in ["x", "é", "€", "𝄞"] {
+            let note = filler.repeat(2 * MAX_NOTE_BYTES);
+            let cut = fit_note(note.clone());
+            assert!(cut.len() <= MAX_NOTE_BYTES, "{filler}: {}", cut.len());
+            assert!(cut.len() > MAX_NOTE_BYTES - 8, "{filler}: {}", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(note.starts_with(cut.trim_end_matches('…')));
+        }
     }
 }

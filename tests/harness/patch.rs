@@ -6,7 +6,7 @@
 //! managers (so `force` has no effect), fields dropped from a later apply are not removed, and
 //! lists are replaced whole rather than merged by `x-kubernetes-list-map-keys`.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::resources::ResourceType;
 use super::status::ApiError;
@@ -41,27 +41,23 @@ impl Patch {
     }
 
     /// The result of applying this patch to `target`; 422 when a JSON patch operation fails
-    /// (a `test` that does not match, a path that does not exist).
-    pub fn apply_to(
-        &self,
-        rt: &ResourceType,
-        name: &str,
-        target: &Value,
-    ) -> Result<Value, ApiError> {
+    /// (a `test` that does not match, a path that does not exist), with the real server's
+    /// message and empty details (`10-jsonpatch-test.json`).
+    pub fn apply_to(&self, target: &Value) -> Result<Value, ApiError> {
         let mut doc = target.clone();
         match self {
             Self::Merge(patch) | Self::Apply(patch) => json_patch::merge(&mut doc, patch),
-            Self::Json(patch) => json_patch::patch(&mut doc, patch).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("{} \"{name}\" is invalid: {e}", rt.qualified()),
-                )
+            Self::Json(patch) => json_patch::patch(&mut doc, patch).map_err(|_| {
+                ApiError::new(422, "Invalid", JSON_PATCH_FAILED).with_details(json!({}))
             })?,
         }
         Ok(doc)
     }
 }
+
+/// What kube-apiserver v1.36 answers when a JSON patch operation fails, whatever the operation.
+pub const JSON_PATCH_FAILED: &str =
+    "the server rejected our request due to an error in our request";
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)

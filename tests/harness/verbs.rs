@@ -197,8 +197,7 @@ pub fn patch(
             created = true;
             return create_by_apply(target, patch, opts);
         };
-        let patched =
-            patch.apply_to(&target.rt, target.name(), &present(&target.rt, old.clone()))?;
+        let patched = patch.apply_to(&present(&target.rt, old.clone()))?;
         check_body_name(target, &patched)?;
         update(target, old, patched, opts)
     })?;
