@@ -84,6 +84,17 @@ pub struct RunArgs {
     /// This replica's name in Events (the Helm chart sets it to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    /// How long a control's Secret, once read, is used before it is read again. A call whose
+    /// signature does not verify reads it at once (at most every 2s per Secret), so a rotated
+    /// token works immediately; a removed token stops working within this time.
+    #[arg(long, env = "EXTCTL_SECRET_TTL", default_value = "60s", value_parser = parse_positive_duration)]
+    pub secret_ttl: Duration,
+
+    /// Controls reconciled at once. Bounds the reconciler's API writes so that checkers' calls
+    /// keep headroom when many resets fall due together (they then complete a little later).
+    #[arg(long, env = "EXTCTL_RECONCILE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub reconcile_concurrency: u16,
 }
 
 /// Flags `extctl run` and `extctl dev` share: the endpoint's limits and the ping timeout.
@@ -134,6 +145,8 @@ impl RunArgs {
             endpoint: self.common.endpoint(),
             instance: self.instance.clone(),
             ping_timeout: self.common.ping_timeout,
+            secret_ttl: self.secret_ttl,
+            reconcile_concurrency: self.reconcile_concurrency,
         }
     }
 }

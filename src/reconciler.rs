@@ -39,11 +39,21 @@ pub trait Journal: Send + Sync + 'static {
 pub trait ControlStore: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Whether calls for `control` can succeed, judged from the stored Secrets and controls.
-    fn readiness(&self, control: &ExternalControl) -> Readiness;
+    /// Whether calls for `control` can succeed, judged from its Secret and the other controls.
+    fn readiness(
+        &self,
+        control: &ExternalControl,
+    ) -> impl Future<Output = Result<Readiness, Self::Error>> + Send;
 
     /// The control's signing tokens, or why there are none (never the token itself).
-    fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String>;
+    fn signing_tokens(
+        &self,
+        control: &ExternalControl,
+    ) -> impl Future<Output = Result<SigningTokens, String>> + Send;
+
+    /// How soon a control that is not ready is looked at again, when the store does not tell
+    /// of every change to Secrets (`None`: it does).
+    fn recheck_not_ready(&self) -> Option<std::time::Duration>;
 
     /// Writes the reconciler's status fields, conditioned on the version `control` was read at:
     /// a report stored meanwhile is never overwritten, and of several writers exactly one
@@ -63,6 +73,22 @@ pub trait ControlStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// What a reconcile did and leaves to do.
+#[derive(Debug)]
+pub struct Reconciled {
+    /// When the control next needs a look, if before any change to it.
+    pub wake: Option<Timestamp>,
+    /// The notification owed to the checker for the reset just carried out.
+    pub ping: Option<Ping>,
+}
+
+/// A notification to send: the control as reset, and when.
+#[derive(Debug)]
+pub struct Ping {
+    control: ExternalControl,
+    reset_at: Timestamp,
+}
+
 /// The status a control reports before anyone has written it.
 pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
 
@@ -75,12 +101,14 @@ pub struct Reconciler<S, J> {
 
 impl<S: ControlStore, J: Journal> Reconciler<S, J> {
     /// Brings `control` up to date as of `now`; returns when it next needs a look (a reset or
-    /// a pending timeout falling due), or `None` when only a change to it can matter.
+    /// a pending timeout falling due; `None` when only a change to it can matter), and the
+    /// notification owed to its checker after a reset this call carried out. The caller sends
+    /// it with [`Self::ping`], off the reconcile path, so a slow checker holds up no reset.
     pub async fn reconcile(
         &self,
         control: &ExternalControl,
         now: Timestamp,
-    ) -> Result<Option<Timestamp>, S::Error> {
+    ) -> Result<Reconciled, S::Error> {
         let current = control.status.clone().unwrap_or_default();
         let plan = ping_plan(control, &current, now);
         let deadline = control
@@ -94,8 +122,9 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             _ if deadline.is_some_and(|deadline| deadline <= now) => Some(Cause::PendingTimeout),
             _ => None,
         };
-        let readiness = self.store.readiness(control);
+        let readiness = self.store.readiness(control).await?;
         let desired = desired_status(control, &current, &readiness, plan, change, now);
+        let mut ping = None;
         if desired != current {
             self.store.write_status(control, &desired).await?;
             let (from, to) = (
@@ -108,23 +137,35 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             if !readiness.is_ready() {
                 tracing::info!(control = %qualified_name(control), reason = readiness.reason(), "control not ready");
             }
-            if change == Some(Cause::PingReset) {
+            if change == Some(Cause::PingReset) && control.spec.external_url.is_some() {
                 // Only the writer whose reset won gets here: one ping per reset.
-                self.notify(control, now).await?;
+                ping = Some(Ping {
+                    control: control.clone(),
+                    reset_at: now,
+                });
             }
         }
-        let wake = [plan.next(), deadline.filter(|d| *d > now)];
-        Ok(wake.into_iter().flatten().min())
+        let recheck = (!readiness.is_ready())
+            .then(|| self.store.recheck_not_ready())
+            .flatten()
+            .and_then(|after| now.checked_add(after).ok());
+        let wake = [plan.next(), deadline.filter(|d| *d > now), recheck];
+        Ok(Reconciled {
+            wake: wake.into_iter().flatten().min(),
+            ping,
+        })
     }
 
-    /// Notifies the checker after a reset, when the control has an `externalUrl`, and records
-    /// the outcome in `status.lastPing`. Failures leave the status `pending` and raise a warning.
-    async fn notify(&self, control: &ExternalControl, reset_at: Timestamp) -> Result<(), S::Error> {
+    /// Notifies the checker after a reset and records the outcome in `status.lastPing`.
+    /// Failures leave the status `pending` and raise a warning.
+    pub async fn ping(&self, ping: Ping) -> Result<(), S::Error> {
+        let Ping { control, reset_at } = ping;
+        let control = &control;
         let Some(url) = control.spec.external_url.as_deref() else {
             return Ok(());
         };
         let shown = shown_url(url);
-        let outcome = match self.store.signing_tokens(control) {
+        let outcome = match self.store.signing_tokens(control).await {
             Err(why) => {
                 let note = format!("Not notifying {shown}: {why}");
                 self.journal.warning(control, "PingSkipped", note);

@@ -12,6 +12,15 @@ use crate::core::report::{Cause, Report, StatusChange};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ControlStatus, ExternalControl};
 
+/// How fresh the copy of a control's Secret must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// A copy kept from a recent read will do.
+    Kept,
+    /// Read it again, unless that was done a moment ago (forged calls must not become API load).
+    Reread,
+}
+
 /// The outcome of a stored report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -35,8 +44,13 @@ pub trait ControlRegistry: Send + Sync + 'static {
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
 
     /// The control's signing tokens, or why there are none (never the token itself).
-    /// Answered from memory.
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String>;
+    /// `Freshness::Reread` asks for the Secret as it is now, after a signature did not verify
+    /// with the copy kept (a token may have just been rotated).
+    fn tokens(
+        &self,
+        control: &ExternalControl,
+        freshness: Freshness,
+    ) -> impl Future<Output = Result<SigningTokens, String>> + Send;
 
     /// Stores a verified report, atomically with its nonce: a nonce already recorded by anyone
     /// (any replica) yields `InvalidNonce`. Returns only once the store has accepted the write.

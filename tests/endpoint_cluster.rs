@@ -90,10 +90,22 @@ async fn concurrent_calls_for_one_control_are_all_stored() {
     }
 }
 
+/// GET requests for the Secret `sast-token` the harness has answered so far.
+fn secret_reads(cluster: &Cluster) -> usize {
+    cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/secrets/sast-token"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_token_is_used_without_restart() {
+async fn a_rotated_token_is_used_at_once_without_restart() {
     let (cluster, old_token) = cluster_with_control().await;
-    let operator = Operator::start(&cluster, &[]).await;
+    // The Secret is kept far longer than this test runs: only a failed verification can make
+    // extctl read it again.
+    let operator = Operator::start(&cluster, &["--secret-ttl", "1h"]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     let new_token = cluster.token_file("new", "n3w-t0ken").display().to_string();
 
@@ -104,12 +116,15 @@ async fn a_rotated_token_is_used_without_restart() {
             &[("token", "n3w-t0ken"), ("previousToken", TOKEN)],
         )
         .await;
-    let accepted = wait_for(Duration::from_secs(10), || async {
+    let accepted = wait_for(Duration::from_secs(4), || async {
         let answer = checker(&operator.url, &call_args(&new_token, &[])).await;
         (answer.code == 200).then_some(())
     })
     .await;
-    assert!(accepted.is_some(), "the new token is accepted");
+    assert!(
+        accepted.is_some(),
+        "the new token is accepted within seconds"
+    );
     assert_eq!(
         checker(&operator.url, &call_args(&old_token, &[]))
             .await
@@ -117,13 +132,31 @@ async fn a_rotated_token_is_used_without_restart() {
         200,
         "the previous token still works"
     );
+}
 
-    // Step 2: drop previousToken; the old token stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_token_stops_working_within_the_secret_ttl() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret(
+            "sast-token",
+            &[("token", "n3w-t0ken"), ("previousToken", TOKEN)],
+        )
+        .await;
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    let old_token = cluster.token_file("old", TOKEN).display().to_string();
+    let new_token = cluster.token_file("new", "n3w-t0ken").display().to_string();
+    let operator = Operator::start(&cluster, &["--secret-ttl", "2s"]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let old_call = call_args(&old_token, &[]);
+    assert_eq!(checker(&operator.url, &old_call).await.code, 200);
+
+    // Step 3 of a rotation: drop previousToken; the old token stops working.
     cluster
         .replace_secret("sast-token", &[("token", "n3w-t0ken")])
         .await;
-    let refused = wait_for(Duration::from_secs(10), || async {
-        let answer = checker(&operator.url, &call_args(&old_token, &[])).await;
+    let refused = wait_for(Duration::from_secs(5), || async {
+        let answer = checker(&operator.url, &old_call).await;
         (answer.error() == "Invalid signature").then_some(())
     })
     .await;
@@ -137,11 +170,68 @@ async fn a_rotated_token_is_used_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_calls_do_not_turn_into_secret_reads() {
+    let (cluster, _) = cluster_with_control().await;
+    let operator = Operator::start(&cluster, &["--secret-ttl", "1h"]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let forged = cluster
+        .token_file("forged", "not-the-token")
+        .display()
+        .to_string();
+    let before = secret_reads(&cluster);
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let answer = checker(&operator.url, &call_args(&forged, &[])).await;
+        assert_eq!(answer.error(), "Invalid signature");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let reads = secret_reads(&cluster) - before;
+    // At most one read per 2 s, plus one at the start of the window.
+    let allowed = (seconds / 2.0).floor() as usize + 1;
+    assert!(
+        (1..=allowed).contains(&reads),
+        "{reads} reads of the Secret for 20 forged calls in {seconds:.1} s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_referenced_secrets_are_read_never_listed() {
+    let (cluster, token) = cluster_with_control().await;
+    for i in 0..20 {
+        cluster
+            .create_secret(&format!("unrelated-{i}"), &[("release", "x")])
+            .await;
+    }
+    cluster.api.reset_requests();
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    assert_eq!(
+        checker(&operator.url, &call_args(&token, &[])).await.code,
+        200
+    );
+    let secret_requests: Vec<String> = cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/secrets"))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    assert!(!secret_requests.is_empty());
+    assert!(
+        secret_requests
+            .iter()
+            .all(|r| r.starts_with("GET /api/v1/namespaces/default/secrets/sast-token?")),
+        "{secret_requests:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_or_key_is_explained_and_refused() {
     let cluster = Cluster::start().await;
     cluster.create_control("sast", 42, 7, "sast-token").await;
     let token = cluster.token_file("token", TOKEN).display().to_string();
-    let operator = Operator::start(&cluster, &[]).await;
+    // A control that is not ready is looked at again every --secret-ttl.
+    let operator = Operator::start(&cluster, &["--secret-ttl", "1s"]).await;
 
     let control = cluster.wait_ready_reason("sast", "SecretNotFound").await;
     assert_eq!(control.status.unwrap().status, Some(ControlStatus::Pending));

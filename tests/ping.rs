@@ -482,7 +482,13 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
     let (triggers, _) = futures::channel::mpsc::unbounded();
     let store = KubeStore {
         client: cluster.client.clone(),
-        stores: watch::start(cluster.client.clone(), &Scope::Cluster, triggers).stores,
+        stores: watch::start(
+            cluster.client.clone(),
+            &Scope::Cluster,
+            triggers,
+            Duration::from_secs(60),
+        )
+        .stores,
     };
     let control = cluster.control("sast").await;
     let outcome = |time| PingOutcome {

@@ -3,8 +3,9 @@
 
 pub mod duration;
 pub mod freshness;
+pub mod index;
+pub mod nonces;
 pub mod ping;
-
 pub mod protocol;
 pub mod readiness;
 pub mod report;

@@ -10,7 +10,7 @@ mod console;
 pub mod manifests;
 mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::checker::shell_quote;
@@ -34,8 +35,8 @@ use crate::reconciler::{ControlStore, Reconciler, duration_until};
 use crate::shutdown::shutdown_signal;
 pub use console::Console;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
+use store::Key;
 pub use store::MemoryStore;
-use store::{Key, key};
 
 /// A control given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     let console = Console {
         json: settings.json,
     };
-    let store = MemoryStore::new(loaded.controls, loaded.secrets, console);
+    let (store, changed) = MemoryStore::new(loaded.controls, loaded.secrets, console);
 
     // Installed now: a signal from here on, even during start-up, stops extctl dev cleanly
     // (and removes its token files).
@@ -92,77 +93,124 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     });
     // Token files for the printed `extctl send` lines: owner-only, removed on exit.
     let token_dir = private_dir()?;
-    introduce(&store, console, &url, &settings, token_dir.path())?;
+    introduce(&store, console, &url, &settings, token_dir.path()).await?;
 
     let router = endpoint::router(Arc::new(store), settings.endpoint);
     tokio::select! {
         () = endpoint::serve(listener, router, shutdown) => {},
-        () = reconcile_forever(reconciler) => {},
+        () = reconcile_forever(reconciler, changed) => {},
     }
     Ok(())
 }
 
-/// Reconciles each control when anything changed or when it falls due, as kube-rs's
+/// Reconciles each control when it changed (any write to it) or when it falls due, as kube-rs's
 /// Controller does: every control on its own task, one at a time per control, so a slow ping
-/// to one checker does not hold up another control's reset.
-async fn reconcile_forever(reconciler: Arc<Reconciler<MemoryStore, Console>>) {
-    let mut changes = reconciler.store.subscribe();
+/// to one checker does not hold up another control's reset. Only the controls a write touched
+/// are looked at, so the cost of a change does not grow with the number of controls.
+async fn reconcile_forever(
+    reconciler: Arc<Reconciler<MemoryStore, Console>>,
+    mut changed: mpsc::UnboundedReceiver<Key>,
+) {
+    let mut schedule = Schedule::default();
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
-    let mut due: HashMap<Key, Timestamp> = HashMap::new();
+    let mut busy: HashSet<Key> = HashSet::new();
     // Controls to reconcile again once their running task ends.
     let mut again: HashSet<Key> = HashSet::new();
-    let mut everything = true;
+    let mut ready: Vec<Key> = Vec::new();
     loop {
-        let now = Timestamp::now();
-        for control in reconciler.store.controls() {
-            let key = key(&control);
-            let is_due = due.get(&key).is_some_and(|at| *at <= now);
-            if !(everything || is_due || again.contains(&key)) {
-                continue;
-            }
-            if running.values().any(|busy| *busy == key) {
+        ready.extend(schedule.take_due(Timestamp::now()));
+        for key in ready.drain(..) {
+            if busy.contains(&key) {
                 again.insert(key);
                 continue;
             }
-            again.remove(&key);
-            due.remove(&key);
+            let Some(control) = reconciler.store.get(&key) else {
+                schedule.clear(&key);
+                continue;
+            };
             let reconciler = reconciler.clone();
-            let task =
-                tasks.spawn(async move { reconciler.reconcile(&control, Timestamp::now()).await });
-            running.insert(task.id(), key);
+            let task = tasks.spawn(async move {
+                let reconciled = reconciler
+                    .reconcile(&control, Timestamp::now())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                if let Some(ping) = reconciled.ping {
+                    reconciler.ping(ping).await.map_err(|e| e.to_string())?;
+                }
+                Ok(reconciled.wake)
+            });
+            running.insert(task.id(), key.clone());
+            busy.insert(key);
         }
-        everything = false;
-        let next = due.values().min().copied();
-        let sleep = async move {
-            match next {
-                Some(at) => tokio::time::sleep(duration_until(Timestamp::now(), at)).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            () = sleep => {},
-            changed = changes.changed() => match changed {
-                Ok(()) => everything = true,
-                Err(_) => return,
+            () = schedule.sleep() => {},
+            key = changed.recv() => match key {
+                Some(key) => ready.push(key),
+                None => return,
             },
             Some(done) = tasks.join_next_with_id() => {
                 let (id, outcome) = match done {
-                    Ok((id, outcome)) => (id, outcome.map_err(|e| e.to_string())),
+                    Ok((id, outcome)) => (id, outcome),
                     Err(error) => (error.id(), Err(error.to_string())),
                 };
                 let Some(key) = running.remove(&id) else { continue };
+                busy.remove(&key);
                 match outcome {
-                    Ok(Some(at)) => {
-                        due.insert(key, at);
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        // A conflict: a report landed meanwhile. Look again.
-                        tracing::debug!(%error, "reconcile did not complete");
-                        again.insert(key);
-                    }
+                    Ok(Some(at)) => schedule.set(key.clone(), at),
+                    Ok(None) => schedule.clear(&key),
+                    // A conflict: a report landed meanwhile, and its write queued this
+                    // control again.
+                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
                 }
+                if again.remove(&key) {
+                    ready.push(key);
+                }
+            }
+        }
+    }
+}
+
+/// When each control next falls due: O(log n) to set, clear or take what is due.
+#[derive(Default)]
+struct Schedule {
+    by_time: BTreeSet<(Timestamp, Key)>,
+    by_key: HashMap<Key, Timestamp>,
+}
+
+impl Schedule {
+    fn set(&mut self, key: Key, at: Timestamp) {
+        self.clear(&key);
+        self.by_time.insert((at, key.clone()));
+        self.by_key.insert(key, at);
+    }
+
+    fn clear(&mut self, key: &Key) {
+        if let Some(at) = self.by_key.remove(key) {
+            self.by_time.remove(&(at, key.clone()));
+        }
+    }
+
+    fn take_due(&mut self, now: Timestamp) -> Vec<Key> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.by_time.first() {
+            if *at > now {
+                break;
+            }
+            let (_, key) = self.by_time.pop_first().expect("just seen");
+            self.by_key.remove(&key);
+            due.push(key);
+        }
+        due
+    }
+
+    /// Sleeps until the earliest due time (for ever when nothing is scheduled).
+    fn sleep(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let next = self.by_time.first().map(|(at, _)| *at);
+        async move {
+            match next {
+                Some(at) => tokio::time::sleep(duration_until(Timestamp::now(), at)).await,
+                None => std::future::pending().await,
             }
         }
     }
@@ -234,7 +282,7 @@ fn metadata(name: &str) -> ObjectMeta {
 /// Prints where the endpoint is, and each control with an `extctl send` line that works as
 /// printed. Tokens from manifests are written to owner-only files in `token_dir` so that the
 /// line names a file rather than showing the token.
-fn introduce(
+async fn introduce(
     store: &MemoryStore,
     console: Console,
     url: &str,
@@ -245,8 +293,11 @@ fn introduce(
     console.listening(url, controls.len());
     let program = shell_quote(&program_name());
     for control in &controls {
-        let readiness = store.readiness(control);
-        let send = match store.signing_tokens(control) {
+        let readiness = store
+            .readiness(control)
+            .await
+            .expect("readiness in memory cannot fail");
+        let send = match store.signing_tokens(control).await {
             Ok(tokens) if readiness.is_ready() => {
                 let uses_flag_secret = control.namespace().as_deref() == Some(DEFAULT_NAMESPACE)
                     && control.spec.secret_ref.name == FLAG_SECRET;

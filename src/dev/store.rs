@@ -3,25 +3,31 @@
 //! the API server's semantics that extctl relies on: every write bumps a resourceVersion, a
 //! conditional write against an older one is a conflict, and a report is stored atomically
 //! with its nonce.
+//!
+//! Every cost is O(1) in the number of controls and in the call rate: controls are shared
+//! (`Arc`) rather than copied, found through an index by id and by Secret, nonces live in a
+//! set per control, and each write tells the reconcile loop which control changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::ResourceExt;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use super::console::Console;
 use super::manifests::DEFAULT_NAMESPACE;
+use crate::core::index::{ControlIndex, Entry};
+use crate::core::nonces::NonceSet;
 use crate::core::protocol::Rejection;
 use crate::core::readiness::Readiness;
-use crate::core::report::{self, Report};
+use crate::core::report::{Report, current_status};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
 use crate::reconciler::{ControlStore, Journal};
-use crate::registry::{ControlRegistry, Recorded, the_only};
+use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
@@ -30,14 +36,17 @@ pub type Key = (String, String);
 #[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
-    changes: watch::Sender<u64>,
+    changes: mpsc::UnboundedSender<Key>,
     console: Console,
 }
 
 #[derive(Default)]
 struct State {
-    controls: BTreeMap<Key, ExternalControl>,
-    secrets: BTreeMap<Key, Secret>,
+    controls: BTreeMap<Key, Arc<ExternalControl>>,
+    index: ControlIndex<Key>,
+    secrets: HashMap<Key, Secret>,
+    /// Nonces of accepted calls, per control.
+    nonces: HashMap<Key, NonceSet>,
     /// The last resourceVersion handed out, like the API server's revision.
     revision: u64,
 }
@@ -63,34 +72,46 @@ impl WriteError {
 
 impl MemoryStore {
     /// Creates the objects as the API server would: namespace defaulted, creation time,
-    /// generation 1 and a resourceVersion set.
-    pub fn new(controls: Vec<ExternalControl>, secrets: Vec<Secret>, console: Console) -> Self {
+    /// generation 1 and a resourceVersion set. The receiver tells of every control written
+    /// (each control once at the start).
+    pub fn new(
+        controls: Vec<ExternalControl>,
+        secrets: Vec<Secret>,
+        console: Console,
+    ) -> (Self, mpsc::UnboundedReceiver<Key>) {
         let now = Timestamp::now();
         let mut state = State::default();
         for mut secret in secrets {
             state.created(&mut secret.metadata, now);
             state.secrets.insert(key(&secret), secret);
         }
+        let (changes, changed) = mpsc::unbounded_channel();
         for mut control in controls {
             state.created(&mut control.metadata, now);
             control.metadata.generation = Some(1);
-            state.controls.insert(key(&control), as_stored(&control));
+            let key = key(&control);
+            state.index.upsert(key.clone(), Entry::of(&control));
+            state
+                .controls
+                .insert(key.clone(), Arc::new(as_stored(&control)));
+            let _ = changes.send(key);
         }
-        Self {
+        let store = Self {
             state: Arc::new(Mutex::new(state)),
-            changes: watch::channel(0).0,
+            changes,
             console,
-        }
+        };
+        (store, changed)
     }
 
-    /// Every control, as stored now.
-    pub fn controls(&self) -> Vec<ExternalControl> {
+    /// Every control, as stored now (shared, not copied).
+    pub fn controls(&self) -> Vec<Arc<ExternalControl>> {
         self.lock().controls.values().cloned().collect()
     }
 
-    /// Tells of every write; `changed()` on the receiver completes after the next one.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// One control, as stored now.
+    pub fn get(&self, key: &Key) -> Option<Arc<ExternalControl>> {
+        self.lock().controls.get(key).cloned()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -101,32 +122,36 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies `change` to the stored control when `expected` (a resourceVersion) is still
-    /// current, or unconditionally when it is `None`; bumps the resourceVersion.
+    /// Applies `change` to the stored control's status when `expected` (a resourceVersion) is
+    /// still current, or unconditionally when it is `None`; bumps the resourceVersion and
+    /// tells the reconcile loop.
     fn update<T>(
         &self,
         control: &ExternalControl,
         expected: Option<&str>,
-        change: impl FnOnce(&mut ExternalControlStatus) -> Result<T, Rejection>,
+        change: impl FnOnce(&mut State, &Key) -> Result<(T, ExternalControlStatus), Rejection>,
     ) -> Result<T, UpdateError> {
+        let key = key(control);
         let mut state = self.lock();
-        let revision = state.revision + 1;
-        let stored = state
-            .controls
-            .get_mut(&key(control))
-            .ok_or(UpdateError::NotFound)?;
+        let stored = state.controls.get(&key).ok_or(UpdateError::NotFound)?;
         if expected
             .is_some_and(|version| stored.metadata.resource_version.as_deref() != Some(version))
         {
             return Err(UpdateError::Conflict);
         }
-        let mut status = stored.status.clone().unwrap_or_default();
-        let outcome = change(&mut status).map_err(UpdateError::Rejected)?;
-        stored.status = Some(as_stored(&status));
-        stored.metadata.resource_version = Some(revision.to_string());
+        let (outcome, status) = change(&mut state, &key).map_err(UpdateError::Rejected)?;
+        let revision = state.revision + 1;
         state.revision = revision;
+        let stored = state
+            .controls
+            .get_mut(&key)
+            .expect("checked above, under the same lock");
+        // Copies the control only while a reader still holds the previous version.
+        let written = Arc::make_mut(stored);
+        written.status = Some(status);
+        written.metadata.resource_version = Some(revision.to_string());
         drop(state);
-        self.changes.send_replace(revision);
+        let _ = self.changes.send(key);
         Ok(outcome)
     }
 }
@@ -148,9 +173,14 @@ impl State {
     }
 
     fn secret_of(&self, control: &ExternalControl) -> Option<&Secret> {
-        let namespace = control.namespace().unwrap_or_default();
-        self.secrets
-            .get(&(namespace, control.spec.secret_ref.name.clone()))
+        self.secrets.get(&Entry::of(control).secret)
+    }
+
+    fn status_of(&self, key: &Key) -> ExternalControlStatus {
+        self.controls
+            .get(key)
+            .and_then(|control| control.status.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -160,6 +190,12 @@ fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T 
     serde_json::to_value(value)
         .and_then(serde_json::from_value)
         .expect("extctl's own types read back what they write")
+}
+
+/// `at` as a `MicroTime` field stores it: whole microseconds.
+fn microseconds(at: Timestamp) -> MicroTime {
+    let micros = at.as_microsecond();
+    MicroTime(Timestamp::from_microsecond(micros).expect("a timestamp within range stays in range"))
 }
 
 pub fn key(object: &impl ResourceExt) -> Key {
@@ -173,15 +209,17 @@ impl ControlRegistry for MemoryStore {
 
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let state = self.lock();
-        let claimants = state
-            .controls
-            .values()
-            .filter(|control| control.spec.control_id == control_id);
-        the_only(claimants).map(|control| Arc::new(control.clone()))
+        let claimants = state.index.with_id(control_id);
+        the_only(claimants.iter().filter_map(|key| state.controls.get(key))).cloned()
     }
 
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        self.signing_tokens(control)
+    async fn tokens(
+        &self,
+        control: &ExternalControl,
+        _: Freshness,
+    ) -> Result<SigningTokens, String> {
+        // Secrets in memory are always current.
+        SigningTokens::for_control(control, self.lock().secret_of(control))
     }
 
     async fn record(
@@ -190,13 +228,21 @@ impl ControlRegistry for MemoryStore {
         report: Report,
     ) -> Result<Recorded, Rejection> {
         // Checked and written under one lock: the nonce check sees every earlier report.
-        let write = self.update(control, None, |status| {
-            let update = report::apply(Some(status), &report)?;
-            update.apply_to(status);
-            Ok(Recorded {
-                previous: update.previous,
-                stored: update.status,
-            })
+        let write = self.update(control, None, |state, key| {
+            state.nonces.entry(key.clone()).or_default().admit(
+                &report.nonce,
+                report.nonce_expires_at,
+                report.received_at,
+            )?;
+            let mut status = state.status_of(key);
+            let previous = current_status(Some(&status));
+            status.status = Some(report.status);
+            status.last_update_time = Some(microseconds(report.received_at));
+            let recorded = Recorded {
+                previous,
+                stored: report.status,
+            };
+            Ok((recorded, status))
         });
         let recorded = match write {
             Ok(recorded) => recorded,
@@ -214,13 +260,27 @@ impl ControlRegistry for MemoryStore {
 impl ControlStore for MemoryStore {
     type Error = WriteError;
 
-    fn readiness(&self, control: &ExternalControl) -> Readiness {
+    async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, WriteError> {
         let state = self.lock();
-        Readiness::among(control, state.secret_of(control), state.controls.values())
+        let claimants = state.index.with_id(control.spec.control_id);
+        let claimants = claimants
+            .iter()
+            .filter_map(|key| state.controls.get(key))
+            .map(AsRef::as_ref);
+        Ok(Readiness::among(
+            control,
+            state.secret_of(control),
+            claimants,
+        ))
     }
 
-    fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
         SigningTokens::for_control(control, self.lock().secret_of(control))
+    }
+
+    fn recheck_not_ready(&self) -> Option<std::time::Duration> {
+        // Every change is told through the store itself.
+        None
     }
 
     async fn write_status(
@@ -232,11 +292,8 @@ impl ControlStore for MemoryStore {
         self.update(
             control,
             Some(version.as_deref().unwrap_or_default()),
-            |status| {
-                // The version matched, so `desired` was computed from exactly this status.
-                *status = desired.clone();
-                Ok(())
-            },
+            // The version matched, so `desired` was computed from exactly this status.
+            |_, _| Ok(((), as_stored(desired))),
         )
         .map_err(|error| WriteError::of(control, error))
     }
@@ -246,13 +303,14 @@ impl ControlStore for MemoryStore {
         control: &ExternalControl,
         outcome: &PingOutcome,
     ) -> Result<(), WriteError> {
-        self.update(control, None, |status| {
+        self.update(control, None, |state, key| {
+            let mut status = state.status_of(key);
             // Only onto the round it belongs to, as on Kubernetes (compared as stored: in
             // microseconds).
             if status.last_ping_time == Some(as_stored(&outcome.time)) {
-                status.last_ping = Some(outcome.clone());
+                status.last_ping = Some(as_stored(outcome));
             }
-            Ok(())
+            Ok(((), status))
         })
         .map_err(|error| WriteError::of(control, error))
     }
@@ -263,7 +321,6 @@ mod tests {
     use super::*;
     use crate::crd::ControlStatus;
     use k8s_openapi::ByteString;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use serde_json::json;
 
     fn control(name: &str, control_id: i64) -> ExternalControl {
@@ -284,7 +341,7 @@ mod tests {
             data: Some([("token".into(), ByteString(b"t0k".to_vec()))].into()),
             ..Default::default()
         };
-        MemoryStore::new(controls, vec![secret], Console { json: true })
+        MemoryStore::new(controls, vec![secret], Console { json: true }).0
     }
 
     fn report(status: ControlStatus, nonce: &str) -> Report {
@@ -315,7 +372,10 @@ mod tests {
         assert_ne!(fresh.resource_version(), read.resource_version());
         store.write_status(&fresh, &desired).await.unwrap();
         let written = store.controls().remove(0);
-        assert_eq!(written.status.unwrap().status, Some(ControlStatus::Pending));
+        assert_eq!(
+            written.status.clone().unwrap().status,
+            Some(ControlStatus::Pending)
+        );
     }
 
     #[tokio::test]
@@ -367,16 +427,19 @@ mod tests {
         assert_eq!(recorded, Some(as_stored(&outcome(at(60)))));
     }
 
-    #[test]
-    fn lookups_find_one_control_by_id_and_its_readiness() {
+    #[tokio::test]
+    async fn lookups_find_one_control_by_id_and_its_readiness() {
         let store = store(vec![control("a", 7), control("b", 8), control("c", 8)]);
         assert_eq!(store.lookup(7).unwrap().name_any(), "a");
         assert_eq!(store.lookup(9).unwrap_err(), Rejection::ControlNotFound);
         assert_eq!(store.lookup(8).unwrap_err(), Rejection::ControlAmbiguous);
         let b = store.lookup(7).unwrap();
-        assert!(store.readiness(&b).is_ready());
-        assert!(store.tokens(&b).is_ok());
+        assert!(store.readiness(&b).await.unwrap().is_ready());
+        assert!(store.tokens(&b, Freshness::Kept).await.is_ok());
         let c = store.controls().remove(2);
-        assert_eq!(store.readiness(&c).reason(), "DuplicateControl");
+        assert_eq!(
+            store.readiness(&c).await.unwrap().reason(),
+            "DuplicateControl"
+        );
     }
 }

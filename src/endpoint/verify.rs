@@ -13,8 +13,9 @@ use crate::core::protocol::{
 };
 use crate::core::report::{self, Report};
 use crate::core::signature::{signed_string, status_path};
+use crate::core::tokens::SigningTokens;
 use crate::crd::ControlStatus;
-use crate::registry::ControlRegistry;
+use crate::registry::{ControlRegistry, Freshness};
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
 pub async fn verify_and_record<R: ControlRegistry>(
@@ -32,15 +33,24 @@ pub async fn verify_and_record<R: ControlRegistry>(
     )?;
     let signed_at = config.window.check(headers.timestamp, now)?;
 
-    let tokens = registry.tokens(&control).map_err(|why| {
-        tracing::debug!(%why, "no signing token");
-        Rejection::TokenUnavailable
-    })?;
     // The path is rebuilt from the route parameters, never taken from the request line.
     let path = status_path(call.project, call.control);
     let message = signed_string(headers.timestamp, headers.nonce, &path, status.as_str());
-    if !tokens.verify(message.as_bytes(), headers.signature) {
-        return Err(Rejection::InvalidSignature);
+    let verifies = |tokens: &SigningTokens| tokens.verify(message.as_bytes(), headers.signature);
+    let kept = registry.tokens(&control, Freshness::Kept).await;
+    if !kept.as_ref().is_ok_and(verifies) {
+        // The Secret may have been created, or its token rotated, since it was read: look
+        // once more (the store limits how often).
+        let fresh = registry
+            .tokens(&control, Freshness::Reread)
+            .await
+            .map_err(|why| {
+                tracing::debug!(%why, "no signing token");
+                Rejection::TokenUnavailable
+            })?;
+        if !verifies(&fresh) {
+            return Err(Rejection::InvalidSignature);
+        }
     }
 
     headers.check_nonce_format()?;

@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::events::StatusEvents;
 use super::registry::is_conflict;
-use super::watch::{Stores, controls_with_id};
+use super::secrets::Freshness;
+use super::watch::Stores;
 use crate::core::readiness::Readiness;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
@@ -30,28 +31,54 @@ pub struct KubeStore {
     pub stores: Stores,
 }
 
+/// Why a reconcile did not complete.
 #[derive(Debug, thiserror::Error)]
-#[error("writing the status of {control} failed: {source}")]
-pub struct WriteError {
-    control: String,
-    #[source]
-    source: kube::Error,
+pub enum ReconcileError {
+    #[error("writing the status of {control} failed: {source}")]
+    Status {
+        control: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading the Secret of {control} failed: {source}")]
+    Secret {
+        control: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Status { source, .. } if is_conflict(source))
+    }
 }
 
 pub async fn reconcile(
     control: Arc<ExternalControl>,
     context: Arc<Context>,
-) -> Result<Action, WriteError> {
+) -> Result<Action, ReconcileError> {
     let now = Timestamp::now();
-    Ok(match context.reconcile(&control, now).await? {
+    let reconciled = context.reconcile(&control, now).await?;
+    if let Some(ping) = reconciled.ping {
+        // Off the reconcile path: the controller's concurrency bound is for API writes, and a
+        // slow checker must not hold a slot for its ping timeout.
+        let context = context.clone();
+        tokio::spawn(async move {
+            if let Err(error) = context.ping(ping).await {
+                tracing::warn!(%error, "recording a ping's outcome failed");
+            }
+        });
+    }
+    Ok(match reconciled.wake {
         Some(next) => Action::requeue(duration_until(now, next)),
         None => Action::await_change(),
     })
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.
-pub fn error_policy(_: Arc<ExternalControl>, error: &WriteError, _: Arc<Context>) -> Action {
-    if is_conflict(&error.source) {
+pub fn error_policy(_: Arc<ExternalControl>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    if error.is_conflict() {
         Action::requeue(Duration::from_millis(200))
     } else {
         tracing::warn!(%error, "reconcile failed");
@@ -60,27 +87,38 @@ pub fn error_policy(_: Arc<ExternalControl>, error: &WriteError, _: Arc<Context>
 }
 
 impl ControlStore for KubeStore {
-    type Error = WriteError;
+    type Error = ReconcileError;
 
-    fn readiness(&self, control: &ExternalControl) -> Readiness {
-        let claimants = controls_with_id(&self.stores.controls, control.spec.control_id);
-        let secret = self.stores.secret_of(control);
-        Readiness::among(
+    async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, ReconcileError> {
+        let claimants = self.stores.controls_with_id(control.spec.control_id);
+        let secret = self
+            .stores
+            .secret_of(control, Freshness::Kept)
+            .await
+            .map_err(|source| ReconcileError::Secret {
+                control: qualified_name(control),
+                source,
+            })?;
+        Ok(Readiness::among(
             control,
             secret.as_deref(),
             claimants.iter().map(AsRef::as_ref),
-        )
+        ))
     }
 
-    fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        self.stores.tokens(control)
+    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+        self.stores.tokens(control, Freshness::Kept).await
+    }
+
+    fn recheck_not_ready(&self) -> Option<Duration> {
+        Some(self.stores.secrets.ttl())
     }
 
     async fn write_status(
         &self,
         control: &ExternalControl,
         desired: &ExternalControlStatus,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), ReconcileError> {
         let patch = json!({
             "metadata": { "resourceVersion": control.resource_version() },
             "status": {
@@ -102,7 +140,7 @@ impl ControlStore for KubeStore {
         &self,
         control: &ExternalControl,
         outcome: &PingOutcome,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), ReconcileError> {
         // Only onto the round it belongs to: with a ping slower than the interval, another
         // replica may have reset the control again, and its outcome must not be overwritten.
         let operations = json!([
@@ -115,7 +153,7 @@ impl ControlStore for KubeStore {
         match self.patch_status(control, &patch).await {
             // The test failed: a later reset owns `lastPing` now. Any other refusal (a 422 for
             // an invalid value among them) is an error to report, not a superseded outcome.
-            Err(WriteError { source, .. }) if is_failed_json_patch(&source) => {
+            Err(ReconcileError::Status { source, .. }) if is_failed_json_patch(&source) => {
                 let control = qualified_name(control);
                 tracing::info!(%control, "a later reset superseded this ping's outcome");
                 Ok(())
@@ -141,13 +179,13 @@ impl KubeStore {
         &self,
         control: &ExternalControl,
         patch: &Patch<P>,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), ReconcileError> {
         let namespace = control.namespace().unwrap_or_default();
         let api: Api<ExternalControl> = Api::namespaced(self.client.clone(), &namespace);
         api.patch_status(&control.name_any(), &PatchParams::default(), patch)
             .await
             .map(|_| ())
-            .map_err(|source| WriteError {
+            .map_err(|source| ReconcileError::Status {
                 control: qualified_name(control),
                 source,
             })

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod events;
 pub mod registry;
+pub mod secrets;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use kube::Client;
 use kube::runtime::Controller;
+use kube::runtime::controller::Config as ControllerConfig;
 
 use crate::endpoint::{self, EndpointConfig};
 use crate::notify::Notifier;
@@ -34,6 +36,11 @@ pub struct RunSettings {
     pub instance: Option<String>,
     /// Time an outbound ping may take, connection included.
     pub ping_timeout: Duration,
+    /// How long a Secret read is used before it is read again.
+    pub secret_ttl: Duration,
+    /// Controls reconciled at once: bounds the reconciler's API writes, so that checkers'
+    /// calls keep headroom when many resets fall due together.
+    pub reconcile_concurrency: u16,
 }
 
 /// Runs the endpoint and the reconciler until SIGINT or SIGTERM.
@@ -48,11 +55,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     tracing::info!(listen = %address, scope = ?settings.scope, "extctl starting");
 
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
-    let watches = watch::start(client.clone(), &settings.scope, triggers);
+    let watches = watch::start(
+        client.clone(),
+        &settings.scope,
+        triggers,
+        settings.secret_ttl,
+    );
     let stores = watches.stores.clone();
-    for driver in watches.drivers {
-        tokio::spawn(driver);
-    }
+    tokio::spawn(watches.driver);
 
     let events = StatusEvents::new(client.clone(), settings.instance.clone());
     let registry = Arc::new(KubeRegistry::new(
@@ -72,7 +82,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         notifier: Notifier::new(settings.ping_timeout)?,
     });
 
+    let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
     let reconciler = Controller::for_shared_stream(watches.control_events, stores.controls)
+        .with_config(config)
         .reconcile_on(triggered)
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, context)

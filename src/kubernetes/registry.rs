@@ -8,13 +8,13 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::events::StatusEvents;
-use super::watch::{Stores, controls_with_id};
+use super::watch::Stores;
 use crate::core::protocol::Rejection;
 use crate::core::report::{self, Report, ReportUpdate};
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, qualified_name};
 use crate::reconciler::Journal;
-use crate::registry::{ControlRegistry, Recorded, the_only};
+use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
 /// means another write succeeded, so this bounds contention, not progress.
@@ -53,11 +53,15 @@ impl ControlRegistry for KubeRegistry {
         if !self.ready() {
             return Err(Rejection::Unavailable("controls are still loading".into()));
         }
-        the_only(controls_with_id(&self.stores.controls, control_id))
+        the_only(self.stores.controls_with_id(control_id))
     }
 
-    fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        self.stores.tokens(control)
+    async fn tokens(
+        &self,
+        control: &ExternalControl,
+        freshness: Freshness,
+    ) -> Result<SigningTokens, String> {
+        self.stores.tokens(control, freshness).await
     }
 
     async fn record(
@@ -67,12 +71,14 @@ impl ControlRegistry for KubeRegistry {
     ) -> Result<Recorded, Rejection> {
         let api = self.api(control);
         let name = control.name_any();
-        let mut current = control.clone();
+        // The control as last read after a conflict (the cached one until then, not copied).
+        let mut reread: Option<ExternalControl> = None;
         for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = reread.as_ref().unwrap_or(control);
             // Checked against the state the write is conditioned on: a nonce another replica
             // stored in between shows up here after the conflict.
             let update = report::apply(current.status.as_ref(), &report)?;
-            let patch = status_patch(&current, &update);
+            let patch = status_patch(current, &update);
             match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -89,7 +95,7 @@ impl ControlRegistry for KubeRegistry {
                     return Ok(recorded);
                 }
                 Err(error) if is_conflict(&error) => {
-                    current = api.get_status(&name).await.map_err(rejection)?;
+                    reread = Some(api.get_status(&name).await.map_err(rejection)?);
                 }
                 Err(error) => return Err(rejection(error)),
             }

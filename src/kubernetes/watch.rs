@@ -1,23 +1,24 @@
-//! One watch per kind, shared: the reflector stores answer the endpoint's lookups from memory,
-//! and the same streams drive the reconciler.
+//! The watch of ExternalControls, shared: the reflector store and the index answer the
+//! endpoint's lookups from memory, and the same stream drives the reconciler.
 //!
 //! Besides the object itself, a change can affect *other* controls (a second control claiming
-//! the same id, a Secret several controls use), so each event also triggers those.
+//! the same id, or no longer claiming it), so each event also triggers those, found through the
+//! index rather than a scan. Secrets are not watched (see [`super::secrets`]).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::core::readiness::READY;
+use super::secrets::{Freshness, SecretCache};
+use crate::core::index::{ControlIndex, Entry, SecretKey};
 use crate::core::tokens::SigningTokens;
-
 use crate::crd::ExternalControl;
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
@@ -43,54 +44,85 @@ impl Scope {
 /// Reconcile requests for controls affected by a change to some other object.
 pub type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 
+/// A control, by namespace and name (the index's key).
+pub type ControlKey = (String, String);
+
 /// The in-memory view of the cluster that lookups are answered from.
 #[derive(Clone)]
 pub struct Stores {
     pub controls: Store<ExternalControl>,
-    pub secrets: Store<Secret>,
-    loaded: Arc<Loaded>,
+    index: Arc<RwLock<ControlIndex<ControlKey>>>,
+    pub secrets: SecretCache,
+    loaded: Arc<AtomicBool>,
 }
 
 impl Stores {
-    /// The control's signing tokens from its (watched) Secret, or why there are none.
-    pub fn tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        SigningTokens::for_control(control, self.secret_of(control).as_deref())
-    }
-
-    /// The Secret `control` references, if there is one.
-    pub fn secret_of(&self, control: &ExternalControl) -> Option<Arc<Secret>> {
-        let namespace = control.namespace().unwrap_or_default();
+    /// The control's Secret, as fresh as asked (`None`: it does not exist).
+    pub async fn secret_of(
+        &self,
+        control: &ExternalControl,
+        freshness: Freshness,
+    ) -> Result<Option<Arc<k8s_openapi::api::core::v1::Secret>>, kube::Error> {
         self.secrets
-            .get(&ObjectRef::new(&control.spec.secret_ref.name).within(&namespace))
+            .get(&Entry::of(control).secret, freshness)
+            .await
     }
 
-    /// Whether both watches have delivered their first full list, so a lookup that finds
-    /// nothing means there is nothing (not "not loaded yet").
+    /// The control's signing tokens from its Secret, or why there are none.
+    pub async fn tokens(
+        &self,
+        control: &ExternalControl,
+        freshness: Freshness,
+    ) -> Result<SigningTokens, String> {
+        let secret = self
+            .secret_of(control, freshness)
+            .await
+            .map_err(|error| format!("the Secret cannot be read: {error}"))?;
+        SigningTokens::for_control(control, secret.as_deref())
+    }
+
+    /// Every control that claims `control_id`, from the index (no scan).
+    pub fn controls_with_id(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
+        let keys = read(&self.index).with_id(control_id);
+        keys.into_iter()
+            .filter_map(|(namespace, name)| {
+                self.controls.get(&ObjectRef::new(&name).within(&namespace))
+            })
+            // The store and the index follow the same stream; during an update they may
+            // briefly disagree, and the store has the last word.
+            .filter(|control| control.spec.control_id == control_id)
+            .collect()
+    }
+
+    /// Whether the controls' full list has been loaded, so a lookup that finds nothing means
+    /// there is nothing (not "not loaded yet").
     pub fn loaded(&self) -> bool {
-        self.loaded.controls.load(Ordering::Acquire) && self.loaded.secrets.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire)
     }
 }
 
-/// Set by the drivers on their first `InitDone`. (Not `Store::wait_until_ready`: with the
-/// controller waiting on the same store, a second waiter was seen never to wake.)
-#[derive(Default)]
-struct Loaded {
-    controls: AtomicBool,
-    secrets: AtomicBool,
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What [`start`] hands out: the stores, the shared control stream for the reconciler, and the
-/// futures that must be polled to keep the watches running.
+/// future that must be polled to keep the watch running.
 pub struct Watches {
     pub stores: Stores,
     pub control_events: ReflectHandle<ExternalControl>,
-    pub drivers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pub driver: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// Buffer of the shared control stream; a slow reconciler makes the watch wait, not drop.
 const SHARED_BUFFER: usize = 1024;
 
-pub fn start(client: Client, scope: &Scope, triggers: Triggers) -> Watches {
+/// Starts the control watch; Secrets are read on use and kept for `secret_ttl`.
+pub fn start(client: Client, scope: &Scope, triggers: Triggers, secret_ttl: Duration) -> Watches {
     let (controls, control_writer) = reflector::store_shared(SHARED_BUFFER);
     let control_events = control_writer
         .subscribe()
@@ -102,139 +134,123 @@ pub fn start(client: Client, scope: &Scope, triggers: Triggers) -> Watches {
     .default_backoff()
     .reflect_shared(control_writer);
 
-    let (secrets, secret_writer) = reflector::store();
-    let secret_stream = watcher(scope.api::<Secret>(client), watcher::Config::default())
-        .default_backoff()
-        // Keep only what token lookups need: `kubectl apply` leaves a full copy of the Secret,
-        // data included, in an annotation, and managed fields are dead weight.
-        .modify(|secret| {
-            secret.metadata.annotations = None;
-            secret.metadata.managed_fields = None;
+    let index: Arc<RwLock<ControlIndex<ControlKey>>> = Arc::default();
+    let on_secret_change = {
+        let (index, triggers) = (index.clone(), triggers.clone());
+        Arc::new(move |secret: &SecretKey| {
+            trigger_all(&triggers, read(&index).using_secret(secret));
         })
-        .reflect(secret_writer);
-
-    let loaded = Arc::new(Loaded::default());
-    let control_driver = drive(
+    };
+    let stores = Stores {
+        controls,
+        index: index.clone(),
+        secrets: SecretCache::new(client, secret_ttl, on_secret_change),
+        loaded: Arc::default(),
+    };
+    let loaded = stores.loaded.clone();
+    let driver = drive(
         control_stream,
-        {
-            let (controls, triggers) = (controls.clone(), triggers.clone());
-            move |control: &ExternalControl| {
-                trigger_all(&triggers, controls_sharing_id(&controls, control))
-            }
-        },
-        {
-            let loaded = loaded.clone();
-            move || loaded.controls.store(true, Ordering::Release)
-        },
-    );
-    let secret_driver = drive(
-        secret_stream,
-        {
-            let controls = controls.clone();
-            move |secret: &Secret| trigger_all(&triggers, controls_using_secret(&controls, secret))
-        },
-        {
-            let loaded = loaded.clone();
-            move || loaded.secrets.store(true, Ordering::Release)
-        },
+        IndexKeeper::new(index, triggers),
+        move || loaded.store(true, Ordering::Release),
     );
     Watches {
-        stores: Stores {
-            controls,
-            secrets,
-            loaded,
-        },
+        stores,
         control_events,
-        drivers: vec![Box::pin(control_driver), Box::pin(secret_driver)],
+        driver: Box::pin(driver),
     }
 }
 
-/// Polls a reflector stream for ever: `on_change` for every applied or deleted object,
-/// `on_loaded` after each full list.
-async fn drive<K, S>(stream: S, on_change: impl Fn(&K), on_loaded: impl Fn())
-where
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-{
-    let kind = std::any::type_name::<K>()
-        .rsplit("::")
-        .next()
-        .unwrap_or("object");
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
+/// Keeps the index current from the watch, and triggers the controls a change affects.
+struct IndexKeeper {
+    index: Arc<RwLock<ControlIndex<ControlKey>>>,
+    triggers: Triggers,
+    /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
+    relisting: Vec<(ControlKey, Entry)>,
+}
+
+impl IndexKeeper {
+    fn new(index: Arc<RwLock<ControlIndex<ControlKey>>>, triggers: Triggers) -> Self {
+        Self {
+            index,
+            triggers,
+            relisting: Vec::new(),
+        }
+    }
+
+    /// An applied control: when it claims a new id (or is new), the controls of the id it
+    /// left and of the id it joined may change their duplicate state.
+    fn applied(&mut self, control: &ExternalControl) {
+        let (key, entry) = (control_key(control), Entry::of(control));
+        let mut index = write(&self.index);
+        let previous = index.upsert(key.clone(), entry.clone());
+        if previous.as_ref() == Some(&entry) {
+            return;
+        }
+        let mut affected = index.with_id(entry.control_id);
+        if let Some(previous) = previous.filter(|p| p.control_id != entry.control_id) {
+            affected.extend(index.with_id(previous.control_id));
+        }
+        drop(index);
+        affected.retain(|other| *other != key);
+        trigger_all(&self.triggers, affected);
+    }
+
+    fn deleted(&mut self, control: &ExternalControl) {
+        let key = control_key(control);
+        let mut index = write(&self.index);
+        if let Some(entry) = index.remove(&key) {
+            let affected = index.with_id(entry.control_id);
+            drop(index);
+            trigger_all(&self.triggers, affected);
+        }
+    }
+
+    fn handle(&mut self, event: watcher::Event<ExternalControl>) {
         match event {
-            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
-                on_change(&object)
+            watcher::Event::Apply(control) => self.applied(&control),
+            watcher::Event::Delete(control) => self.deleted(&control),
+            watcher::Event::Init => self.relisting.clear(),
+            watcher::Event::InitApply(control) => self
+                .relisting
+                .push((control_key(&control), Entry::of(&control))),
+            // The controller reconciles every listed control, so nothing to trigger here.
+            watcher::Event::InitDone => {
+                let listed = std::mem::take(&mut self.relisting);
+                write(&self.index).replace_all(listed);
             }
-            Ok(watcher::Event::InitDone) => {
-                tracing::debug!(kind, "full list loaded");
-                on_loaded();
-            }
-            Ok(_) => {}
-            // The watcher retries with backoff; say why, once per failure.
-            Err(error) => tracing::warn!(%error, kind, "watch failed, retrying"),
         }
     }
 }
 
-fn trigger_all(
-    triggers: &Triggers,
-    controls: impl IntoIterator<Item = ObjectRef<ExternalControl>>,
-) {
-    for control in controls {
-        // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
-        let _ = triggers.unbounded_send(control);
+/// Polls the control stream for ever, keeping the index; `on_loaded` after each full list.
+async fn drive<S>(stream: S, mut keeper: IndexKeeper, on_loaded: impl Fn())
+where
+    S: Stream<Item = Result<watcher::Event<ExternalControl>, watcher::Error>>,
+{
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let done = matches!(event, watcher::Event::InitDone);
+                keeper.handle(event);
+                if done {
+                    tracing::debug!("full list of controls loaded");
+                    on_loaded();
+                }
+            }
+            // The watcher retries with backoff; say why, once per failure.
+            Err(error) => tracing::warn!(%error, "watch of ExternalControls failed, retrying"),
+        }
     }
 }
 
-/// Controls whose duplicate state may change with `changed`: others with its id, and those
-/// currently marked `DuplicateControl` (their partner may have moved away or been deleted).
-fn controls_sharing_id(
-    controls: &Store<ExternalControl>,
-    changed: &ExternalControl,
-) -> Vec<ObjectRef<ExternalControl>> {
-    let changed_ref = ObjectRef::from_obj(changed);
-    controls
-        .state()
-        .iter()
-        .filter(|other| {
-            other.spec.control_id == changed.spec.control_id || is_marked_duplicate(other)
-        })
-        .map(|other| ObjectRef::from_obj(other.as_ref()))
-        .filter(|other| *other != changed_ref)
-        .collect()
+fn control_key(control: &ExternalControl) -> ControlKey {
+    (control.namespace().unwrap_or_default(), control.name_any())
 }
 
-fn is_marked_duplicate(control: &ExternalControl) -> bool {
-    control.status.as_ref().is_some_and(|status| {
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.reason == "DuplicateControl")
-    })
-}
-
-/// Controls in the Secret's namespace that reference it.
-fn controls_using_secret(
-    controls: &Store<ExternalControl>,
-    secret: &Secret,
-) -> Vec<ObjectRef<ExternalControl>> {
-    let (name, namespace) = (secret.name_any(), secret.namespace());
-    controls
-        .state()
-        .iter()
-        .filter(|control| control.namespace() == namespace && control.spec.secret_ref.name == name)
-        .map(|control| ObjectRef::from_obj(control.as_ref()))
-        .collect()
-}
-
-/// Every control that claims `control_id`.
-pub fn controls_with_id(
-    controls: &Store<ExternalControl>,
-    control_id: i64,
-) -> Vec<std::sync::Arc<ExternalControl>> {
-    controls
-        .state()
-        .into_iter()
-        .filter(|control| control.spec.control_id == control_id)
-        .collect()
+fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = ControlKey>) {
+    for (namespace, name) in controls {
+        // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
+        let _ = triggers.unbounded_send(ObjectRef::new(&name).within(&namespace));
+    }
 }

@@ -1,0 +1,192 @@
+//! Controls by `controlId` and by the Secret they reference, kept current from the writes (in
+//! memory) or the watch (on Kubernetes), so that finding the control a call names, the
+//! duplicates of an id, or the controls a Secret change affects costs O(1) in the number of
+//! controls rather than a scan of all of them.
+//!
+//! Pure and I/O-free; `K` identifies a control (an `ObjectRef` on Kubernetes, a
+//! `(namespace, name)` pair in memory).
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+
+use kube::ResourceExt;
+
+use crate::crd::ExternalControl;
+
+/// A Secret, by namespace and name.
+pub type SecretKey = (String, String);
+
+/// What the index knows of one control: the id it claims and the Secret it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub control_id: i64,
+    pub secret: SecretKey,
+}
+
+impl Entry {
+    pub fn of(control: &ExternalControl) -> Self {
+        Self {
+            control_id: control.spec.control_id,
+            secret: (
+                control.namespace().unwrap_or_default(),
+                control.spec.secret_ref.name.clone(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ControlIndex<K> {
+    entries: HashMap<K, Entry>,
+    by_id: HashMap<i64, BTreeSet<K>>,
+    by_secret: HashMap<SecretKey, BTreeSet<K>>,
+}
+
+impl<K> Default for ControlIndex<K> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_id: HashMap::new(),
+            by_secret: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
+    /// Records `key`'s current entry; returns the one it replaces (the id it may have left).
+    pub fn upsert(&mut self, key: K, entry: Entry) -> Option<Entry> {
+        if self.entries.get(&key) == Some(&entry) {
+            return Some(entry);
+        }
+        let previous = self.remove(&key);
+        self.by_id
+            .entry(entry.control_id)
+            .or_default()
+            .insert(key.clone());
+        self.by_secret
+            .entry(entry.secret.clone())
+            .or_default()
+            .insert(key.clone());
+        self.entries.insert(key, entry);
+        previous
+    }
+
+    /// Forgets `key`; returns its entry.
+    pub fn remove(&mut self, key: &K) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        remove_from(&mut self.by_id, &entry.control_id, key);
+        remove_from(&mut self.by_secret, &entry.secret, key);
+        Some(entry)
+    }
+
+    /// Replaces everything (after a full list), returning every key that was or is indexed.
+    pub fn replace_all(&mut self, entries: impl IntoIterator<Item = (K, Entry)>) -> Vec<K> {
+        let mut touched: Vec<K> = self.entries.keys().cloned().collect();
+        *self = Self::default();
+        for (key, entry) in entries {
+            touched.push(key.clone());
+            self.upsert(key, entry);
+        }
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    /// The controls claiming `control_id`, in key order.
+    pub fn with_id(&self, control_id: i64) -> Vec<K> {
+        collect(self.by_id.get(&control_id))
+    }
+
+    /// How many controls claim `control_id`.
+    pub fn claimants(&self, control_id: i64) -> usize {
+        self.by_id.get(&control_id).map_or(0, BTreeSet::len)
+    }
+
+    /// The controls that reference `secret`.
+    pub fn using_secret(&self, secret: &SecretKey) -> Vec<K> {
+        collect(self.by_secret.get(secret))
+    }
+
+    /// Every indexed control.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn remove_from<I: Eq + Hash, K: Ord>(map: &mut HashMap<I, BTreeSet<K>>, at: &I, key: &K) {
+    if let Some(keys) = map.get_mut(at) {
+        keys.remove(key);
+        if keys.is_empty() {
+            map.remove(at);
+        }
+    }
+}
+
+fn collect<K: Clone>(keys: Option<&BTreeSet<K>>) -> Vec<K> {
+    keys.map(|keys| keys.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(control_id: i64, secret: &str) -> Entry {
+        Entry {
+            control_id,
+            secret: ("ns".into(), secret.into()),
+        }
+    }
+
+    fn secret(name: &str) -> SecretKey {
+        ("ns".into(), name.into())
+    }
+
+    #[test]
+    fn finds_controls_by_id_and_by_secret() {
+        let mut index = ControlIndex::default();
+        assert_eq!(index.upsert("a", entry(7, "s")), None);
+        index.upsert("b", entry(8, "s"));
+        index.upsert("c", entry(8, "t"));
+        assert_eq!(index.with_id(7), ["a"]);
+        assert_eq!(index.with_id(8), ["b", "c"]);
+        assert_eq!(index.claimants(8), 2);
+        assert!(index.with_id(9).is_empty());
+        assert_eq!(index.using_secret(&secret("s")), ["a", "b"]);
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn a_changed_id_or_secret_moves_the_control_and_tells_where_it_was() {
+        let mut index = ControlIndex::default();
+        index.upsert("a", entry(7, "s"));
+        assert_eq!(index.upsert("a", entry(8, "t")), Some(entry(7, "s")));
+        assert!(index.with_id(7).is_empty());
+        assert!(index.using_secret(&secret("s")).is_empty());
+        assert_eq!(index.with_id(8), ["a"]);
+        // The same entry again changes nothing.
+        assert_eq!(index.upsert("a", entry(8, "t")), Some(entry(8, "t")));
+        assert_eq!(index.with_id(8), ["a"]);
+    }
+
+    #[test]
+    fn removal_and_replacement_leave_no_stale_entries() {
+        let mut index = ControlIndex::default();
+        index.upsert("a", entry(7, "s"));
+        index.upsert("b", entry(7, "s"));
+        assert_eq!(index.remove(&"a"), Some(entry(7, "s")));
+        assert_eq!(index.remove(&"a"), None);
+        assert_eq!(index.with_id(7), ["b"]);
+        let touched = index.replace_all([("c", entry(9, "u"))]);
+        assert_eq!(touched, ["b", "c"]);
+        assert!(index.with_id(7).is_empty());
+        assert!(index.using_secret(&secret("s")).is_empty());
+        assert_eq!(index.with_id(9), ["c"]);
+        assert_eq!(index.len(), 1);
+        assert!(!index.is_empty());
+    }
+}
