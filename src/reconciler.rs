@@ -227,8 +227,26 @@ fn ping_plan(
         last_update: status.last_update_time.as_ref().map(|t| t.0),
         next_ping: status.next_ping_time.as_ref().map(|t| t.0),
         scheduled_interval: status.ping_interval.as_ref().and_then(|i| i.parse().ok()),
+        spread_seed: spread_seed(control),
     };
     schedule::plan(&facts, now)
+}
+
+/// A number fixed per control, the same on every replica: from its uid (or, without one, its
+/// name).
+fn spread_seed(control: &ExternalControl) -> u64 {
+    use sha2::Digest;
+    let identity = control
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| qualified_name(control));
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 8 bytes"),
+    )
 }
 
 /// The status the reconciler wants, from the current one; equal to it when nothing is to do.

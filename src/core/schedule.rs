@@ -3,6 +3,11 @@
 //! Derived only from persisted state (spec, status, creation time), never from in-memory timers,
 //! so a restart or another replica taking over neither skips nor repeats a reset. Each control
 //! runs on its own schedule, which spreads resets over time by construction.
+//!
+//! Controls created (or re-enabled) together, thousands by one `kubectl apply`, would share
+//! their due times for ever, so the first reset is spread: it falls one interval after
+//! creation plus an offset fixed per control (from its uid) of at most a quarter of the
+//! interval, and never more than [`MAX_FIRST_SPREAD`]. Later resets keep that grid.
 
 use std::time::Duration;
 
@@ -23,7 +28,13 @@ pub struct PingFacts {
     pub next_ping: Option<Timestamp>,
     /// The interval `next_ping` was computed with.
     pub scheduled_interval: Option<Duration>,
+    /// Where in the spread window this control's first reset falls: any number, fixed per
+    /// control (a hash of its uid); 0 puts it exactly one interval after creation.
+    pub spread_seed: u64,
 }
+
+/// The first reset is spread over at most this long after its interval.
+pub const MAX_FIRST_SPREAD: Duration = Duration::from_secs(300);
 
 /// What the reconciler should do about ping now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +91,26 @@ fn scheduled(facts: &PingFacts, now: Timestamp) -> Option<Timestamp> {
         } else {
             facts.created
         };
-        return Some(add(from, facts.interval));
+        let offset = first_offset(facts.interval, facts.spread_seed);
+        return Some(add(add(from, facts.interval), offset));
     };
     match facts.scheduled_interval {
-        // The interval changed: same anchor, new interval.
-        Some(old) if old != facts.interval => Some(add(subtract(next, old), facts.interval)),
+        // The interval changed: same anchor, new interval (and the new interval's spread).
+        Some(old) if old != facts.interval => {
+            let anchor = subtract(subtract(next, old), first_offset(old, facts.spread_seed));
+            let offset = first_offset(facts.interval, facts.spread_seed);
+            Some(add(add(anchor, facts.interval), offset))
+        }
         _ => Some(next),
     }
+}
+
+/// How much later than one interval the first reset falls: a quarter of the interval at most
+/// (and at most [`MAX_FIRST_SPREAD`]), placed by `seed`.
+pub fn first_offset(interval: Duration, seed: u64) -> Duration {
+    const STEPS: u64 = 1 << 20;
+    let window = (interval / 4).min(MAX_FIRST_SPREAD);
+    window.mul_f64((seed % STEPS) as f64 / STEPS as f64)
 }
 
 /// The first `due + k * interval` (k ≥ 1) after `now`: after downtime, one reset, not a burst.
@@ -140,7 +164,55 @@ mod tests {
             last_update: Some(t(100)),
             next_ping: Some(t(3600)),
             scheduled_interval: Some(HOUR),
+            spread_seed: 0,
         }
+    }
+
+    #[test]
+    fn first_resets_are_spread_within_a_quarter_interval_and_five_minutes() {
+        let new = |seed| PingFacts {
+            seen_before: false,
+            next_ping: None,
+            scheduled_interval: None,
+            spread_seed: seed,
+            ..facts()
+        };
+        let mut offsets = Vec::new();
+        for seed in [1_u64, 77, 123_456_789, u64::MAX, 0x5eed_0000_0000_0001] {
+            let PingPlan::Wait { next } = plan(&new(seed), t(10)) else {
+                panic!("a new control waits");
+            };
+            let offset = next.duration_since(t(3600));
+            assert!(offset >= SignedDuration::ZERO, "never before one interval");
+            assert!(offset < SignedDuration::from_secs(300), "{offset:?}");
+            assert_eq!(
+                plan(&new(seed), t(20)),
+                PingPlan::Wait { next },
+                "fixed per control"
+            );
+            offsets.push(offset);
+        }
+        offsets.dedup();
+        assert!(offsets.len() > 3, "seeds spread: {offsets:?}");
+        // An interval change keeps the anchor (creation) and takes the new interval's offset.
+        let seed = 123_456_789;
+        let first = add(t(3600), first_offset(HOUR, seed));
+        let changed = PingFacts {
+            interval: Duration::from_secs(60),
+            next_ping: Some(first),
+            spread_seed: seed,
+            ..facts()
+        };
+        let expected = add(t(60), first_offset(Duration::from_secs(60), seed));
+        assert_eq!(
+            plan(&changed, t(10)).next(),
+            Some(whole_microsecond(expected))
+        );
+        // Short intervals: a quarter of the interval at most.
+        let seconds = Duration::from_secs(8);
+        assert!(first_offset(seconds, u64::MAX) < Duration::from_secs(2));
+        assert_eq!(first_offset(seconds, 0), Duration::ZERO);
+        assert!(first_offset(12 * HOUR, u64::MAX) < MAX_FIRST_SPREAD);
     }
 
     #[test]
