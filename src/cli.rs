@@ -91,8 +91,9 @@ pub struct RunArgs {
     #[arg(long, env = "EXTCTL_SECRET_TTL", default_value = "60s", value_parser = parse_positive_duration)]
     pub secret_ttl: Duration,
 
-    /// Controls reconciled at once. Bounds the reconciler's API writes so that checkers' calls
-    /// keep headroom when many resets fall due together (they then complete a little later).
+    /// Controls reconciled at once. Bounds the reconciler's status writes (the resets) so that
+    /// checkers' calls keep headroom when many resets fall due together (they then complete a
+    /// little later); each reset's ping, lastPing write and Event follow on their own.
     #[arg(long, env = "EXTCTL_RECONCILE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub reconcile_concurrency: u16,
 }

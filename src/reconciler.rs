@@ -109,6 +109,8 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         control: &ExternalControl,
         now: Timestamp,
     ) -> Result<Reconciled, S::Error> {
+        // At the precision times are stored with: a ping's `time` equals `lastPingTime`.
+        let now = schedule::to_microsecond(now);
         let current = control.status.clone().unwrap_or_default();
         let plan = ping_plan(control, &current, now);
         let deadline = control

@@ -164,7 +164,8 @@ async fn a_report_stored_after_the_due_time_is_not_overwritten() {
 
     // While no reconciler runs, the due time passes and a checker's `pass` is stored (as another
     // replica's endpoint would store it).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let past_due = due.duration_since(Timestamp::now()).as_secs_f64().max(0.0) + 1.0;
+    tokio::time::sleep(Duration::from_secs_f64(past_due)).await;
     let reported_at = Timestamp::now();
     let patch = json!({"status": {"status": "pass", "lastUpdateTime": reported_at.to_string()}});
     cluster

@@ -6,8 +6,9 @@
 //!
 //! Controls created (or re-enabled) together, thousands by one `kubectl apply`, would share
 //! their due times for ever, so the first reset is spread: it falls one interval after
-//! creation plus an offset fixed per control (from its uid) of at most a quarter of the
-//! interval, and never more than [`MAX_FIRST_SPREAD`]. Later resets keep that grid.
+//! creation plus an offset fixed per control (from its uid) of less than one interval, and
+//! never more than [`MAX_FIRST_SPREAD`]: controls created in a burst then fall due as evenly
+//! as controls created over a whole interval. Later resets keep that grid.
 
 use std::time::Duration;
 
@@ -105,11 +106,11 @@ fn scheduled(facts: &PingFacts, now: Timestamp) -> Option<Timestamp> {
     }
 }
 
-/// How much later than one interval the first reset falls: a quarter of the interval at most
-/// (and at most [`MAX_FIRST_SPREAD`]), placed by `seed`.
+/// How much later than one interval the first reset falls: less than one more interval (and
+/// than [`MAX_FIRST_SPREAD`]), placed by `seed`.
 pub fn first_offset(interval: Duration, seed: u64) -> Duration {
     const STEPS: u64 = 1 << 20;
-    let window = (interval / 4).min(MAX_FIRST_SPREAD);
+    let window = interval.min(MAX_FIRST_SPREAD);
     window.mul_f64((seed % STEPS) as f64 / STEPS as f64)
 }
 
@@ -120,6 +121,12 @@ fn first_after(due: Timestamp, interval: Duration, now: Timestamp) -> Timestamp 
     let steps = behind / step + 1;
     let nanos = i128::try_from(steps.saturating_mul(step)).unwrap_or(i128::MAX);
     Timestamp::from_nanosecond(due.as_nanosecond().saturating_add(nanos)).unwrap_or(Timestamp::MAX)
+}
+
+/// `at` as a microsecond time field stores it (`MicroTime`): the nanoseconds dropped. The
+/// reconciler works at this precision, so a ping's `time` is exactly the `lastPingTime` stored.
+pub fn to_microsecond(at: Timestamp) -> Timestamp {
+    Timestamp::from_microsecond(at.as_microsecond()).unwrap_or(at)
 }
 
 /// `nextPingTime` is stored with microseconds; scheduling on whole microseconds (rounding up, so
@@ -169,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn first_resets_are_spread_within_a_quarter_interval_and_five_minutes() {
+    fn first_resets_are_spread_within_an_interval_and_five_minutes() {
         let new = |seed| PingFacts {
             seen_before: false,
             next_ping: None,
@@ -208,9 +215,9 @@ mod tests {
             plan(&changed, t(10)).next(),
             Some(whole_microsecond(expected))
         );
-        // Short intervals: a quarter of the interval at most.
+        // Short intervals: less than one more interval.
         let seconds = Duration::from_secs(8);
-        assert!(first_offset(seconds, u64::MAX) < Duration::from_secs(2));
+        assert!(first_offset(seconds, u64::MAX) < seconds);
         assert_eq!(first_offset(seconds, 0), Duration::ZERO);
         assert!(first_offset(12 * HOUR, u64::MAX) < MAX_FIRST_SPREAD);
     }
@@ -274,6 +281,18 @@ mod tests {
             ..facts()
         };
         assert!(matches!(plan(&pending, t(3701)), PingPlan::Reset { .. }));
+    }
+
+    #[test]
+    fn times_are_kept_to_the_microsecond_as_stored() {
+        let at = t(0)
+            .checked_add(SignedDuration::from_nanos(123_456_789))
+            .unwrap();
+        let expected = t(0)
+            .checked_add(SignedDuration::from_micros(123_456))
+            .unwrap();
+        assert_eq!(to_microsecond(at), expected);
+        assert_eq!(to_microsecond(expected), expected);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::core::nonces::NonceSet;
 use crate::core::protocol::Rejection;
 use crate::core::readiness::Readiness;
 use crate::core::report::{Report, current_status};
+use crate::core::schedule::to_microsecond;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
 use crate::reconciler::{ControlStore, Journal};
@@ -192,12 +193,6 @@ fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T 
         .expect("extctl's own types read back what they write")
 }
 
-/// `at` as a `MicroTime` field stores it: whole microseconds.
-fn microseconds(at: Timestamp) -> MicroTime {
-    let micros = at.as_microsecond();
-    MicroTime(Timestamp::from_microsecond(micros).expect("a timestamp within range stays in range"))
-}
-
 pub fn key(object: &impl ResourceExt) -> Key {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
@@ -237,7 +232,7 @@ impl ControlRegistry for MemoryStore {
             let mut status = state.status_of(key);
             let previous = current_status(Some(&status));
             status.status = Some(report.status);
-            status.last_update_time = Some(microseconds(report.received_at));
+            status.last_update_time = Some(MicroTime(to_microsecond(report.received_at)));
             let recorded = Recorded {
                 previous,
                 stored: report.status,

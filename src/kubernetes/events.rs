@@ -1,38 +1,86 @@
 //! Kubernetes Events for status changes, worded as GitLab's audit events.
 
-use kube::Client;
-use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client, Resource};
 
 use crate::core::report::StatusChange;
+use crate::core::schedule::to_microsecond;
 use crate::crd::{ControlStatus, ExternalControl};
 use crate::reconciler::Journal;
 
+/// The `reportingController` of extctl's Events.
+const CONTROLLER: &str = "extctl";
+
+/// Publishes `events.k8s.io/v1` Events, one create per change.
+///
+/// Not kube-runtime's `Recorder`: it folds repeats of one (reason, action) into a series that
+/// keeps the first note, and it scans its whole cache (an Event per control for minutes) on
+/// every publish, a cost that grows with the number of controls.
 #[derive(Clone)]
 pub struct StatusEvents {
-    recorder: Recorder,
+    client: Client,
+    instance: String,
 }
 
 impl StatusEvents {
     pub fn new(client: Client, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: "extctl".into(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client, reporter),
+            client,
+            instance: instance.unwrap_or_else(|| CONTROLLER.into()),
         }
     }
 
-    fn publish(&self, control: &ExternalControl, mut event: Event) {
-        event.note = event.note.map(fit_note);
-        let reference = control.object_ref(&());
-        let recorder = self.recorder.clone();
+    fn publish(
+        &self,
+        control: &ExternalControl,
+        type_: &str,
+        reason: &str,
+        action: String,
+        note: String,
+    ) {
+        let event = self.event(&control.object_ref(&()), type_, reason, action, note);
+        let api: Api<Event> = Api::namespaced(
+            self.client.clone(),
+            event.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
+            if let Err(error) = api.create(&PostParams::default(), &event).await {
                 tracing::warn!(%error, reason = event.reason, "could not publish an Event");
             }
         });
+    }
+
+    fn event(
+        &self,
+        regarding: &ObjectReference,
+        type_: &str,
+        reason: &str,
+        action: String,
+        note: String,
+    ) -> Event {
+        // The API server wants exactly 6 fractional digits in `eventTime`.
+        let now = to_microsecond(Timestamp::now());
+        let name = regarding.name.as_deref().unwrap_or(CONTROLLER);
+        Event {
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            reporting_controller: Some(CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            regarding: Some(regarding.clone()),
+            type_: Some(type_.into()),
+            reason: Some(reason.into()),
+            action: Some(action),
+            note: Some(fit_note(note)),
+            ..Default::default()
+        }
     }
 }
 
@@ -40,28 +88,19 @@ impl Journal for StatusEvents {
     /// Publishes `Changed compliance control status from 'x' to 'y'` in the background: the
     /// status is already stored, and a failed Event must not turn that into an error.
     fn status_changed(&self, control: &ExternalControl, change: StatusChange) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: change.cause.reason().into(),
-            note: Some(change.message()),
-            // The recorder folds repeats of one (reason, action) into a series that keeps the
-            // first note, so the action names the transition to keep every note accurate.
-            action: format!("{}To{}", pascal(change.from), pascal(change.to)),
-            secondary: None,
-        };
-        self.publish(control, event);
+        let action = format!("{}To{}", pascal(change.from), pascal(change.to));
+        self.publish(
+            control,
+            "Normal",
+            change.cause.reason(),
+            action,
+            change.message(),
+        );
     }
 
     /// A Warning about `control` (a failed or skipped ping); `reason` is PascalCase.
     fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Ping".into(),
-            secondary: None,
-        };
-        self.publish(control, event);
+        self.publish(control, "Warning", reason, "Ping".into(), note);
     }
 }
 

@@ -38,7 +38,7 @@ pub struct RunSettings {
     pub ping_timeout: Duration,
     /// How long a Secret read is used before it is read again.
     pub secret_ttl: Duration,
-    /// Controls reconciled at once: bounds the reconciler's API writes, so that checkers'
+    /// Controls reconciled at once: bounds the reconciler's status writes, so that checkers'
     /// calls keep headroom when many resets fall due together.
     pub reconcile_concurrency: u16,
 }
