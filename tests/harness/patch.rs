@@ -6,6 +6,7 @@
 //! managers (so `force` has no effect), fields dropped from a later apply are not removed, and
 //! lists are replaced whole rather than merged by `x-kubernetes-list-map-keys`.
 
+use json_patch::{AddOperation, PatchOperation};
 use serde_json::{Value, json};
 
 use super::resources::ResourceType;
@@ -47,12 +48,41 @@ impl Patch {
         let mut doc = target.clone();
         match self {
             Self::Merge(patch) | Self::Apply(patch) => json_patch::merge(&mut doc, patch),
-            Self::Json(patch) => json_patch::patch(&mut doc, patch).map_err(|_| {
-                ApiError::new(422, "Invalid", JSON_PATCH_FAILED).with_details(json!({}))
-            })?,
+            Self::Json(patch) => {
+                for operation in &patch.0 {
+                    apply_operation(&mut doc, operation).map_err(|_| {
+                        ApiError::new(422, "Invalid", JSON_PATCH_FAILED).with_details(json!({}))
+                    })?;
+                }
+            }
         }
         Ok(doc)
     }
+}
+
+/// One JSON patch operation as kube-apiserver's library (evanphx/json-patch) applies it, where
+/// it departs from RFC 6902 (`10-jsonpatch-test.json`, `11-jsonpatch-test-missing-null.json`):
+/// `replace` of a missing key adds it, and `test` of a missing key with the value `null` passes
+/// when the parent exists.
+fn apply_operation(doc: &mut Value, operation: &PatchOperation) -> Result<(), ()> {
+    let parent_exists = |path: &str| {
+        let parent = &path[..path.rfind('/').unwrap_or(0)];
+        doc.pointer(parent).is_some()
+    };
+    let operation = match operation {
+        PatchOperation::Replace(replace) if doc.pointer(replace.path.as_str()).is_none() => {
+            PatchOperation::Add(AddOperation {
+                path: replace.path.clone(),
+                value: replace.value.clone(),
+            })
+        }
+        PatchOperation::Test(test) if doc.pointer(test.path.as_str()).is_none() => {
+            let passes = test.value.is_null() && parent_exists(test.path.as_str());
+            return if passes { Ok(()) } else { Err(()) };
+        }
+        other => other.clone(),
+    };
+    json_patch::patch(doc, &[operation]).map_err(|_| ())
 }
 
 /// What kube-apiserver v1.36 answers when a JSON patch operation fails, whatever the operation.
