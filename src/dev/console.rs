@@ -26,7 +26,7 @@ impl Console {
         );
     }
 
-    /// A control as loaded: its ids, ping setting, readiness, and how to report for it.
+    /// A control as loaded: its ids, status, ping setting, readiness, and how to report for it.
     pub fn control(&self, control: &ExternalControl, readiness: &Readiness, send: Option<&str>) {
         let spec = &control.spec;
         let ping = spec.ping_enabled.then_some(spec.ping_interval.0.as_str());
@@ -51,6 +51,7 @@ impl Console {
                 "control": qualified_name(control),
                 "projectId": spec.project_id,
                 "controlId": spec.control_id,
+                "status": crate::core::report::current_status(control.status.as_ref()),
                 "pingInterval": ping,
                 "ready": readiness.is_ready(),
                 "reason": readiness.reason(),

@@ -372,11 +372,16 @@ impl Dev {
             .collect()
     }
 
-    /// The status `namespace/name` has, from the changes printed (a new control is pending).
+    /// The status `namespace/name` has, from the changes printed, or else from its `control`
+    /// line at start (never assumed: a missing line fails the check).
     pub fn status(&self, qualified_name: &str) -> String {
-        self.changes(qualified_name)
-            .pop()
-            .map_or("pending".into(), |(_, _, to)| to)
+        match self.changes(qualified_name).pop() {
+            Some((_, _, to)) => to,
+            None => self.control(qualified_name)["status"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no status in the control line of {qualified_name}"))
+                .to_owned(),
+        }
     }
 
     /// Sends SIGTERM and waits for a clean exit.
