@@ -1,198 +1,575 @@
-//! Ping at scale: N controls (default 10,000) on their own schedules, one `extctl run` (release
-//! build) against the API harness. Prints reset lateness (p50/p99/max), API writes per reset,
-//! LIST calls while measuring, and the operator's peak RSS.
+//! Ping at scale, where every reset is a real change: N controls (default 10,000) on their own
+//! schedules, one `extctl run` (release build) against the API harness (`tests/harness/`, in
+//! this process).
 //!
-//!     cargo bench --bench ping_scale
-//!     EXTCTL_BENCH_CONTROLS=2000 EXTCTL_BENCH_INTERVAL=20 cargo bench --bench ping_scale
+//!     cargo bench --bench ping_scale                          # steady state: 10,000 controls, 60 s
+//!     EXTCTL_BENCH_BURST=1 cargo bench --bench ping_scale     # burst: created at once, 30 s
+//!     EXTCTL_BENCH_CONTROLS=1000 EXTCTL_BENCH_INTERVAL=20 cargo bench --bench ping_scale
 //!
-//! Controls are created evenly over one interval (their schedules are anchored at creation),
-//! then one full interval of resets is measured: every control should reset exactly once.
+//! `EXTCTL_BENCH_CONTROLS` (10,000) and `EXTCTL_BENCH_INTERVAL` (seconds: 60, or 30 in burst
+//! mode) set the scale; `EXTCTL_BENCH_ARGS` adds flags to `extctl run` (such as
+//! `--reconcile-concurrency 16`).
 //!
-//! Lateness is measured from the persisted due time (`nextPingTime` before the reset) to the
-//! moment this process sees the reset arrive through a watch, so it over-states the real
-//! lateness by the watch delivery delay.
+//! Every control has an `externalUrl` (a receiver in this process that answers 200 and keeps
+//! each ping), a `pendingTimeout` that cannot fire during the run, and a `pass` reported before
+//! each of its resets falls due: this process acts as the checkers, and whenever it sees a
+//! control `pending` with its next reset due before the end of the measuring window, it stores
+//! `pass` with a status merge patch, as a checker's call lands. So each reset measured is the
+//! expensive kind: status write, `PingReset` Event, ping, and the ping's outcome in `lastPing`.
+//!
+//! - Steady state (default): controls are created evenly over one interval, as schedules
+//!   anchored at creation spread in a cluster. A first reset falls one interval after creation
+//!   plus an offset of up to a quarter interval, so first resets spread over 1.25 intervals; the
+//!   window is the one interval that ends just after the last first reset, which holds exactly
+//!   one due time of every control (its first, or its second).
+//! - Burst (`EXTCTL_BENCH_BURST=1`): every control created as fast as possible; the window is
+//!   the one interval from the first due time, and holds every first reset.
+//!
+//! For the resets due in the window, it prints: resets per second as seen (first to last, not
+//! the configured rate); how many controls reset exactly once, not at all, more than once (each
+//! must reset exactly once, from `pass`, never before its due time, else the bench exits 1); API
+//! writes per reset, counting every write the harness served during the window (the checkers'
+//! own `pass` reports excluded by their fieldManager), by kind; pings received per reset; the
+//! lateness; and the operator's peak RSS (`VmHWM`), also per control.
+//!
+//! Lateness runs from the persisted due time (the `nextPingTime` seen before the reset) to the
+//! moment this process sees the reset through its own watch, so it over-states the real
+//! lateness by the harness's answer and the watch's delivery (and by this process's own delays:
+//! the harness, the receiver and the watch share its two worker threads). It is also printed to
+//! the `lastPingTime` extctl stored, which under-states it by the duration of the write.
 
-#[path = "../tests/harness/mod.rs"]
-mod harness;
+mod support;
 
-use std::collections::HashMap;
-use std::process::Stdio;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use extctl::crd::ExternalControl;
-use futures::{StreamExt, TryStreamExt};
-use harness::ApiServer;
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams, WatchEvent, WatchParams};
-use serde_json::json;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use extctl::crd::{ControlStatus, ExternalControl};
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+use support::harness::{ApiServer, RequestRecord};
+use support::{NAMESPACE, Operator, cpu_time, create_secret, setting, sleep_until};
 
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// The fieldManager of this process's `pass` reports, which tells them from extctl's writes.
+const CHECKER: &str = "extctl-bench-checker";
+
+struct Settings {
+    controls: u64,
+    interval: Duration,
+    burst: bool,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let burst = setting("EXTCTL_BENCH_BURST", 0) == 1;
+        let interval = setting("EXTCTL_BENCH_INTERVAL", if burst { 30 } else { 60 });
+        Self {
+            controls: setting("EXTCTL_BENCH_CONTROLS", 10_000),
+            interval: Duration::from_secs(interval),
+            burst,
+        }
+    }
 }
 
 #[tokio::main]
-async fn main() {
-    let controls = setting("EXTCTL_BENCH_CONTROLS", 10_000);
-    let interval = setting("EXTCTL_BENCH_INTERVAL", 60);
+async fn main() -> ExitCode {
+    let settings = Settings::from_env();
     let server = ApiServer::start().await;
+    let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.write_kubeconfig(dir.path());
-    let client = server.client();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "token", "namespace": "default"}, "stringData": {"token": "t"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_secret(&server, NAMESPACE, "token", [("token", b"t".to_vec())]).await;
+    let operator = Operator::start(&server.write_kubeconfig(dir.path())).await;
+    let idle_rss = operator.memory_kib("VmRSS");
 
-    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_extctl"))
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    // Controls arrive evenly over one interval, so their due times spread as schedules anchored
-    // at creation do in a real cluster: this is the steady state, at `controls / interval`
-    // resets per second.
-    let api: Api<ExternalControl> = Api::namespaced(client.clone(), "default");
-    let created = Instant::now();
-    let step = Duration::from_secs(interval) / u32::try_from(controls).unwrap().max(1);
-    futures::stream::iter(0..controls)
-        .then(|i| async move {
-            tokio::time::sleep_until((created + step * u32::try_from(i).unwrap()).into()).await;
-            i
-        })
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let control: ExternalControl = serde_json::from_value(json!({
-                    "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-                    "metadata": {"name": format!("c{i}"), "namespace": "default"},
-                    "spec": {"projectId": 1, "controlId": i + 1, "pingInterval": format!("{interval}s"),
-                             "secretRef": {"name": "token"}}
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &control).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<()>()
-        .await;
-    println!(
-        "created {controls} controls in {:.1} s",
-        created.elapsed().as_secs_f64()
-    );
-
-    // Measure one full interval of resets, starting once every control has been scheduled.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let api: Api<ExternalControl> = Api::namespaced(server.client(), NAMESPACE);
+    let observed = observe(api.clone());
+    let creation = create_controls(&server, &settings, &receiver.url).await;
+    let window = measuring_window(&observed, &settings).await;
+    sleep_until(window.start).await;
     server.reset_requests();
-    let window = Duration::from_secs(interval);
-    let latenesses = observe_resets(&api, window).await;
+    let cpu_before = (operator.cpu_time(), cpu_time(std::process::id()));
+    sleep_until(window.end).await;
     let requests = server.requests();
-    let writes = requests.iter().filter(|r| r.is_write()).count();
-    let lists = requests
-        .iter()
-        .filter(|r| {
-            r.method == "GET"
-                && !r.is_watch()
-                && !r.path.contains("/namespaces/default/externalcontrols/")
-        })
-        .count();
-    let peak_rss = peak_rss_kib(operator.id().unwrap());
-    operator.kill().await.unwrap();
+    let cpu_used = (
+        operator.cpu_time() - cpu_before.0,
+        cpu_time(std::process::id()) - cpu_before.1,
+    );
+    settle(&observed, window, settings.controls).await;
+    let usage = Usage {
+        idle_kib: idle_rss,
+        peak_kib: operator.memory_kib("VmHWM"),
+        extctl_cpu: cpu_used.0,
+        own_cpu: cpu_used.1,
+    };
 
-    report(controls, interval, &latenesses, writes, lists, peak_rss);
+    let observed = lock(&observed);
+    let pings = lock(&receiver.pings);
+    let fine = report(
+        &settings, creation, window, &observed, &pings, &requests, usage,
+    );
+    if fine {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
-/// Reset lateness in milliseconds, for every reset seen through a watch during `window`.
-async fn observe_resets(api: &Api<ExternalControl>, window: Duration) -> Vec<f64> {
-    let mut due: HashMap<String, (Option<Timestamp>, Option<Timestamp>)> = HashMap::new();
-    let mut latenesses = Vec::new();
-    let deadline = Instant::now() + window;
+/// Every ping received: (control, reset time).
+type Pings = Arc<Mutex<Vec<(String, Timestamp)>>>;
+
+/// The checkers' endpoint: answers every ping 200 and keeps which control and reset it was for.
+struct Receiver {
+    url: String,
+    pings: Pings,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let pings = Pings::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ping", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/ping", post(receive))
+            .with_state(Arc::clone(&pings));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, pings }
+    }
+}
+
+/// One ping: `control.resource` names the control, `time` is its reset (kept to the
+/// microsecond, as `lastPingTime` is stored).
+async fn receive(State(pings): State<Pings>, Json(body): Json<Value>) -> StatusCode {
+    let control = body["control"]["resource"].as_str().unwrap_or_default();
+    let time = body["time"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    if let Some(time) = time.and_then(|t| Timestamp::from_microsecond(t.as_microsecond()).ok()) {
+        lock(&pings).push((control.to_owned(), time));
+    }
+    StatusCode::OK
+}
+
+/// Creates controls `c0`… evenly over one interval (steady state), or all at once (burst);
+/// returns how long that took.
+async fn create_controls(server: &ApiServer, settings: &Settings, url: &str) -> Duration {
+    let started = Instant::now();
+    let count = u32::try_from(settings.controls).unwrap().max(1);
+    let step = match settings.burst {
+        true => Duration::ZERO,
+        false => settings.interval / count,
+    };
+    let controls = (0..count).map(|i| (format!("c{i}"), spec(i, settings.interval, url)));
+    support::create_controls(server, controls, step).await;
+    started.elapsed()
+}
+
+fn spec(i: u32, interval: Duration, url: &str) -> Value {
+    json!({"projectId": 1, "controlId": i + 1, "pingInterval": format!("{}s", interval.as_secs()),
+           "pendingTimeout": "24h", "externalUrl": url, "secretRef": {"name": "token"}})
+}
+
+type Shared = Arc<Mutex<Observed>>;
+
+fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the watch has shown so far.
+#[derive(Default)]
+struct Observed {
+    controls: HashMap<String, Seen>,
+    resets: Vec<Reset>,
+    /// `lastPing` as written: (control, reset time, HTTP status).
+    outcomes: Vec<(String, Timestamp, Option<u16>)>,
+    /// Controls get `pass` before every reset due before this (before every reset, until set).
+    window_end: Option<Timestamp>,
+}
+
+/// One control, as last seen.
+#[derive(Clone, Default)]
+struct Seen {
+    status: Option<ControlStatus>,
+    next_ping: Option<Timestamp>,
+    last_ping: Option<Timestamp>,
+    outcome: Option<(Timestamp, Option<u16>)>,
+    first_due: Option<Timestamp>,
+    /// The due time of the reset the last `pass` was reported for.
+    reported_for: Option<Timestamp>,
+}
+
+/// A new `lastPingTime`, seen through the watch.
+struct Reset {
+    control: String,
+    /// The `nextPingTime` seen before it.
+    due: Timestamp,
+    /// The new `lastPingTime`.
+    at: Timestamp,
+    seen: Timestamp,
+    /// Whether the status was `pass` (or `fail`) before: a real change.
+    changed: bool,
+}
+
+impl Observed {
+    /// Takes in a control as delivered at `seen`; its name when its checker should report `pass`.
+    fn note(&mut self, control: &ExternalControl, seen: Timestamp) -> Option<String> {
+        let name = control.name_any();
+        let before = self.controls.remove(&name).unwrap_or_default();
+        let status = control.status.clone().unwrap_or_default();
+        let next_ping = status.next_ping_time.map(|t| t.0);
+        let mut now = Seen {
+            status: status.status,
+            next_ping,
+            last_ping: status.last_ping_time.map(|t| t.0),
+            outcome: status.last_ping.map(|o| (o.time.0, o.http_status)),
+            first_due: before.first_due.or(next_ping),
+            reported_for: before.reported_for,
+        };
+        if let Some((time, code)) = now.outcome.filter(|_| now.outcome != before.outcome) {
+            self.outcomes.push((name.clone(), time, code));
+        }
+        if let (Some(at), Some(due)) = (now.last_ping, before.next_ping)
+            && now.last_ping != before.last_ping
+        {
+            let changed = before.status != Some(ControlStatus::Pending);
+            let control = name.clone();
+            self.resets.push(Reset {
+                control,
+                due,
+                at,
+                seen,
+                changed,
+            });
+        }
+        let report = now.status == Some(ControlStatus::Pending)
+            && next_ping.is_some_and(|next| {
+                now.reported_for != Some(next) && self.window_end.is_none_or(|end| next < end)
+            });
+        if report {
+            now.reported_for = next_ping;
+        }
+        self.controls.insert(name.clone(), now);
+        report.then_some(name)
+    }
+}
+
+/// Watches the controls for the whole run, and reports `pass` as their checkers would.
+fn observe(api: Api<ExternalControl>) -> Shared {
+    let observed = Shared::default();
+    let (reports, to_report) = futures::channel::mpsc::unbounded::<String>();
+    tokio::spawn(watch_controls(api.clone(), Arc::clone(&observed), reports));
+    tokio::spawn(to_report.for_each_concurrent(8, move |name| {
+        let api = api.clone();
+        async move { report_pass(&api, &name).await }
+    }));
+    observed
+}
+
+/// Follows every change from the start; a watch that ends (the harness ends one that falls
+/// behind) or fails is resumed from the last resourceVersion seen, as a client does.
+async fn watch_controls(
+    api: Api<ExternalControl>,
+    observed: Shared,
+    reports: futures::channel::mpsc::UnboundedSender<String>,
+) {
     let mut version = "0".to_string();
-    while Instant::now() < deadline {
-        let params = WatchParams::default().timeout(window.as_secs().max(1) as u32);
-        let mut stream = api.watch(&params, &version).await.unwrap().boxed();
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let Ok(Ok(Some(event))) = tokio::time::timeout(remaining, stream.try_next()).await
-            else {
-                break;
+    loop {
+        let events = match api.watch(&WatchParams::default(), &version).await {
+            Ok(events) => events,
+            Err(error) => panic!("the watch cannot start: {error}"),
+        };
+        let mut events = events.boxed();
+        while let Some(event) = events.next().await {
+            let control = match event {
+                Ok(WatchEvent::Added(control) | WatchEvent::Modified(control)) => control,
+                Ok(WatchEvent::Bookmark(bookmark)) => {
+                    version = bookmark.metadata.resource_version;
+                    continue;
+                }
+                Ok(WatchEvent::Deleted(_)) => continue,
+                Ok(WatchEvent::Error(error)) => panic!("the watch failed: {error:?}"),
+                Err(error) => {
+                    eprintln!("the watch failed ({error}); resuming");
+                    break;
+                }
             };
-            let (WatchEvent::Added(control) | WatchEvent::Modified(control)) = event else {
-                continue;
-            };
-            let seen = Timestamp::now();
-            version = control.metadata.resource_version.clone().unwrap_or(version);
-            let status = control.status.unwrap_or_default();
-            let last_ping = status.last_ping_time.map(|t| t.0);
-            let next_ping = status.next_ping_time.map(|t| t.0);
-            let name = control.metadata.name.unwrap_or_default();
-            let before = due.insert(name, (last_ping, next_ping));
-            // A new lastPingTime is a reset; it was due at the nextPingTime seen before it.
-            if let Some((before_ping, Some(before_due))) = before
-                && last_ping.is_some()
-                && last_ping != before_ping
-            {
-                latenesses.push(seen.duration_since(before_due).as_secs_f64() * 1000.0);
+            version = control.resource_version().unwrap_or(version);
+            if let Some(name) = lock(&observed).note(&control, Timestamp::now()) {
+                let _ = reports.unbounded_send(name);
             }
         }
     }
-    latenesses
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn report(
-    controls: u64,
-    interval: u64,
-    latenesses: &[f64],
-    writes: usize,
-    lists: usize,
-    peak_rss_kib: u64,
-) {
-    let mut sorted = latenesses.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        sorted
-            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
+/// A checker's `pass`, landing as its call does: a merge patch of the status subresource.
+async fn report_pass(api: &Api<ExternalControl>, name: &str) {
+    let patch =
+        json!({"status": {"status": "pass", "lastUpdateTime": MicroTime(Timestamp::now())}});
+    let params = PatchParams {
+        field_manager: Some(CHECKER.into()),
+        ..PatchParams::default()
     };
-    let resets = sorted.len();
+    if let Err(error) = api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+        eprintln!("reporting pass for {name} failed: {error}");
+    }
+}
+
+/// Due times in `[start, end)` are measured.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Timestamp,
+    end: Timestamp,
+}
+
+impl Window {
+    fn holds(&self, at: Timestamp) -> bool {
+        self.start <= at && at < self.end
+    }
+}
+
+/// One interval holding exactly one due time of every control: it ends just after the last
+/// first reset, and starts no earlier than the first one (nor than now).
+async fn measuring_window(observed: &Shared, settings: &Settings) -> Window {
+    let deadline = Instant::now() + settings.interval;
+    let dues = loop {
+        let dues: Vec<Timestamp> = (lock(observed).controls.values())
+            .filter_map(|seen| seen.first_due)
+            .collect();
+        if dues.len() as u64 >= settings.controls {
+            break dues;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} controls were scheduled one interval after creation",
+            dues.len(),
+            settings.controls
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let interval = SignedDuration::try_from(settings.interval).unwrap();
+    let (first, last) = (*dues.iter().min().unwrap(), *dues.iter().max().unwrap());
+    let start = (last - interval + SignedDuration::from_micros(1))
+        .max(first)
+        .max(Timestamp::now());
+    let window = Window {
+        start,
+        end: start + interval,
+    };
+    lock(observed).window_end = Some(window.end);
+    window
+}
+
+/// Waits until every control has reset for a due time in the window and each of those resets
+/// has its ping's outcome written; at most 30 s after the window.
+async fn settle(observed: &Shared, window: Window, controls: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        {
+            let observed = lock(observed);
+            let resets = resets_in(&observed, window);
+            let reset = resets.iter().map(|r| &r.control).collect::<HashSet<_>>();
+            let outcomes = matching(&resets, observed.outcomes.iter().map(|(c, t, _)| (c, *t)));
+            if reset.len() as u64 == controls && outcomes >= resets.len() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn resets_in(observed: &Observed, window: Window) -> Vec<&Reset> {
+    let resets = observed.resets.iter();
+    resets.filter(|r| window.holds(r.due)).collect()
+}
+
+/// How many of `items` (control, reset time) belong to one of `resets`.
+fn matching<'a>(resets: &[&Reset], items: impl Iterator<Item = (&'a String, Timestamp)>) -> usize {
+    let keys: HashSet<(&str, Timestamp)> = resets.iter().map(|r| (&*r.control, r.at)).collect();
+    items
+        .filter(|(c, t)| keys.contains(&(c.as_str(), *t)))
+        .count()
+}
+
+/// The operator's memory, and the CPU time used during the window.
+struct Usage {
+    idle_kib: u64,
+    peak_kib: u64,
+    extctl_cpu: Duration,
+    /// This process: the harness, the receiver, the watch and the `pass` reports.
+    own_cpu: Duration,
+}
+
+/// Prints the figures; whether every control reset exactly once, each time from `pass`, and
+/// never early.
+fn report(
+    settings: &Settings,
+    creation: Duration,
+    window: Window,
+    observed: &Observed,
+    pings: &[(String, Timestamp)],
+    requests: &[RequestRecord],
+    usage: Usage,
+) -> bool {
+    let resets = resets_in(observed, window);
+    let mode = match settings.burst {
+        true => "burst (created at once)",
+        false => "steady state (created evenly over one interval)",
+    };
     println!(
-        "controls: {controls}, interval: {interval} s ({:.0} resets/s), resets observed in one interval: {resets}",
-        controls as f64 / interval as f64
+        "\n{mode}: {} controls, interval {} s, created in {:.1} s",
+        settings.controls,
+        settings.interval.as_secs(),
+        creation.as_secs_f64()
+    );
+    let fine = report_resets(settings.controls, &resets);
+    report_pings(&resets, observed, pings);
+    report_requests(requests, resets.len());
+    report_lateness(&resets);
+    report_usage(&usage, settings, window);
+    fine
+}
+
+fn report_usage(usage: &Usage, settings: &Settings, window: Window) {
+    let per_control = |kib: u64| kib as f64 / settings.controls.max(1) as f64;
+    println!(
+        "operator RSS: idle {:.1} MiB, peak {:.1} MiB (VmHWM): {:.2} KiB per control, {:.2} KiB above idle",
+        usage.idle_kib as f64 / 1024.0,
+        usage.peak_kib as f64 / 1024.0,
+        per_control(usage.peak_kib),
+        per_control(usage.peak_kib.saturating_sub(usage.idle_kib)),
+    );
+    let seconds = window.end.duration_since(window.start).as_secs_f64();
+    println!(
+        "CPU during the window ({seconds:.0} s, 2 cores shared): extctl {:.1} s, this process (harness, receiver, watch) {:.1} s",
+        usage.extctl_cpu.as_secs_f64(),
+        usage.own_cpu.as_secs_f64(),
+    );
+}
+
+fn report_resets(controls: u64, resets: &[&Reset]) -> bool {
+    let seen: Vec<Timestamp> = resets.iter().map(|r| r.seen).collect();
+    let span = match (seen.iter().min(), seen.iter().max()) {
+        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
+        _ => 0.0,
+    };
+    println!(
+        "resets due in the window: {}, seen at {:.0} resets/s (first to last seen: {span:.1} s)",
+        resets.len(),
+        resets.len() as f64 / span.max(f64::EPSILON)
+    );
+    let mut per_control: HashMap<&str, u64> = HashMap::new();
+    for reset in resets {
+        *per_control.entry(&reset.control).or_default() += 1;
+    }
+    let once = per_control.values().filter(|n| **n == 1).count() as u64;
+    let more = per_control.values().filter(|n| **n > 1).count() as u64;
+    let zero = controls.saturating_sub(per_control.len() as u64);
+    let unchanged = resets.iter().filter(|r| !r.changed).count();
+    let early = resets.iter().filter(|r| r.at < r.due).count();
+    println!(
+        "controls reset exactly once: {once}, not at all: {zero}, more than once: {more} (of {controls})"
     );
     println!(
-        "reset lateness (ms): p50 {:.0}, p99 {:.0}, max {:.0}",
+        "resets that changed the status to pending: {}; that found it pending: {unchanged}; before their due time: {early}",
+        resets.len() - unchanged
+    );
+    once == controls && unchanged == 0 && early == 0
+}
+
+fn report_pings(resets: &[&Reset], observed: &Observed, pings: &[(String, Timestamp)]) {
+    let per_reset = |n: usize| n as f64 / resets.len().max(1) as f64;
+    let received = matching(resets, pings.iter().map(|(c, t)| (c, *t)));
+    let ok = observed
+        .outcomes
+        .iter()
+        .filter(|(_, _, code)| *code == Some(200));
+    let recorded = matching(resets, ok.map(|(c, t, _)| (c, *t)));
+    println!(
+        "pings received for them: {received} ({:.2} per reset); outcomes written with HTTP 200: {recorded} ({:.2} per reset)",
+        per_reset(received),
+        per_reset(recorded)
+    );
+}
+
+/// Every request the harness served in the window but this process's `pass` reports, by kind.
+fn report_requests(requests: &[RequestRecord], resets: usize) {
+    let extctl = requests.iter().filter(|r| !r.query.contains(CHECKER));
+    let mut kinds: BTreeMap<(bool, String), usize> = BTreeMap::new();
+    let mut refused = 0;
+    for request in extctl {
+        *kinds
+            .entry((!request.is_write(), kind(request)))
+            .or_default() += 1;
+        refused += usize::from(request.is_write() && request.code >= 300);
+    }
+    let writes: usize = (kinds.iter())
+        .filter(|((read, _), _)| !read)
+        .map(|(_, n)| n)
+        .sum();
+    let per_reset = |n: usize| n as f64 / resets.max(1) as f64;
+    println!(
+        "API writes in the window: {writes}, {:.2} per reset ({refused} refused); requests by kind:",
+        per_reset(writes)
+    );
+    for ((_, kind), n) in &kinds {
+        println!("  {kind:<32} {n:>7}  {:.2} per reset", per_reset(*n));
+    }
+}
+
+/// `METHOD resource[/subresource]`; a GET of a collection is `LIST` or `WATCH`.
+fn kind(request: &RequestRecord) -> String {
+    let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
+    let prefix = if segments.first() == Some(&"api") {
+        2
+    } else {
+        3
+    };
+    let rest = segments.get(prefix..).unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        _ => rest,
+    };
+    match (request.method.as_str(), rest) {
+        ("GET", [plural]) if request.is_watch() => format!("WATCH {plural}"),
+        ("GET", [plural]) => format!("LIST {plural}"),
+        (method, [plural, _, sub]) => format!("{method} {plural}/{sub}"),
+        (method, [plural, ..]) => format!("{method} {plural}"),
+        (method, []) => format!("{method} {}", request.path),
+    }
+}
+
+/// Lateness two ways: to the moment this process saw the reset (over-states: includes the
+/// harness's answer and the watch's delivery, and this process's own delays), and to the
+/// `lastPingTime` extctl stored (when it carried the reset out; under-states by the write).
+fn report_lateness(resets: &[&Reset]) {
+    let seen = quantiles(resets.iter().map(|r| r.seen.duration_since(r.due)));
+    let stored = quantiles(resets.iter().map(|r| r.at.duration_since(r.due)));
+    println!(
+        "lateness, due time to seen through the watch (over-states): {seen}\n\
+         lateness, due time to the lastPingTime stored (under-states): {stored}"
+    );
+}
+
+fn quantiles(lateness: impl Iterator<Item = SignedDuration>) -> String {
+    let mut ms: Vec<f64> = lateness.map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let rank = (q * ms.len() as f64).ceil() as usize;
+        ms.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+    };
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; later than 1 s: {}",
         at(0.5),
         at(0.99),
-        at(1.0)
-    );
-    println!(
-        "resets later than 1 s: {}",
-        sorted.iter().filter(|l| **l > 1000.0).count()
-    );
-    println!(
-        "API writes per reset: {:.2} ({writes} writes / {resets} resets); LIST calls while measuring: {lists}",
-        writes as f64 / resets.max(1) as f64
-    );
-    println!("operator peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+        at(1.0),
+        ms.iter().filter(|l| **l > 1000.0).count()
+    )
 }

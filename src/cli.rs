@@ -1,5 +1,6 @@
-//! Command-line interface: `extctl run`, `dev`, `crd`, `sign` and `send`. Every flag has an environment
-//! variable fallback (shown in `--help`), which is how the Helm chart configures the operator.
+//! Command-line interface: `extctl run`, `dev`, `crd`, `sign`, `send` and `bench`. Every flag of
+//! `extctl run` has an environment variable fallback (shown in `--help`), which is how the Helm
+//! chart configures the operator.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,13 @@ pub enum Command {
     /// Exits 1 with the server's error message when the call is refused (2 for bad flags). The
     /// token is read from a file, stdin or an environment variable, never from the command line.
     Send(crate::checker::send::SendArgs),
+    /// Put load on the status endpoint and measure it: calls/s, answers by code, latency.
+    ///
+    /// Every call is signed anew (current second, random nonce), as many checkers would send
+    /// them, over --concurrency keep-alive connections. --bare measures a handler that checks
+    /// nothing, in this process; --compare-bare measures both and prints the ratio. Exits 1
+    /// when an answer was not 200 (printing the first), 2 for bad flags.
+    Bench(crate::checker::load::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use extctl::checker::{send, sign};
+use extctl::checker::{load, send, sign};
 use extctl::cli::{Cli, Command};
 use extctl::{crd, kubernetes, telemetry};
 
@@ -37,6 +37,14 @@ async fn main() -> ExitCode {
                     send::SendError::Setup(_) => ExitCode::from(2),
                     _ => ExitCode::FAILURE,
                 }
+            }
+        },
+        Command::Bench(args) => match load::run(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("extctl bench: {error:#}");
+                ExitCode::from(2)
             }
         },
         Command::Dev(args) => {

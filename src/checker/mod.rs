@@ -1,11 +1,12 @@
 //! The checker's side of the protocol, for people writing or debugging external checkers:
 //! `extctl sign` prints a signed call, `extctl send` makes one (against extctl or GitLab).
 
+pub mod load;
 pub mod send;
 pub mod sign;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -63,6 +64,29 @@ pub struct SignedCall {
 }
 
 impl SignedCall {
+    /// Signs a status call for `control` in `project` with `token`, at `timestamp` (Unix
+    /// seconds, decimal) with `nonce`.
+    pub fn new(
+        token: &[u8],
+        project: u64,
+        control: u64,
+        status: ControlStatus,
+        timestamp: String,
+        nonce: String,
+    ) -> Self {
+        let path = status_path(&project.to_string(), &control.to_string());
+        let message = signed_string(&timestamp, &nonce, &path, status.as_str());
+        let signature = sign(token, message.as_bytes());
+        Self {
+            path,
+            status,
+            timestamp,
+            nonce,
+            signature,
+            signed_string: message,
+        }
+    }
+
     /// The three signature headers, in the order GitLab documents them.
     pub fn headers(&self) -> [(&'static str, &str); 3] {
         [
@@ -92,7 +116,7 @@ impl CallArgs {
         let tokens = SigningTokens::single(&self.read_token()?).context("the token is empty")?;
         let timestamp = match self.timestamp {
             Some(timestamp) => timestamp.to_string(),
-            None => jiff::Timestamp::now().as_second().to_string(),
+            None => timestamp_now(),
         };
         let nonce = match &self.nonce {
             Some(nonce) if nonce.chars().count() != NONCE_LENGTH => {
@@ -107,39 +131,46 @@ impl CallArgs {
             Some(nonce) => nonce.clone(),
             None => random_nonce()?,
         };
-        let path = status_path(&self.project.to_string(), &self.control.to_string());
-        let message = signed_string(&timestamp, &nonce, &path, self.status.as_str());
-        let signature = sign(tokens.current(), message.as_bytes());
-        Ok(SignedCall {
-            path,
-            status: self.status,
+        Ok(SignedCall::new(
+            tokens.current(),
+            self.project,
+            self.control,
+            self.status,
             timestamp,
             nonce,
-            signature,
-            signed_string: message,
-        })
+        ))
     }
 
     fn read_token(&self) -> anyhow::Result<Vec<u8>> {
-        if let Some(path) = &self.token_file {
-            return std::fs::read(path)
-                .with_context(|| format!("cannot read --token-file {}", path.display()));
-        }
-        if let Some(var) = &self.token_env {
-            return std::env::var(var)
-                .map(String::into_bytes)
-                .with_context(|| format!("environment variable {var} is not set"));
-        }
-        let mut token = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut token)
-            .context("cannot read the token from stdin")?;
-        Ok(token)
+        read_token(self.token_file.as_deref(), self.token_env.as_deref())
     }
+}
+
+/// The token from `file`, else from the environment variable `var`, else from stdin.
+fn read_token(file: Option<&Path>, var: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = file {
+        return std::fs::read(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()));
+    }
+    if let Some(var) = var {
+        return std::env::var(var)
+            .map(String::into_bytes)
+            .with_context(|| format!("environment variable {var} is not set"));
+    }
+    let mut token = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut token)
+        .context("cannot read the token from stdin")?;
+    Ok(token)
 }
 
 fn parse_status(text: &str) -> Result<ControlStatus, String> {
     ControlStatus::from_report(text).ok_or_else(|| format!("{text:?} is not pass or fail"))
+}
+
+/// Now, as a call's timestamp: Unix seconds, decimal.
+fn timestamp_now() -> String {
+    jiff::Timestamp::now().as_second().to_string()
 }
 
 fn random_nonce() -> anyhow::Result<String> {

@@ -1,0 +1,189 @@
+//! The pure per-call verification core, without HTTP or a store: what each signed call costs
+//! before its write, step by step, next to a raw HMAC-SHA256.
+//!
+//!     cargo bench --bench verify
+//!
+//! A call here is parsing the three headers, the timestamp window, the signed string, the
+//! HMAC check (constant-time compare) and the replay check against a control that remembers
+//! `RECENT_NONCES` nonces (none of them the call's, so the check looks at all of them).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use extctl::core::freshness::TimestampWindow;
+use extctl::core::protocol::{Rejection, SignatureHeaders};
+use extctl::core::report;
+use extctl::core::signature::{sign, signed_string, status_path};
+use extctl::core::tokens::SigningTokens;
+use extctl::crd::{ExternalControlStatus, RecentNonce};
+use hmac::{Hmac, KeyInit, Mac};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::Sha256;
+
+const TOKEN: &[u8] = b"bench-token-value";
+/// Nonces a control remembers: a checker calling every 150 ms, over GitLab's 15 s window.
+const RECENT_NONCES: usize = 100;
+/// Distinct calls cycled through, so no step sees the same input twice in a row.
+const CALLS: usize = 1024;
+
+/// A call as the endpoint receives it: route parameters and the three header values.
+struct Call {
+    project: String,
+    control: String,
+    timestamp: String,
+    nonce: String,
+    signature: String,
+}
+
+fn calls(now: Timestamp) -> Vec<Call> {
+    (0..CALLS)
+        .map(|i| {
+            let (project, control) = ("1".to_owned(), (i % 64 + 1).to_string());
+            let timestamp = (now.as_second() - 1).to_string();
+            let nonce = format!("{:032x}", 0xc0ffee_u128 * (i as u128 + 1));
+            let message =
+                signed_string(&timestamp, &nonce, &status_path(&project, &control), "pass");
+            let signature = sign(TOKEN, message.as_bytes());
+            Call {
+                project,
+                control,
+                timestamp,
+                nonce,
+                signature,
+            }
+        })
+        .collect()
+}
+
+/// A status remembering `RECENT_NONCES` unexpired nonces, none used by [`calls`].
+fn status_with_nonces(now: Timestamp) -> ExternalControlStatus {
+    let expires_at = Time(now + SignedDuration::from_secs(14));
+    ExternalControlStatus {
+        recent_nonces: (0..RECENT_NONCES)
+            .map(|i| RecentNonce {
+                nonce: format!("{:032x}", 0xbad_u128 * (i as u128 + 1)),
+                expires_at: expires_at.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The replay check, alone here so another implementation is one change away.
+fn nonce_unused(
+    status: &ExternalControlStatus,
+    nonce: &str,
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    report::ensure_nonce_unused(Some(status), nonce, now)
+}
+
+/// Every pure check of one call, in the endpoint's order (see `endpoint::verify`).
+fn verify_call(
+    call: &Call,
+    tokens: &SigningTokens,
+    status: &ExternalControlStatus,
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    let headers = SignatureHeaders::new(
+        Some(&call.timestamp),
+        Some(&call.nonce),
+        Some(&call.signature),
+    )?;
+    TimestampWindow::default().check(headers.timestamp, now)?;
+    let path = status_path(&call.project, &call.control);
+    let message = signed_string(headers.timestamp, headers.nonce, &path, "pass");
+    if !tokens.verify(message.as_bytes(), headers.signature) {
+        return Err(Rejection::InvalidSignature);
+    }
+    headers.check_nonce_format()?;
+    nonce_unused(status, headers.nonce, now)
+}
+
+/// Runs `step` over the calls in turn, one call per iteration.
+fn each_call(c: &mut Criterion, name: &str, calls: &[Call], mut step: impl FnMut(&Call)) {
+    let mut i = 0;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % calls.len();
+            step(black_box(&calls[i]));
+        })
+    });
+}
+
+fn verification(c: &mut Criterion) {
+    let now = Timestamp::now();
+    let calls = calls(now);
+    let tokens = SigningTokens::single(TOKEN).unwrap();
+    let status = status_with_nonces(now);
+    let window = TimestampWindow::default();
+    assert!(
+        calls
+            .iter()
+            .all(|call| verify_call(call, &tokens, &status, now).is_ok())
+    );
+
+    each_call(c, "call: all checks", &calls, |call| {
+        black_box(verify_call(call, &tokens, &status, now)).unwrap();
+    });
+    each_call(c, "step: headers", &calls, |call| {
+        let headers = SignatureHeaders::new(
+            Some(&call.timestamp),
+            Some(&call.nonce),
+            Some(&call.signature),
+        );
+        black_box(headers).unwrap();
+    });
+    each_call(c, "step: timestamp window", &calls, |call| {
+        black_box(window.check(&call.timestamp, now)).unwrap();
+    });
+    each_call(c, "step: signed string", &calls, |call| {
+        let path = status_path(&call.project, &call.control);
+        black_box(signed_string(&call.timestamp, &call.nonce, &path, "pass"));
+    });
+    let messages: Vec<String> = calls
+        .iter()
+        .map(|call| {
+            let path = status_path(&call.project, &call.control);
+            signed_string(&call.timestamp, &call.nonce, &path, "pass")
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function("step: HMAC verify (hex, constant time)", |b| {
+        b.iter(|| {
+            i = (i + 1) % calls.len();
+            let valid = tokens.verify(black_box(messages[i].as_bytes()), &calls[i].signature);
+            assert!(black_box(valid));
+        })
+    });
+    // Inside the HMAC verify above: the signature decoded from hex before the compare.
+    c.bench_function("part of HMAC verify: hex::decode of the signature", |b| {
+        b.iter(|| {
+            i = (i + 1) % calls.len();
+            black_box(hex::decode(black_box(&calls[i].signature))).unwrap();
+        })
+    });
+    let nonces = format!("step: nonce unused ({RECENT_NONCES} remembered)");
+    each_call(c, &nonces, &calls, |call| {
+        black_box(nonce_unused(&status, &call.nonce, now)).unwrap();
+    });
+    c.bench_function("raw HMAC-SHA256 (same message length)", |b| {
+        b.iter(|| {
+            i = (i + 1) % calls.len();
+            let mut mac = Hmac::<Sha256>::new_from_slice(black_box(TOKEN)).unwrap();
+            mac.update(black_box(messages[i].as_bytes()));
+            black_box(mac.finalize().into_bytes());
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = verification
+}
+criterion_main!(benches);
