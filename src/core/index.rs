@@ -97,9 +97,9 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
         collect(self.by_id.get(&control_id))
     }
 
-    /// How many controls claim `control_id`.
-    pub fn claimants(&self, control_id: i64) -> usize {
-        self.by_id.get(&control_id).map_or(0, BTreeSet::len)
+    /// The controls claiming `control_id`, in key order, without copying them.
+    pub fn with_id_iter(&self, control_id: i64) -> impl Iterator<Item = &K> {
+        self.by_id.get(&control_id).into_iter().flatten()
     }
 
     /// The controls that reference `secret`.
@@ -154,7 +154,7 @@ mod tests {
         index.upsert("c", entry(8, "t"));
         assert_eq!(index.with_id(7), ["a"]);
         assert_eq!(index.with_id(8), ["b", "c"]);
-        assert_eq!(index.claimants(8), 2);
+        assert_eq!(index.with_id_iter(8).count(), 2);
         assert!(index.with_id(9).is_empty());
         assert_eq!(index.using_secret(&secret("s")), ["a", "b"]);
         assert_eq!(index.len(), 3);

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::checker::shell_quote;
 use crate::core::tokens::SigningTokens;
-use crate::crd::{ExternalControl, qualified_name};
+use crate::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
 use crate::notify::Notifier;
 use crate::reconciler::{ControlStore, Reconciler, duration_until};
@@ -103,10 +103,10 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reconciles each control when it changed (any write to it) or when it falls due, as kube-rs's
+/// Reconciles each control at start, when it falls due, and when the store says so, as kube-rs's
 /// Controller does: every control on its own task, one at a time per control, so a slow ping
-/// to one checker does not hold up another control's reset. Only the controls a write touched
-/// are looked at, so the cost of a change does not grow with the number of controls.
+/// to one checker does not hold up another control's reset. Only the controls named are looked
+/// at, so the cost of a change does not grow with the number of controls.
 async fn reconcile_forever(
     reconciler: Arc<Reconciler<MemoryStore, Console>>,
     mut changed: mpsc::UnboundedReceiver<Key>,
@@ -159,9 +159,11 @@ async fn reconcile_forever(
                 match outcome {
                     Ok(Some(at)) => schedule.set(key.clone(), at),
                     Ok(None) => schedule.clear(&key),
-                    // A conflict: a report landed meanwhile, and its write queued this
-                    // control again.
-                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+                    // A conflict: a report landed meanwhile. Look again.
+                    Err(error) => {
+                        tracing::debug!(%error, "reconcile did not complete");
+                        again.insert(key.clone());
+                    }
                 }
                 if again.remove(&key) {
                     ready.push(key);
@@ -292,6 +294,8 @@ async fn introduce(
     let controls = store.controls();
     console.listening(url, controls.len());
     let program = shell_quote(&program_name());
+    // One file per Secret and key, shared by the controls that use it.
+    let mut token_files: HashMap<(String, String, String), PathBuf> = HashMap::new();
     for control in &controls {
         let readiness = store
             .readiness(control)
@@ -304,7 +308,20 @@ async fn introduce(
                 let file = match &settings.token_file {
                     // Absolute, so the line works from any directory.
                     Some(file) if uses_flag_secret => std::path::absolute(file)?,
-                    _ => write_token_file(token_dir, control, tokens.current())?,
+                    _ => {
+                        let secret = (
+                            control.namespace().unwrap_or_default(),
+                            control.spec.secret_ref.name.clone(),
+                            control.spec.secret_ref.key.clone(),
+                        );
+                        match token_files.get(&secret) {
+                            Some(file) => file.clone(),
+                            None => {
+                                let file = write_token_file(token_dir, &secret, tokens.current())?;
+                                token_files.entry(secret).or_insert(file).clone()
+                            }
+                        }
+                    }
                 };
                 Some(format!(
                     "{program} send --url {} --project {} --control {} --status pass \
@@ -322,24 +339,22 @@ async fn introduce(
     Ok(())
 }
 
+/// Writes the token of `(namespace, secret, key)` to an owner-only file in `dir`.
 fn write_token_file(
     dir: &Path,
-    control: &ExternalControl,
+    (namespace, secret, key): &(String, String, String),
     token: &[u8],
 ) -> anyhow::Result<PathBuf> {
-    // `_` occurs in neither namespaces nor names: one file per control.
-    let file = dir.join(format!(
-        "{}_{}.token",
-        control.namespace().unwrap_or_default(),
-        control.name_any()
-    ));
+    // `_` occurs in neither namespaces nor Secret names, and the key comes last: one file per
+    // Secret and key.
+    let file = dir.join(format!("{namespace}_{secret}_{key}.token"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut handle = options
         .open(&file)
-        .with_context(|| format!("cannot write the token file of {}", qualified_name(control)))?;
+        .with_context(|| format!("cannot write the token file of Secret {namespace}/{secret}"))?;
     std::io::Write::write_all(&mut handle, token)?;
     Ok(file)
 }

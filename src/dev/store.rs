@@ -4,11 +4,14 @@
 //! conditional write against an older one is a conflict, and a report is stored atomically
 //! with its nonce.
 //!
-//! Every cost is O(1) in the number of controls and in the call rate: controls are shared
-//! (`Arc`) rather than copied, found through an index by id and by Secret, nonces live in a
-//! set per control, and each write tells the reconcile loop which control changed.
+//! Every cost of a call is O(1) in the number of controls and in the call rate: the set of
+//! controls and Secrets is fixed at start (indexed by id, each control's readiness and tokens
+//! worked out once), each control has its own lock, nonces live in a set, and a report is
+//! kept beside the control's object rather than written into a copy of it: the object is
+//! brought up to date only when the reconciler reads it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
@@ -26,7 +29,9 @@ use crate::core::readiness::Readiness;
 use crate::core::report::{Report, current_status};
 use crate::core::schedule::to_microsecond;
 use crate::core::tokens::SigningTokens;
-use crate::crd::{ExternalControl, ExternalControlStatus, PingOutcome, qualified_name};
+use crate::crd::{
+    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
+};
 use crate::reconciler::{ControlStore, Journal};
 use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
 
@@ -36,20 +41,47 @@ pub type Key = (String, String);
 /// A cheap handle; clones share the same state.
 #[derive(Clone)]
 pub struct MemoryStore {
-    state: Arc<Mutex<State>>,
+    controls: Arc<Controls>,
+    /// The last resourceVersion handed out, like the API server's revision.
+    revision: Arc<AtomicU64>,
     changes: mpsc::UnboundedSender<Key>,
     console: Console,
 }
 
-#[derive(Default)]
-struct State {
-    controls: BTreeMap<Key, Arc<ExternalControl>>,
+/// Fixed once loaded: `extctl dev` creates and deletes nothing.
+struct Controls {
+    cells: BTreeMap<Key, Mutex<Cell>>,
     index: ControlIndex<Key>,
-    secrets: HashMap<Key, Secret>,
-    /// Nonces of accepted calls, per control.
-    nonces: HashMap<Key, NonceSet>,
-    /// The last resourceVersion handed out, like the API server's revision.
+}
+
+/// One control's state.
+struct Cell {
+    /// The control as last written by the reconciler (or as loaded).
+    object: Arc<ExternalControl>,
+    /// A checker's report stored since (status, when), not yet folded into `object`.
+    reported: Option<(ControlStatus, MicroTime)>,
+    /// This control's resourceVersion.
     revision: u64,
+    nonces: NonceSet,
+    readiness: Readiness,
+    tokens: Result<SigningTokens, String>,
+}
+
+impl Cell {
+    /// The control as stored now, the last report folded in.
+    fn current(&mut self) -> Arc<ExternalControl> {
+        let revision = Some(self.revision.to_string());
+        if self.reported.is_some() || self.object.metadata.resource_version != revision {
+            let object = Arc::make_mut(&mut self.object);
+            if let Some((status, at)) = self.reported.take() {
+                let stored = object.status.get_or_insert_default();
+                stored.status = Some(status);
+                stored.last_update_time = Some(at);
+            }
+            object.metadata.resource_version = revision;
+        }
+        self.object.clone()
+    }
 }
 
 /// Why the reconciler's write was not stored.
@@ -62,127 +94,103 @@ pub enum WriteError {
     NotFound(String),
 }
 
-impl WriteError {
-    fn of(control: &ExternalControl, error: UpdateError) -> Self {
-        match error {
-            UpdateError::Conflict => Self::Conflict(qualified_name(control)),
-            _ => Self::NotFound(qualified_name(control)),
-        }
-    }
-}
-
 impl MemoryStore {
     /// Creates the objects as the API server would: namespace defaulted, creation time,
-    /// generation 1 and a resourceVersion set. The receiver tells of every control written
-    /// (each control once at the start).
+    /// generation 1 and a resourceVersion set. The receiver tells which controls need a look
+    /// (each control once at the start, then those whose ping outcome was written).
     pub fn new(
         controls: Vec<ExternalControl>,
         secrets: Vec<Secret>,
         console: Console,
     ) -> (Self, mpsc::UnboundedReceiver<Key>) {
         let now = Timestamp::now();
-        let mut state = State::default();
+        let mut revision = 0;
+        let mut created = |metadata: &mut kube::api::ObjectMeta| {
+            revision += 1;
+            metadata
+                .namespace
+                .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+            metadata.creation_timestamp = Some(Time(now));
+            metadata.resource_version = Some(revision.to_string());
+            revision
+        };
+        let mut secrets_by_key = HashMap::new();
         for mut secret in secrets {
-            state.created(&mut secret.metadata, now);
-            state.secrets.insert(key(&secret), secret);
+            created(&mut secret.metadata);
+            secrets_by_key.insert(key(&secret), secret);
         }
-        let (changes, changed) = mpsc::unbounded_channel();
+        let mut objects = Vec::new();
+        let mut index = ControlIndex::default();
         for mut control in controls {
-            state.created(&mut control.metadata, now);
+            let revision = created(&mut control.metadata);
             control.metadata.generation = Some(1);
-            let key = key(&control);
-            state.index.upsert(key.clone(), Entry::of(&control));
-            state
-                .controls
-                .insert(key.clone(), Arc::new(as_stored(&control)));
-            let _ = changes.send(key);
+            index.upsert(key(&control), Entry::of(&control));
+            objects.push((as_stored(&control), revision));
+        }
+        let cells = objects
+            .into_iter()
+            .map(|(control, revision)| {
+                let secret = secrets_by_key.get(&Entry::of(&control).secret);
+                let claimants = index.with_id(control.spec.control_id);
+                let others = claimants
+                    .iter()
+                    .filter_map(|k| (*k != key(&control)).then(|| qualified_name_of(k)));
+                let readiness = Readiness::evaluate(&control, secret, others.collect());
+                let cell = Cell {
+                    tokens: SigningTokens::for_control(&control, secret),
+                    readiness,
+                    object: Arc::new(control),
+                    reported: None,
+                    revision,
+                    nonces: NonceSet::default(),
+                };
+                (key(cell.object.as_ref()), Mutex::new(cell))
+            })
+            .collect::<BTreeMap<_, _>>();
+        let (changes, changed) = mpsc::unbounded_channel();
+        for key in cells.keys() {
+            let _ = changes.send(key.clone());
         }
         let store = Self {
-            state: Arc::new(Mutex::new(state)),
+            controls: Arc::new(Controls { cells, index }),
+            revision: Arc::new(AtomicU64::new(revision)),
             changes,
             console,
         };
         (store, changed)
     }
 
-    /// Every control, as stored now (shared, not copied).
+    /// Every control, as stored now.
     pub fn controls(&self) -> Vec<Arc<ExternalControl>> {
-        self.lock().controls.values().cloned().collect()
+        let cells = self.controls.cells.values();
+        cells.map(|cell| lock(cell).current()).collect()
     }
 
     /// One control, as stored now.
     pub fn get(&self, key: &Key) -> Option<Arc<ExternalControl>> {
-        self.lock().controls.get(key).cloned()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-written object: every write is
-        // one assignment. Keep serving rather than poison every later call.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Applies `change` to the stored control's status when `expected` (a resourceVersion) is
-    /// still current, or unconditionally when it is `None`; bumps the resourceVersion and
-    /// tells the reconcile loop.
-    fn update<T>(
-        &self,
-        control: &ExternalControl,
-        expected: Option<&str>,
-        change: impl FnOnce(&mut State, &Key) -> Result<(T, ExternalControlStatus), Rejection>,
-    ) -> Result<T, UpdateError> {
-        let key = key(control);
-        let mut state = self.lock();
-        let stored = state.controls.get(&key).ok_or(UpdateError::NotFound)?;
-        if expected
-            .is_some_and(|version| stored.metadata.resource_version.as_deref() != Some(version))
-        {
-            return Err(UpdateError::Conflict);
-        }
-        let (outcome, status) = change(&mut state, &key).map_err(UpdateError::Rejected)?;
-        let revision = state.revision + 1;
-        state.revision = revision;
-        let stored = state
-            .controls
-            .get_mut(&key)
-            .expect("checked above, under the same lock");
-        // Copies the control only while a reader still holds the previous version.
-        let written = Arc::make_mut(stored);
-        written.status = Some(status);
-        written.metadata.resource_version = Some(revision.to_string());
-        drop(state);
-        let _ = self.changes.send(key);
-        Ok(outcome)
-    }
-}
-
-enum UpdateError {
-    NotFound,
-    Conflict,
-    Rejected(Rejection),
-}
-
-impl State {
-    fn created(&mut self, metadata: &mut kube::api::ObjectMeta, now: Timestamp) {
-        self.revision += 1;
-        metadata
-            .namespace
-            .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
-        metadata.creation_timestamp = Some(Time(now));
-        metadata.resource_version = Some(self.revision.to_string());
-    }
-
-    fn secret_of(&self, control: &ExternalControl) -> Option<&Secret> {
-        self.secrets.get(&Entry::of(control).secret)
-    }
-
-    fn status_of(&self, key: &Key) -> ExternalControlStatus {
         self.controls
+            .cells
             .get(key)
-            .and_then(|control| control.status.clone())
-            .unwrap_or_default()
+            .map(|cell| lock(cell).current())
     }
+
+    fn cell(&self, control: &ExternalControl) -> Option<MutexGuard<'_, Cell>> {
+        self.controls.cells.get(&key(control)).map(lock)
+    }
+
+    fn next_revision(&self) -> u64 {
+        self.revision.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+fn lock(cell: &Mutex<Cell>) -> MutexGuard<'_, Cell> {
+    // A panic while holding the lock cannot leave a half-written control: every write is a
+    // few assignments. Keep serving rather than poison every later call.
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn qualified_name_of((namespace, name): &Key) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// `value` as it reads back from the API server: through JSON, so times have the precision
@@ -193,7 +201,7 @@ fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T 
         .expect("extctl's own types read back what they write")
 }
 
-pub fn key(object: &impl ResourceExt) -> Key {
+fn key(object: &impl ResourceExt) -> Key {
     (object.namespace().unwrap_or_default(), object.name_any())
 }
 
@@ -202,10 +210,13 @@ impl ControlRegistry for MemoryStore {
         true
     }
 
+    /// The control's object as last written by the reconciler: its spec and name are what the
+    /// endpoint needs (a report since is kept beside it, see [`Cell`]).
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
-        let state = self.lock();
-        let claimants = state.index.with_id(control_id);
-        the_only(claimants.iter().filter_map(|key| state.controls.get(key))).cloned()
+        let controls = &self.controls;
+        let claimants = controls.index.with_id_iter(control_id);
+        let cell = the_only(claimants.filter_map(|key| controls.cells.get(key)))?;
+        Ok(lock(cell).object.clone())
     }
 
     async fn tokens(
@@ -213,8 +224,8 @@ impl ControlRegistry for MemoryStore {
         control: &ExternalControl,
         _: Freshness,
     ) -> Result<SigningTokens, String> {
-        // Secrets in memory are always current.
-        SigningTokens::for_control(control, self.lock().secret_of(control))
+        // Secrets in memory do not change.
+        self.signing_tokens(control).await
     }
 
     async fn record(
@@ -222,29 +233,26 @@ impl ControlRegistry for MemoryStore {
         control: &ExternalControl,
         report: Report,
     ) -> Result<Recorded, Rejection> {
-        // Checked and written under one lock: the nonce check sees every earlier report.
-        let write = self.update(control, None, |state, key| {
-            state.nonces.entry(key.clone()).or_default().admit(
-                &report.nonce,
-                report.nonce_expires_at,
-                report.received_at,
-            )?;
-            let mut status = state.status_of(key);
-            let previous = current_status(Some(&status));
-            status.status = Some(report.status);
-            status.last_update_time = Some(MicroTime(to_microsecond(report.received_at)));
-            let recorded = Recorded {
+        let recorded = {
+            let mut cell = self.cell(control).ok_or(Rejection::ControlNotFound)?;
+            // Checked and written under the control's lock: the nonce check sees every earlier
+            // report.
+            cell.nonces
+                .admit(&report.nonce, report.nonce_expires_at, report.received_at)?;
+            let previous = match cell.reported {
+                Some((status, _)) => status,
+                None => current_status(cell.object.status.as_ref()),
+            };
+            let at = MicroTime(to_microsecond(report.received_at));
+            cell.reported = Some((report.status, at));
+            cell.revision = self.next_revision();
+            Recorded {
                 previous,
                 stored: report.status,
-            };
-            Ok((recorded, status))
-        });
-        let recorded = match write {
-            Ok(recorded) => recorded,
-            Err(UpdateError::Rejected(rejection)) => return Err(rejection),
-            Err(UpdateError::NotFound) => return Err(Rejection::ControlNotFound),
-            Err(UpdateError::Conflict) => unreachable!("an unconditional update cannot conflict"),
+            }
         };
+        // No reconcile needed: a report moves neither the schedule nor readiness, and a due
+        // reset or timeout reads it when it comes.
         if let Some(change) = recorded.change() {
             self.console.status_changed(control, change);
         }
@@ -256,25 +264,20 @@ impl ControlStore for MemoryStore {
     type Error = WriteError;
 
     async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, WriteError> {
-        let state = self.lock();
-        let claimants = state.index.with_id(control.spec.control_id);
-        let claimants = claimants
-            .iter()
-            .filter_map(|key| state.controls.get(key))
-            .map(AsRef::as_ref);
-        Ok(Readiness::among(
-            control,
-            state.secret_of(control),
-            claimants,
-        ))
+        let cell = self.cell(control);
+        let cell = cell.ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+        Ok(cell.readiness.clone())
     }
 
     async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        SigningTokens::for_control(control, self.lock().secret_of(control))
+        match self.cell(control) {
+            Some(cell) => cell.tokens.clone(),
+            None => Err(format!("{} is gone", qualified_name(control))),
+        }
     }
 
     fn recheck_not_ready(&self) -> Option<std::time::Duration> {
-        // Every change is told through the store itself.
+        // Nothing changes in memory that could make a control ready.
         None
     }
 
@@ -283,14 +286,20 @@ impl ControlStore for MemoryStore {
         control: &ExternalControl,
         desired: &ExternalControlStatus,
     ) -> Result<(), WriteError> {
-        let version = control.resource_version();
-        self.update(
-            control,
-            Some(version.as_deref().unwrap_or_default()),
-            // The version matched, so `desired` was computed from exactly this status.
-            |_, _| Ok(((), as_stored(desired))),
-        )
-        .map_err(|error| WriteError::of(control, error))
+        let mut cell = self
+            .cell(control)
+            .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+        let current = Some(cell.revision.to_string());
+        if control.metadata.resource_version != current {
+            return Err(WriteError::Conflict(qualified_name(control)));
+        }
+        // The version matched, so `desired` was computed from exactly this status.
+        let mut object = (*cell.current()).clone();
+        object.status = Some(as_stored(desired));
+        cell.revision = self.next_revision();
+        object.metadata.resource_version = Some(cell.revision.to_string());
+        cell.object = Arc::new(object);
+        Ok(())
     }
 
     async fn write_last_ping(
@@ -298,16 +307,23 @@ impl ControlStore for MemoryStore {
         control: &ExternalControl,
         outcome: &PingOutcome,
     ) -> Result<(), WriteError> {
-        self.update(control, None, |state, key| {
-            let mut status = state.status_of(key);
+        {
+            let mut cell = self
+                .cell(control)
+                .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+            cell.current();
+            let object = Arc::make_mut(&mut cell.object);
+            let status = object.status.get_or_insert_default();
             // Only onto the round it belongs to, as on Kubernetes (compared as stored: in
             // microseconds).
             if status.last_ping_time == Some(as_stored(&outcome.time)) {
                 status.last_ping = Some(as_stored(outcome));
             }
-            Ok(((), status))
-        })
-        .map_err(|error| WriteError::of(control, error))
+            cell.revision = self.next_revision();
+        }
+        // The outcome may start a pending timeout: look again.
+        let _ = self.changes.send(key(control));
+        Ok(())
     }
 }
 
