@@ -131,10 +131,11 @@ impl MemoryStore {
             .into_iter()
             .map(|(control, revision)| {
                 let secret = secrets_by_key.get(&Entry::of(&control).secret);
-                let claimants = index.with_id(control.spec.control_id);
-                let others = claimants
-                    .iter()
-                    .filter_map(|k| (*k != key(&control)).then(|| qualified_name_of(k)));
+                let me = key(&control);
+                let others = index
+                    .with_id_iter(control.spec.control_id)
+                    .filter(|other| **other != me)
+                    .map(qualified_name_of);
                 let readiness = Readiness::evaluate(&control, secret, others.collect());
                 let cell = Cell {
                     tokens: SigningTokens::for_control(&control, secret),
