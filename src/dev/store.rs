@@ -50,8 +50,18 @@ pub struct MemoryStore {
 
 /// Fixed once loaded: `extctl dev` creates and deletes nothing.
 struct Controls {
-    cells: BTreeMap<Key, Mutex<Cell>>,
-    index: ControlIndex<Key>,
+    /// In `(namespace, name)` order.
+    cells: Vec<Mutex<Cell>>,
+    /// Namespace, then name, to the cell's position: looked up by `&str`, no key built.
+    positions: HashMap<String, HashMap<String, usize>>,
+    /// By `controlId` (and Secret), to positions.
+    index: ControlIndex<usize>,
+}
+
+impl Controls {
+    fn position(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.positions.get(namespace)?.get(name).copied()
+    }
 }
 
 /// One control's state.
@@ -119,23 +129,29 @@ impl MemoryStore {
             created(&mut secret.metadata);
             secrets_by_key.insert(key(&secret), secret);
         }
-        let mut objects = Vec::new();
-        let mut index = ControlIndex::default();
+        let mut objects = BTreeMap::new();
         for mut control in controls {
             let revision = created(&mut control.metadata);
             control.metadata.generation = Some(1);
-            index.upsert(key(&control), Entry::of(&control));
-            objects.push((as_stored(&control), revision));
+            objects.insert(key(&control), (as_stored(&control), revision));
         }
-        let cells = objects
-            .into_iter()
-            .map(|(control, revision)| {
+        let mut index = ControlIndex::default();
+        let mut positions: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        for (at, ((namespace, name), (control, _))) in objects.iter().enumerate() {
+            index.upsert(at, Entry::of(control));
+            let names = positions.entry(namespace.clone()).or_default();
+            names.insert(name.clone(), at);
+        }
+        let keys: Vec<Key> = objects.keys().cloned().collect();
+        let cells: Vec<Mutex<Cell>> = objects
+            .into_values()
+            .enumerate()
+            .map(|(at, (control, revision))| {
                 let secret = secrets_by_key.get(&Entry::of(&control).secret);
-                let me = key(&control);
                 let others = index
                     .with_id_iter(control.spec.control_id)
-                    .filter(|other| **other != me)
-                    .map(qualified_name_of);
+                    .filter(|other| **other != at)
+                    .map(|other| qualified_name_of(&keys[*other]));
                 let readiness = Readiness::evaluate(&control, secret, others.collect());
                 let cell = Cell {
                     tokens: SigningTokens::for_control(&control, secret),
@@ -145,15 +161,20 @@ impl MemoryStore {
                     revision,
                     nonces: NonceSet::default(),
                 };
-                (key(cell.object.as_ref()), Mutex::new(cell))
+                Mutex::new(cell)
             })
-            .collect::<BTreeMap<_, _>>();
+            .collect();
         let (changes, changed) = mpsc::unbounded_channel();
-        for key in cells.keys() {
-            let _ = changes.send(key.clone());
+        for cell in &cells {
+            let _ = changes.send(key(lock(cell).object.as_ref()));
         }
+        let controls = Controls {
+            cells,
+            positions,
+            index,
+        };
         let store = Self {
-            controls: Arc::new(Controls { cells, index }),
+            controls: Arc::new(controls),
             revision: Arc::new(AtomicU64::new(revision)),
             changes,
             console,
@@ -163,20 +184,22 @@ impl MemoryStore {
 
     /// Every control, as stored now.
     pub fn controls(&self) -> Vec<Arc<ExternalControl>> {
-        let cells = self.controls.cells.values();
+        let cells = self.controls.cells.iter();
         cells.map(|cell| lock(cell).current()).collect()
     }
 
     /// One control, as stored now.
     pub fn get(&self, key: &Key) -> Option<Arc<ExternalControl>> {
-        self.controls
-            .cells
-            .get(key)
-            .map(|cell| lock(cell).current())
+        let at = self.controls.position(&key.0, &key.1)?;
+        Some(lock(&self.controls.cells[at]).current())
     }
 
     fn cell(&self, control: &ExternalControl) -> Option<MutexGuard<'_, Cell>> {
-        self.controls.cells.get(&key(control)).map(lock)
+        let metadata = &control.metadata;
+        let namespace = metadata.namespace.as_deref().unwrap_or_default();
+        let name = metadata.name.as_deref().unwrap_or_default();
+        let at = self.controls.position(namespace, name)?;
+        Some(lock(&self.controls.cells[at]))
     }
 
     fn next_revision(&self) -> u64 {
@@ -216,7 +239,7 @@ impl ControlRegistry for MemoryStore {
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let controls = &self.controls;
         let claimants = controls.index.with_id_iter(control_id);
-        let cell = the_only(claimants.filter_map(|key| controls.cells.get(key)))?;
+        let cell = the_only(claimants.map(|at| &controls.cells[*at]))?;
         Ok(lock(cell).object.clone())
     }
 

@@ -63,9 +63,17 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(essence.trim().to_ascii_lowercase())
 }
 
+/// `{"status": "..."}`, other members ignored; a body that is not such an object has none.
+#[derive(serde::Deserialize)]
+struct JsonBody<'a> {
+    #[serde(borrow)]
+    status: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn status_from_json(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("status")?.as_str().map(str::to_owned)
+    // Typed rather than a `serde_json::Value`: no map built per call.
+    let body: JsonBody = serde_json::from_slice(body).ok()?;
+    body.status.map(std::borrow::Cow::into_owned)
 }
 
 fn status_from_form(form: &[u8]) -> Option<String> {
