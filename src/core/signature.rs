@@ -16,12 +16,25 @@ const SIGNATURE_HEX_LEN: usize = 64;
 
 /// The request path GitLab signs for a status update of `control` in `project`.
 pub fn status_path(project: &str, control: &str) -> String {
-    format!("/api/v4/projects/{project}/compliance_external_controls/{control}/status")
+    concat(&[
+        "/api/v4/projects/",
+        project,
+        "/compliance_external_controls/",
+        control,
+        "/status",
+    ])
 }
 
 /// The exact string a checker signs: `timestamp + nonce + path + "status=" + status`.
 pub fn signed_string(timestamp: &str, nonce: &str, path: &str, status: &str) -> String {
-    format!("{timestamp}{nonce}{path}status={status}")
+    concat(&[timestamp, nonce, path, "status=", status])
+}
+
+/// `parts` joined, in one allocation (this is on every call's path; `format!` costs more).
+fn concat(parts: &[&str]) -> String {
+    let mut text = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    parts.iter().for_each(|part| text.push_str(part));
+    text
 }
 
 /// Lowercase hex HMAC-SHA256 of `message` keyed with `token`.
@@ -34,17 +47,29 @@ pub fn sign(token: &[u8], message: &[u8]) -> String {
 /// Uppercase hex is rejected because GitLab compares the hex strings themselves; a checker that
 /// works against extctl must also work against GitLab.
 pub fn verify(token: &[u8], message: &[u8], signature: &str) -> bool {
-    let is_lowercase_hex = signature.len() == SIGNATURE_HEX_LEN
-        && signature
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    // Into a fixed array: no allocation on the hot path.
-    let mut expected = [0_u8; SIGNATURE_HEX_LEN / 2];
-    if hex::decode_to_slice(signature, &mut expected).is_err() {
+    let Some(expected) = lowercase_hex_digest(signature) else {
         return false;
+    };
+    // `verify_slice` compares in constant time; reading the hex leaks only its format.
+    keyed(token, message).verify_slice(&expected).is_ok()
+}
+
+/// The 32 bytes that 64 lowercase hex digits spell, or `None` for anything else. Into a fixed
+/// array, without the `hex` crate's generic decoder: this runs on every call.
+fn lowercase_hex_digest(signature: &str) -> Option<[u8; SIGNATURE_HEX_LEN / 2]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
     }
-    // `verify_slice` compares in constant time; the format check above leaks only the format.
-    is_lowercase_hex && keyed(token, message).verify_slice(&expected).is_ok()
+    let digits: &[u8; SIGNATURE_HEX_LEN] = signature.as_bytes().try_into().ok()?;
+    let mut bytes = [0_u8; SIGNATURE_HEX_LEN / 2];
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(bytes)
 }
 
 fn keyed(token: &[u8], message: &[u8]) -> HmacSha256 {
@@ -133,6 +158,27 @@ mod tests {
             );
         }
         assert!(!verify(b"bar", good.as_bytes(), v.6));
+    }
+
+    #[test]
+    fn reads_exactly_64_lowercase_hex_digits() {
+        let v = &VECTORS[0];
+        let expected: [u8; 32] = hex::decode(v.6).unwrap().try_into().unwrap();
+        assert_eq!(lowercase_hex_digest(v.6), Some(expected));
+        let all_digits = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            lowercase_hex_digest(&all_digits).map(|d| d.to_vec()),
+            Some(hex::decode(&all_digits).unwrap())
+        );
+        for bad in [
+            &v.6.to_uppercase(),
+            &format!("0x{}", &v.6[..62]),
+            &v.6[..63],
+            &format!("{} ", &v.6[..63]),
+            &format!("{}é", &v.6[..62]),
+        ] {
+            assert_eq!(lowercase_hex_digest(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
