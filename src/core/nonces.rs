@@ -14,9 +14,23 @@ use super::protocol::Rejection;
 
 #[derive(Debug, Default)]
 pub struct NonceSet {
-    seen: HashSet<String>,
+    seen: HashSet<NonceKey>,
     /// The same nonces, soonest expiry first, to forget them in order.
-    expiries: BinaryHeap<Reverse<(Timestamp, String)>>,
+    expiries: BinaryHeap<Reverse<(Timestamp, NonceKey)>>,
+}
+
+/// A nonce as a fixed 32 bytes, kept inline (no allocation, a compact set): the nonce itself
+/// when it is 32 bytes long (every ASCII nonce the protocol admits), else its SHA-256.
+type NonceKey = [u8; 32];
+
+fn nonce_key(nonce: &str) -> NonceKey {
+    match nonce.as_bytes().try_into() {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            use sha2::Digest;
+            sha2::Sha256::digest(nonce.as_bytes()).into()
+        }
+    }
 }
 
 impl NonceSet {
@@ -29,11 +43,11 @@ impl NonceSet {
         now: Timestamp,
     ) -> Result<(), Rejection> {
         self.forget_expired(now);
-        if self.seen.contains(nonce) {
+        let key = nonce_key(nonce);
+        if !self.seen.insert(key) {
             return Err(Rejection::InvalidNonce);
         }
-        self.seen.insert(nonce.to_owned());
-        self.expiries.push(Reverse((expires_at, nonce.to_owned())));
+        self.expiries.push(Reverse((expires_at, key)));
         Ok(())
     }
 
@@ -50,8 +64,8 @@ impl NonceSet {
             if *expires_at > now {
                 break;
             }
-            if let Some(Reverse((_, nonce))) = self.expiries.pop() {
-                self.seen.remove(&nonce);
+            if let Some(Reverse((_, key))) = self.expiries.pop() {
+                self.seen.remove(&key);
             }
         }
     }
@@ -79,6 +93,21 @@ mod tests {
         // The same rule as `report::ensure_nonce_unused`: expired at exactly `expires_at`.
         set.admit("a", at(30), at(15)).unwrap();
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn nonces_of_any_length_are_told_apart() {
+        let mut set = NonceSet::default();
+        let thirty_two = "0123456789abcdef0123456789abcdef";
+        let multibyte = "é123456789abcdef0123456789abcde";
+        for nonce in [thirty_two, multibyte, "short", ""] {
+            set.admit(nonce, at(15), at(0)).unwrap();
+            assert_eq!(
+                set.admit(nonce, at(15), at(1)),
+                Err(Rejection::InvalidNonce)
+            );
+        }
+        assert_eq!(set.len(), 4);
     }
 
     #[test]
