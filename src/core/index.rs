@@ -6,7 +6,7 @@
 //! Pure and I/O-free; `K` identifies a control (an `ObjectRef` on Kubernetes, a
 //! `(namespace, name)` pair in memory).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use kube::ResourceExt;
@@ -38,8 +38,9 @@ impl Entry {
 #[derive(Debug)]
 pub struct ControlIndex<K> {
     entries: HashMap<K, Entry>,
-    by_id: HashMap<i64, BTreeSet<K>>,
-    by_secret: HashMap<SecretKey, BTreeSet<K>>,
+    /// Sorted, without repeats; small (one control per id, unless duplicated), so a vector.
+    by_id: HashMap<i64, Vec<K>>,
+    by_secret: HashMap<SecretKey, Vec<K>>,
 }
 
 impl<K> Default for ControlIndex<K> {
@@ -59,14 +60,11 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
             return Some(entry);
         }
         let previous = self.remove(&key);
-        self.by_id
-            .entry(entry.control_id)
-            .or_default()
-            .insert(key.clone());
-        self.by_secret
-            .entry(entry.secret.clone())
-            .or_default()
-            .insert(key.clone());
+        insert_into(self.by_id.entry(entry.control_id).or_default(), &key);
+        insert_into(
+            self.by_secret.entry(entry.secret.clone()).or_default(),
+            &key,
+        );
         self.entries.insert(key, entry);
         previous
     }
@@ -117,18 +115,25 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
     }
 }
 
-fn remove_from<I: Eq + Hash, K: Ord>(map: &mut HashMap<I, BTreeSet<K>>, at: &I, key: &K) {
+fn insert_into<K: Clone + Ord>(keys: &mut Vec<K>, key: &K) {
+    if let Err(at) = keys.binary_search(key) {
+        keys.insert(at, key.clone());
+    }
+}
+
+fn remove_from<I: Eq + Hash, K: Ord>(map: &mut HashMap<I, Vec<K>>, at: &I, key: &K) {
     if let Some(keys) = map.get_mut(at) {
-        keys.remove(key);
+        if let Ok(position) = keys.binary_search(key) {
+            keys.remove(position);
+        }
         if keys.is_empty() {
             map.remove(at);
         }
     }
 }
 
-fn collect<K: Clone>(keys: Option<&BTreeSet<K>>) -> Vec<K> {
-    keys.map(|keys| keys.iter().cloned().collect())
-        .unwrap_or_default()
+fn collect<K: Clone>(keys: Option<&Vec<K>>) -> Vec<K> {
+    keys.cloned().unwrap_or_default()
 }
 
 #[cfg(test)]

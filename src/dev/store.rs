@@ -137,7 +137,8 @@ impl MemoryStore {
         }
         let mut index = ControlIndex::default();
         let mut positions: HashMap<String, HashMap<String, usize>> = HashMap::new();
-        for (at, ((namespace, name), (control, _))) in objects.iter().enumerate() {
+        for (at, ((namespace, name), (control, _))) in objects.iter_mut().enumerate() {
+            control.metadata.uid = Some(uid_of(at));
             index.upsert(at, Entry::of(control));
             let names = positions.entry(namespace.clone()).or_default();
             names.insert(name.clone(), at);
@@ -196,6 +197,9 @@ impl MemoryStore {
 
     fn cell(&self, control: &ExternalControl) -> Option<MutexGuard<'_, Cell>> {
         let metadata = &control.metadata;
+        if let Some(at) = metadata.uid.as_deref().and_then(position_of) {
+            return self.controls.cells.get(at).map(lock);
+        }
         let namespace = metadata.namespace.as_deref().unwrap_or_default();
         let name = metadata.name.as_deref().unwrap_or_default();
         let at = self.controls.position(namespace, name)?;
@@ -211,6 +215,18 @@ fn lock(cell: &Mutex<Cell>) -> MutexGuard<'_, Cell> {
     // A panic while holding the lock cannot leave a half-written control: every write is a
     // few assignments. Keep serving rather than poison every later call.
     cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The uid of the control at position `at`: as the API server gives every object a uid, and
+/// one that tells the store where the control is without hashing its name on every call.
+fn uid_of(at: usize) -> String {
+    format!("{UID_PREFIX}{at:012x}")
+}
+
+const UID_PREFIX: &str = "00000000-0000-4000-8000-";
+
+fn position_of(uid: &str) -> Option<usize> {
+    usize::from_str_radix(uid.strip_prefix(UID_PREFIX)?, 16).ok()
 }
 
 fn qualified_name_of((namespace, name): &Key) -> String {
@@ -460,6 +476,15 @@ mod tests {
             .unwrap();
         let recorded = store.controls()[0].status.clone().unwrap().last_ping;
         assert_eq!(recorded, Some(as_stored(&outcome(at(60)))));
+    }
+
+    #[test]
+    fn a_uid_tells_the_position_and_nothing_else_does() {
+        for at in [0, 1, 4095, 100_000] {
+            assert_eq!(position_of(&uid_of(at)), Some(at));
+        }
+        assert_eq!(position_of("2a7b5c1e-0000-4000-8000-000000000001"), None);
+        assert_eq!(position_of(&format!("{UID_PREFIX}zz")), None);
     }
 
     #[tokio::test]
