@@ -215,9 +215,10 @@ async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
     })
     .await
     .expect("scheduled once enabled");
+    // One interval from then, plus the control's fixed spread (less than one more interval).
     let ahead = scheduled.0.duration_since(enabled_at).as_secs_f64();
     assert!(
-        (2.9..4.0).contains(&ahead),
+        (2.9..7.0).contains(&ahead),
         "next reset {ahead} s after enabling"
     );
 }
