@@ -1,0 +1,124 @@
+//! Properties of the pure core over generated inputs (proptest, in the normal test run):
+//! no signature made without the right token verifies, a nonce is never accepted twice while
+//! it is remembered, and the schedule never moves a reset backwards.
+
+use std::time::Duration;
+
+use extctl::core::nonces::NonceSet;
+use extctl::core::protocol::Rejection;
+use extctl::core::schedule::{PingFacts, PingPlan, plan};
+use extctl::core::signature::{sign, signed_string, status_path, verify};
+use extctl::crd::ControlStatus;
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+/// A call's signed fields, as a checker would fill them.
+fn call() -> impl Strategy<Value = (String, String, u32, u32, bool)> {
+    (
+        "[0-9]{1,12}",
+        "[ -~]{32}",
+        1_u32..100_000,
+        1_u32..100_000,
+        any::<bool>(),
+    )
+}
+
+fn message(
+    (timestamp, nonce, project, control, pass): &(String, String, u32, u32, bool),
+) -> String {
+    let path = status_path(&project.to_string(), &control.to_string());
+    signed_string(timestamp, nonce, &path, if *pass { "pass" } else { "fail" })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn only_the_right_token_over_the_same_fields_verifies(
+        token in proptest::collection::vec(any::<u8>(), 1..64),
+        other in proptest::collection::vec(any::<u8>(), 1..64),
+        signed in call(),
+        sent in call(),
+    ) {
+        let signature = sign(&token, message(&signed).as_bytes());
+        prop_assert!(verify(&token, message(&signed).as_bytes(), &signature));
+        if other != token {
+            prop_assert!(!verify(&other, message(&signed).as_bytes(), &signature));
+        }
+        if message(&sent) != message(&signed) {
+            prop_assert!(!verify(&token, message(&sent).as_bytes(), &signature));
+        }
+    }
+
+    #[test]
+    fn any_string_as_a_signature_is_refused_unless_it_is_the_one(
+        token in proptest::collection::vec(any::<u8>(), 1..64),
+        signed in call(),
+        forged in "\\PC{0,80}",
+    ) {
+        let right = sign(&token, message(&signed).as_bytes());
+        prop_assume!(forged != right);
+        prop_assert!(!verify(&token, message(&signed).as_bytes(), &forged));
+    }
+
+    #[test]
+    fn a_nonce_is_refused_while_remembered_and_a_new_one_never_is(
+        calls in proptest::collection::vec((0_u8..20, 0_i64..40), 1..200),
+    ) {
+        // (nonce, second): seconds sorted, as a clock moves; each nonce kept for 15 s.
+        let mut calls = calls;
+        calls.sort_by_key(|(_, second)| *second);
+        let mut set = NonceSet::default();
+        let mut accepted: Vec<(u8, i64)> = Vec::new();
+        for (nonce, second) in calls {
+            let now = at(second);
+            let remembered = accepted
+                .iter()
+                .any(|(seen, when)| *seen == nonce && when + 15 > second);
+            let answer = set.admit(&format!("{nonce:032}"), at(second + 15), now);
+            if remembered {
+                prop_assert_eq!(answer, Err(Rejection::InvalidNonce));
+            } else {
+                prop_assert_eq!(answer, Ok(()));
+                accepted.push((nonce, second));
+            }
+        }
+    }
+
+    #[test]
+    fn the_schedule_never_moves_a_reset_backwards(
+        interval in 1_u64..100_000,
+        created in 0_i64..1_000_000,
+        next in proptest::option::of(0_i64..2_000_000),
+        scheduled in proptest::option::of(1_u64..100_000),
+        last_update in proptest::option::of(0_i64..2_000_000),
+        seen_before in any::<bool>(),
+        pending in any::<bool>(),
+        seed in any::<u64>(),
+        now in 0_i64..3_000_000,
+    ) {
+        let facts = PingFacts {
+            enabled: true,
+            interval: Duration::from_secs(interval),
+            created: at(created),
+            seen_before,
+            status: if pending { ControlStatus::Pending } else { ControlStatus::Pass },
+            last_update: last_update.map(at),
+            next_ping: next.map(at),
+            scheduled_interval: scheduled.map(Duration::from_secs),
+            spread_seed: seed,
+        };
+        let now = at(now);
+        let decided = plan(&facts, now);
+        // Whatever is decided, the next reset lies ahead of now...
+        prop_assert!(decided.next().is_some_and(|next| next > now), "{decided:?}");
+        // ...and one carried out (or skipped) was due, and is followed by a later one.
+        if let PingPlan::Reset { due, next } | PingPlan::KeepReport { due, next } = decided {
+            prop_assert!(due <= now && next > due, "{decided:?}");
+        }
+    }
+}
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + second).unwrap()
+}
