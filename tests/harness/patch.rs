@@ -37,7 +37,7 @@ impl Patch {
                 .map(Self::Json)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}"))),
             "application/apply-patch+yaml" => parse_applied(body).map(Self::Apply),
-            other => Err(ApiError::unsupported_media_type(other)),
+            _ => Err(ApiError::unsupported_media_type()),
         }
     }
 

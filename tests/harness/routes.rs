@@ -87,10 +87,17 @@ fn check_method(method: &Method, target: &Target) -> Result<(), ApiError> {
         Subresource::Main if target.name.is_some() => method != Method::POST,
         Subresource::Main => [Method::GET, Method::POST, Method::DELETE].contains(method),
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed())
+    match (allowed, target.subresource) {
+        (true, _) => Ok(()),
+        (false, Subresource::Status) => {
+            let verb = if *method == Method::POST {
+                "create"
+            } else {
+                "delete"
+            };
+            Err(ApiError::verb_not_supported(&target.rt, verb))
+        }
+        (false, Subresource::Main) => Err(ApiError::method_not_allowed()),
     }
 }
 

@@ -55,14 +55,13 @@ impl ApiError {
         )
     }
 
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    pub fn unsupported_media_type() -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format ({content_type}) - accepted media types include: \
-                 application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
-            ),
+            // The real server does not name the type it was sent (`21-patch-content-types.json`).
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         )
     }
 
@@ -133,8 +132,45 @@ impl ApiError {
     }
 
     /// Like the real server, `details.kind` is the resource (plural) for lookups and conflicts.
+    /// (The core group is left out, as the real server leaves it: `18-secrets.json`.)
     fn with_resource_details(self, rt: &ResourceType, name: &str) -> Self {
-        self.with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        let mut details = json!({"name": name, "kind": rt.plural});
+        if !rt.group.is_empty() {
+            details["group"] = json!(rt.group);
+        }
+        self.with_details(details)
+    }
+
+    /// 405 for a verb a subresource does not serve (`20-status-subresource.json`).
+    pub fn verb_not_supported(rt: &ResourceType, verb: &str) -> Self {
+        let kind = match rt.group.as_str() {
+            "" => rt.plural.clone(),
+            group => format!("{}.{group}", rt.plural),
+        };
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("{verb} is not supported on resources of kind \"{kind}\""),
+        )
+        .with_details(json!({"group": rt.group, "kind": rt.plural}))
+    }
+
+    /// 422 for an update of a custom resource without `metadata.resourceVersion`
+    /// (`09-put-without-rv.json`).
+    pub fn resource_version_required(rt: &ResourceType, name: &str) -> Self {
+        let detail = "Invalid value: 0: must be specified for an update";
+        let cause = json!({"reason": "FieldValueInvalid", "message": detail, "field": "metadata.resourceVersion"});
+        Self::new(
+            422,
+            "Invalid",
+            format!(
+                "{} \"{name}\" is invalid: metadata.resourceVersion: {detail}",
+                rt.qualified()
+            ),
+        )
+        .with_details(
+            json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": [cause]}),
+        )
     }
 
     /// The `Status` object for this error.

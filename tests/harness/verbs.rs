@@ -175,6 +175,13 @@ pub fn replace(
     check_body_name(target, &body)?;
     commit(store, target, opts, false, |current| {
         let old = current.ok_or_else(|| target.not_found())?;
+        // A custom resource is only replaced with the version it was read at.
+        if target.rt.custom && body["metadata"]["resourceVersion"].as_str().is_none() {
+            return Err(ApiError::resource_version_required(
+                &target.rt,
+                target.name(),
+            ));
+        }
         update(target, old, body, opts)
     })
 }
