@@ -103,15 +103,6 @@ impl SecretCache {
         self.ttl
     }
 
-    /// How many Secrets are kept (for tests and benchmarks).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn slot(&self, key: &SecretKey) -> Slot {
         self.lock().entry(key.clone()).or_default().clone()
     }
