@@ -11,8 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use support::ApiServer;
+use support::{ApiServer, python_json};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kube-apiserver/v1.36")
@@ -32,20 +31,10 @@ fn listed_differences() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_answers_every_recorded_request_as_kube_apiserver_did() {
     let server = ApiServer::start().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/replay_fixtures.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--server", &server.url(), "--fixtures"])
-        .arg(fixtures())
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "the replay failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let differences: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let fixtures = fixtures().display().to_string();
+    let replay = ["--server", &server.url(), "--fixtures", &fixtures];
+    let differences = python_json("replay_fixtures.py", &replay).await;
+    let differences = differences.as_array().expect("a list of differences");
     let found: BTreeSet<String> = differences
         .iter()
         .map(|d| {

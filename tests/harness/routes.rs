@@ -87,17 +87,17 @@ fn check_method(method: &Method, target: &Target) -> Result<(), ApiError> {
         Subresource::Main if target.name.is_some() => method != Method::POST,
         Subresource::Main => [Method::GET, Method::POST, Method::DELETE].contains(method),
     };
-    match (allowed, target.subresource) {
-        (true, _) => Ok(()),
-        (false, Subresource::Status) => {
-            let verb = if *method == Method::POST {
-                "create"
-            } else {
-                "delete"
-            };
-            Err(ApiError::verb_not_supported(&target.rt, verb))
+    // The verbs /status refuses as recorded (`20-status-subresource.json`); any other refusal
+    // keeps the generic answer, which no fixture records yet.
+    match (allowed, target.subresource, method) {
+        (true, ..) => Ok(()),
+        (false, Subresource::Status, &Method::POST) => {
+            Err(ApiError::verb_not_supported(&target.rt, "create"))
         }
-        (false, Subresource::Main) => Err(ApiError::method_not_allowed()),
+        (false, Subresource::Status, &Method::DELETE) => {
+            Err(ApiError::verb_not_supported(&target.rt, "delete"))
+        }
+        (false, ..) => Err(ApiError::method_not_allowed()),
     }
 }
 

@@ -266,25 +266,34 @@ impl Answer {
 /// Runs the independent Python checker against `url`; `args` are its flags
 /// (`--project`, `--control`, `--status`, `--token-file`, knobs).
 pub async fn checker(url: &str, args: &[&str]) -> Answer {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gitlab_checker.py");
+    let mut all = vec!["--url", url];
+    all.extend_from_slice(args);
+    let line = python_json("gitlab_checker.py", &all).await;
+    Answer {
+        code: line["code"].as_u64().unwrap() as u16,
+        body: line["body"].clone(),
+    }
+}
+
+/// Runs one of the independent Python programs in `tests/support/` with `args` and returns the
+/// JSON it prints; fails the test if it fails.
+pub async fn python_json(script: &str, args: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script);
     let output = Command::new("python3")
-        .arg(script)
+        .arg(path)
         .env("NO_PROXY", "127.0.0.1,localhost")
-        .args(["--url", url])
         .args(args)
         .output()
         .await
         .expect("python3 runs");
     assert!(
         output.status.success(),
-        "checker failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let line: Value = serde_json::from_slice(&output.stdout).expect("checker prints JSON");
-    Answer {
-        code: line["code"].as_u64().unwrap() as u16,
-        body: line["body"].clone(),
-    }
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} prints JSON: {e}"))
 }
 
 /// The real `extctl dev` binary with `--json`: its stdout lines, parsed.
