@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 
 #[path = "../harness/mod.rs"]
 pub mod harness;
+pub mod pytools;
 
 pub use harness::ApiServer;
 
