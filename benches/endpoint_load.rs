@@ -217,7 +217,15 @@ impl Dev {
     async fn start(manifests: &Path, controls: u64) -> (Self, Option<Start>) {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
-            .args(["dev", "--json", "--listen", "127.0.0.1:0", "--manifests"])
+            .args([
+                "dev",
+                "--json",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--manifests")
             .arg(manifests)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

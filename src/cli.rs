@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::core::duration;
 use crate::core::freshness::TimestampWindow;
+use crate::core::lease::Timing;
 use crate::dev::{ControlIds, DevSettings};
 use crate::endpoint::EndpointConfig;
-use crate::kubernetes::RunSettings;
 use crate::kubernetes::watch::Scope;
+use crate::kubernetes::{Election, RunSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,6 +105,36 @@ pub struct RunArgs {
     /// little later); each reset's ping, lastPing write and Event follow on their own.
     #[arg(long, env = "EXTCTL_RECONCILE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub reconcile_concurrency: u16,
+
+    /// Address /metrics (Prometheus, OpenMetrics text) listens on: a port of its own, so
+    /// monitoring needs no access to the endpoint.
+    #[arg(long, env = "EXTCTL_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// Only the replica holding a Lease reconciles (resets, pings, timeouts); every replica
+    /// serves the endpoint. Off: this replica reconciles unconditionally (one replica only).
+    #[arg(long, env = "EXTCTL_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+
+    /// Name of the Lease the replicas elect their reconciler with.
+    #[arg(long, env = "EXTCTL_LEASE_NAME", default_value = "extctl")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the Helm chart sets it to the release's namespace). Default: the
+    /// --namespace served, else the kubeconfig's namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long the Lease stays held without renewal: a replica that dies is replaced within
+    /// this time. The leader renews every 2/15 of it and stops reconciling once it could not
+    /// renew for 2/3 of it, before anyone else may take over.
+    #[arg(long, env = "EXTCTL_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+
+    /// How many status changes each control keeps in `status.history` (0: none; the audit log
+    /// line and the Event are written either way).
+    #[arg(long, env = "EXTCTL_STATUS_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub status_history: u8,
 }
 
 /// Flags `extctl run` and `extctl dev` share: the endpoint's limits and the ping timeout.
@@ -156,6 +187,13 @@ impl RunArgs {
             ping_timeout: self.common.ping_timeout,
             secret_ttl: self.secret_ttl,
             reconcile_concurrency: self.reconcile_concurrency,
+            metrics_listen: self.metrics_listen,
+            election: self.leader_election.then(|| Election {
+                lease_name: self.lease_name.clone(),
+                lease_namespace: self.lease_namespace.clone(),
+                timing: Timing::new(self.lease_duration),
+            }),
+            history_limit: usize::from(self.status_history),
         }
     }
 }
@@ -166,6 +204,10 @@ pub struct DevArgs {
     /// EXTCTL_LISTEN: a sandbox stays on loopback unless asked on its own command line.)
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address /metrics (Prometheus, OpenMetrics text) listens on.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
 
     /// ExternalControl and Secret manifests, as applied to a cluster: a YAML file (several
     /// documents allowed) or a directory of .yaml/.yml/.json files. Repeatable.
@@ -193,6 +235,7 @@ impl DevArgs {
     pub fn settings(&self) -> DevSettings {
         DevSettings {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             manifests: self.manifests.clone(),
             controls: self.controls.clone(),
             token_file: self.token_file.clone(),
@@ -224,6 +267,17 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// At least 3s: the leader renews every 2/15 of it, and must get a few tries before its
+/// renew deadline.
+fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        short if short < Duration::from_secs(3) => {
+            Err(format!("lease duration {text:?} must be at least 3s"))
+        }
+        duration => Ok(duration),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +299,11 @@ mod tests {
         assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(settings.endpoint.max_body_bytes, 4096);
         assert!(matches!(settings.scope, Scope::Cluster));
+        assert_eq!(settings.metrics_listen.to_string(), "0.0.0.0:9090");
+        let election = settings.election.expect("leader election is on by default");
+        assert_eq!(election.lease_name, "extctl");
+        assert_eq!(election.timing.lease_duration, Duration::from_secs(15));
+        assert_eq!(settings.history_limit, 10);
     }
 
     #[test]
@@ -257,5 +316,11 @@ mod tests {
         assert!(error.to_string().contains("units h, m or s"), "{error}");
         let error = Cli::try_parse_from(["extctl", "run", "--listen", "8080"]).unwrap_err();
         assert!(error.to_string().contains("--listen"), "{error}");
+        let error = Cli::try_parse_from(["extctl", "run", "--lease-duration", "2s"]).unwrap_err();
+        assert!(error.to_string().contains("at least 3s"), "{error}");
+        let error = Cli::try_parse_from(["extctl", "run", "--status-history", "101"]).unwrap_err();
+        assert!(error.to_string().contains("0..=100"), "{error}");
+        let error = Cli::try_parse_from(["extctl", "run", "--leader-election", "yes"]).unwrap_err();
+        assert!(error.to_string().contains("--leader-election"), "{error}");
     }
 }

@@ -13,6 +13,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::core::duration;
+use crate::core::history::MAX_HISTORY;
+use crate::core::report::{Cause, StatusChange};
 
 /// The name of the generated CustomResourceDefinition.
 pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
@@ -177,6 +179,38 @@ pub struct ExternalControlStatus {
     /// refused by every replica (the status is the state all replicas share).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_nonces: Vec<RecentNonce>,
+
+    /// The last changes of `status`, oldest first (how many: `extctl run --status-history`).
+    /// Events expire after an hour; this stays with the control.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = MAX_HISTORY))]
+    pub history: Vec<StatusChangeRecord>,
+}
+
+/// One stored change of a control's status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChangeRecord {
+    /// When the change was stored.
+    pub time: MicroTime,
+    pub from: ControlStatus,
+    pub to: ControlStatus,
+    /// `StatusReported` (a checker's call), `PingReset` or `PendingTimeout`.
+    pub cause: Cause,
+    /// The replica (pod) that stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub replica: Option<String>,
+}
+
+impl StatusChangeRecord {
+    pub fn change(&self) -> StatusChange {
+        StatusChange {
+            cause: self.cause,
+            from: self.from,
+            to: self.to,
+        }
+    }
 }
 
 /// What happened when extctl notified `externalUrl` after a reset.

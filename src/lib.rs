@@ -4,6 +4,7 @@
 //! - [`crd`]: the `ExternalControl` resource;
 //! - [`registry`]: what the endpoint needs from a control store, whatever backs it;
 //! - [`reconciler`]: initialising, pinging and timing out controls, whatever stores them;
+//! - [`metrics`]: the Prometheus metrics every part records, and `/metrics`;
 //! - [`notify`]: the outbound ping over HTTP;
 //! - [`endpoint`]: the GitLab-compatible HTTP endpoint (axum);
 //! - [`kubernetes`]: the Kubernetes adapters (reflectors, status writes, events, reconciler);
@@ -18,6 +19,7 @@ pub mod crd;
 pub mod dev;
 pub mod endpoint;
 pub mod kubernetes;
+pub mod metrics;
 pub mod notify;
 pub mod reconciler;
 pub mod registry;

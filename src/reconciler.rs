@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
+use crate::core::history::HistoryPolicy;
 use crate::core::ping::{self, PingSubject};
 use crate::core::readiness::{READY, Readiness};
 use crate::core::report::{Cause, StatusChange, current_status};
@@ -20,15 +21,17 @@ use crate::core::schedule::{self, PingFacts, PingPlan};
 use crate::core::signature;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
+    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, StatusChangeRecord,
+    qualified_name,
 };
+use crate::metrics::{PingResult, metrics};
 use crate::notify::{Notifier, shown_url};
 
 /// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.
 /// Telling must not fail the write it reports (the status is already stored).
 pub trait Journal: Send + Sync + 'static {
-    /// A stored change of status.
-    fn status_changed(&self, control: &ExternalControl, change: StatusChange);
+    /// A stored change of status (also kept in `status.history`, when that is on).
+    fn status_changed(&self, control: &ExternalControl, record: &StatusChangeRecord);
 
     /// Something about `control` needs attention (a failed or skipped ping); `reason` is
     /// PascalCase.
@@ -92,11 +95,13 @@ pub struct Ping {
 /// The status a control reports before anyone has written it.
 pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
 
-/// The reconciler: its store, where it tells what happened, and how it pings.
+/// The reconciler: its store, where it tells what happened, how it pings, and what history
+/// it keeps.
 pub struct Reconciler<S, J> {
     pub store: S,
     pub journal: J,
     pub notifier: Notifier,
+    pub history: HistoryPolicy,
 }
 
 impl<S: ControlStore, J: Journal> Reconciler<S, J> {
@@ -105,6 +110,17 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
     /// notification owed to its checker after a reset this call carried out. The caller sends
     /// it with [`Self::ping`], off the reconcile path, so a slow checker holds up no reset.
     pub async fn reconcile(
+        &self,
+        control: &ExternalControl,
+        now: Timestamp,
+    ) -> Result<Reconciled, S::Error> {
+        let started = std::time::Instant::now();
+        let reconciled = self.reconcile_at(control, now).await;
+        metrics().reconciled(started.elapsed());
+        reconciled
+    }
+
+    async fn reconcile_at(
         &self,
         control: &ExternalControl,
         now: Timestamp,
@@ -125,16 +141,26 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             _ => None,
         };
         let readiness = self.store.readiness(control).await?;
-        let desired = desired_status(control, &current, &readiness, plan, change, now);
+        let mut desired = desired_status(control, &current, &readiness, plan, change, now);
+        let (from, to) = (
+            current_status(Some(&current)),
+            current_status(Some(&desired)),
+        );
+        let record = change
+            .and_then(|cause| StatusChange::between(cause, from, to))
+            .map(|change| self.history.record(change, now));
+        if let Some(record) = &record {
+            desired.history = self.history.appended(&current.history, record);
+        }
         let mut ping = None;
         if desired != current {
             self.store.write_status(control, &desired).await?;
-            let (from, to) = (
-                current_status(Some(&current)),
-                current_status(Some(&desired)),
-            );
-            if let Some(change) = change.and_then(|cause| StatusChange::between(cause, from, to)) {
-                self.journal.status_changed(control, change);
+            if let PingPlan::Reset { due, .. } = plan {
+                metrics().reset(duration_until(due, now));
+            }
+            if let Some(record) = &record {
+                metrics().transition(record.change());
+                self.journal.status_changed(control, record);
             }
             if !readiness.is_ready() {
                 tracing::info!(control = %qualified_name(control), reason = readiness.reason(), "control not ready");
@@ -169,6 +195,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         let shown = shown_url(url);
         let outcome = match self.store.signing_tokens(control).await {
             Err(why) => {
+                metrics().ping(PingResult::Skipped);
                 let note = format!("Not notifying {shown}: {why}");
                 self.journal.warning(control, "PingSkipped", note);
                 PingOutcome {
@@ -195,6 +222,11 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                     http_status: answer.as_ref().ok().copied(),
                     error: answer.as_ref().err().cloned(),
                 };
+                metrics().ping(match answer {
+                    _ if outcome.accepted() => PingResult::Accepted,
+                    Ok(_) => PingResult::Refused,
+                    Err(_) => PingResult::Failed,
+                });
                 if !outcome.accepted() {
                     let why = answer.map_or_else(|error| error, |code| format!("HTTP {code}"));
                     let note = format!("Notifying {shown} failed: {why}; the status stays pending");

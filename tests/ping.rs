@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::{Cluster, Operator, PythonServer, TOKEN, checker, wait_for};
+use support::{Cluster, Operator, PingReceiver as Receiver, TOKEN, checker, wait_for};
 
 /// Creates a control of project 42 with `ping` settings merged into its spec.
 async fn create_pinged(
@@ -277,25 +277,6 @@ async fn two_replicas_reset_once_per_due_time() {
     }
 }
 
-/// The independent Python ping receiver, answering every ping with `code`.
-struct Receiver {
-    server: PythonServer,
-    url: String,
-}
-
-impl Receiver {
-    async fn start(dir: &std::path::Path, code: u16) -> Self {
-        let code = code.to_string();
-        let server = PythonServer::start("ping_receiver.py", dir, TOKEN, &["--code", &code]).await;
-        let url = format!("{}/hooks/extctl", server.base_url);
-        Self { server, url }
-    }
-
-    fn pings(&self) -> Vec<serde_json::Value> {
-        self.server.records()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_ping_then_silence_times_out_to_fail() {
     let scratch = tempfile::tempdir().unwrap();
@@ -482,6 +463,7 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
 async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
     use extctl::crd::PingOutcome;
     use extctl::kubernetes::controller::KubeStore;
+    use extctl::kubernetes::lease::Leadership;
     use extctl::kubernetes::watch::{self, Scope};
     use extctl::reconciler::ControlStore;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -506,6 +488,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
             Duration::from_secs(60),
         )
         .stores,
+        leadership: Leadership::Always,
     };
     let control = cluster.control("sast").await;
     let outcome = |time| PingOutcome {

@@ -49,7 +49,13 @@ impl Operator {
     pub async fn start(kubeconfig: &Path) -> Self {
         let extra = std::env::var("EXTCTL_BENCH_ARGS").unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_extctl"))
-            .args(["run", "--listen", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .args(extra.split_whitespace())
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

@@ -3,7 +3,9 @@
 
 pub mod duration;
 pub mod freshness;
+pub mod history;
 pub mod index;
+pub mod lease;
 pub mod nonces;
 pub mod ping;
 pub mod protocol;

@@ -60,6 +60,24 @@ impl Rejection {
             Self::TokenUnavailable | Self::Unavailable(_) => 503,
         }
     }
+
+    /// A short, fixed name for metrics (never the message, which may carry an API error).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InvalidStatus => "invalid_status",
+            Self::ControlNotFound => "control_not_found",
+            Self::ControlAmbiguous => "control_ambiguous",
+            Self::MissingHeaders => "missing_headers",
+            Self::InvalidNonce => "invalid_nonce",
+            Self::InvalidSignature => "invalid_signature",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::Expired => "expired",
+            Self::ProjectNotFound => "project_not_found",
+            Self::UpdateRejected(_) => "update_rejected",
+            Self::TokenUnavailable => "token_unavailable",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// The three signature headers, present and non-blank.

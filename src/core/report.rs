@@ -89,10 +89,13 @@ pub fn current_status(status: Option<&ExternalControlStatus>) -> ControlStatus {
         .unwrap_or(ControlStatus::Pending)
 }
 
-/// Why a control's status changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a control's status changed; in `status.history` and the audit log by its Event reason.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum Cause {
     /// A checker's signed call.
+    #[serde(rename = "StatusReported")]
     Reported,
     /// The scheduled reset of a pinged control.
     PingReset,

@@ -9,8 +9,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::core::readiness::Readiness;
-use crate::core::report::StatusChange;
-use crate::crd::{ExternalControl, qualified_name};
+use crate::crd::{ExternalControl, StatusChangeRecord, qualified_name};
 use crate::reconciler::Journal;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +18,13 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn listening(&self, url: &str, controls: usize) {
+    pub fn listening(&self, url: &str, metrics_url: &str, controls: usize) {
         self.print(
-            format!("extctl dev: {controls} control(s), endpoint {url} (Ctrl-C to stop)"),
-            json!({ "event": "listening", "url": url, "controls": controls }),
+            format!(
+                "extctl dev: {controls} control(s), endpoint {url}, metrics {metrics_url} \
+                 (Ctrl-C to stop)"
+            ),
+            json!({ "event": "listening", "url": url, "metrics": metrics_url, "controls": controls }),
         );
     }
 
@@ -93,7 +95,8 @@ impl Console {
 }
 
 impl Journal for Console {
-    fn status_changed(&self, control: &ExternalControl, change: StatusChange) {
+    fn status_changed(&self, control: &ExternalControl, record: &StatusChangeRecord) {
+        let change = record.change();
         let extra = json!({ "event": "statusChanged", "from": change.from, "to": change.to });
         self.event(control, change.cause.reason(), &change.message(), extra);
     }

@@ -27,9 +27,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::checker::shell_quote;
+use crate::core::history::HistoryPolicy;
 use crate::core::tokens::SigningTokens;
 use crate::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
+use crate::metrics::{self, Census, metrics};
 use crate::notify::Notifier;
 use crate::reconciler::{ControlStore, Reconciler, duration_until};
 use crate::shutdown::shutdown_signal;
@@ -49,6 +51,7 @@ pub struct ControlIds {
 #[derive(Debug, Clone)]
 pub struct DevSettings {
     pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub manifests: Vec<PathBuf>,
     pub controls: Vec<ControlIds>,
     pub token_file: Option<PathBuf>,
@@ -84,16 +87,31 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(settings.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--metrics-listen)",
+                settings.metrics_listen
+            )
+        })?;
     let url = local_url(listener.local_addr()?);
-    tracing::debug!(listen = %listener.local_addr()?, "extctl dev starting");
+    let metrics_url = format!("{}/metrics", local_url(metrics_listener.local_addr()?));
+    tracing::debug!(%url, %metrics_url, "extctl dev starting");
     let reconciler = Arc::new(Reconciler {
         store: store.clone(),
         journal: console,
         notifier: Notifier::new(settings.ping_timeout)?,
+        // The console prints every change; `status.history` is kept on Kubernetes.
+        history: HistoryPolicy::default(),
     });
+    metrics().set_leader(true);
+    let census: Arc<dyn Census> = Arc::new(store.clone());
+    tokio::spawn(metrics::serve(metrics_listener, census, shutdown_signal()));
     // Token files for the printed `extctl send` lines: owner-only, removed on exit.
     let token_dir = private_dir()?;
-    introduce(&store, console, &url, &settings, token_dir.path()).await?;
+    let urls = (url.as_str(), metrics_url.as_str());
+    introduce(&store, console, urls, &settings, token_dir.path()).await?;
 
     let router = endpoint::router(Arc::new(store), settings.endpoint);
     tokio::select! {
@@ -287,12 +305,12 @@ fn metadata(name: &str) -> ObjectMeta {
 async fn introduce(
     store: &MemoryStore,
     console: Console,
-    url: &str,
+    (url, metrics_url): (&str, &str),
     settings: &DevSettings,
     token_dir: &Path,
 ) -> anyhow::Result<()> {
     let controls = store.controls();
-    console.listening(url, controls.len());
+    console.listening(url, metrics_url, controls.len());
     let program = shell_quote(&program_name());
     // One file per Secret and key, shared by the controls that use it.
     let mut token_files: HashMap<(String, String, String), PathBuf> = HashMap::new();

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::console::Console;
 use super::manifests::DEFAULT_NAMESPACE;
+use crate::core::history::HistoryPolicy;
 use crate::core::index::{ControlIndex, Entry};
 use crate::core::nonces::NonceSet;
 use crate::core::protocol::Rejection;
@@ -32,6 +33,7 @@ use crate::core::tokens::SigningTokens;
 use crate::crd::{
     ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
 };
+use crate::metrics::{Census, ControlCounts};
 use crate::reconciler::{ControlStore, Journal};
 use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
 
@@ -294,9 +296,37 @@ impl ControlRegistry for MemoryStore {
         // No reconcile needed: a report moves neither the schedule nor readiness, and a due
         // reset or timeout reads it when it comes.
         if let Some(change) = recorded.change() {
-            self.console.status_changed(control, change);
+            // No `status.history` in memory (the console prints every change): a record only.
+            let record = HistoryPolicy::default().record(change, report.received_at);
+            self.console.status_changed(control, &record);
         }
         Ok(recorded)
+    }
+}
+
+impl Census for MemoryStore {
+    fn count(&self) -> ControlCounts {
+        let mut counts = ControlCounts::default();
+        for cell in &self.controls.cells {
+            let cell = lock(cell);
+            let status = match cell.reported {
+                Some((status, _)) => status,
+                None => current_status(cell.object.status.as_ref()),
+            };
+            let namespace = cell
+                .object
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or_default();
+            counts.add(namespace, status, cell.readiness.is_ready());
+        }
+        counts
+    }
+
+    fn ready(&self) -> bool {
+        // Everything is loaded before the endpoint starts.
+        true
     }
 }
 

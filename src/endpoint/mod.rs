@@ -25,6 +25,7 @@ pub use serve::serve;
 
 use crate::core::freshness::TimestampWindow;
 use crate::core::protocol::Rejection;
+use crate::metrics::metrics;
 use crate::registry::ControlRegistry;
 
 /// The route GitLab serves, with axum's parameter syntax.
@@ -68,10 +69,14 @@ async fn set_status<R: ControlRegistry>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = std::time::Instant::now();
     let config = endpoint.config;
     let body = match request::read_body(body, config.max_body_bytes, config.request_timeout).await {
         Ok(body) => body,
-        Err(refusal) => return refusal,
+        Err(refusal) => {
+            metrics().status_call("bad_request", started.elapsed());
+            return refusal;
+        }
     };
     let call = request::StatusCall {
         project: &project,
@@ -81,7 +86,10 @@ async fn set_status<R: ControlRegistry>(
         body: &body,
     };
     let now = jiff::Timestamp::now();
-    match verify::verify_and_record(endpoint.registry.as_ref(), &config, &call, now).await {
+    let outcome = verify::verify_and_record(endpoint.registry.as_ref(), &config, &call, now).await;
+    let result = outcome.as_ref().map_or_else(Rejection::label, |_| "stored");
+    metrics().status_call(result, started.elapsed());
+    match outcome {
         Ok(stored) => Json(json!({ "status": stored })).into_response(),
         Err(rejection) => rejection_response(&rejection),
     }

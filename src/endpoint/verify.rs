@@ -15,6 +15,7 @@ use crate::core::report::{self, Report};
 use crate::core::signature::{signed_string, status_path};
 use crate::core::tokens::SigningTokens;
 use crate::crd::ControlStatus;
+use crate::metrics::metrics;
 use crate::registry::{ControlRegistry, Freshness};
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
@@ -70,6 +71,9 @@ pub async fn verify_and_record<R: ControlRegistry>(
     let recorded = tokio::time::timeout(config.request_timeout, write)
         .await
         .map_err(|_| Rejection::Unavailable("the status store did not answer in time".into()))??;
+    if let Some(change) = recorded.change() {
+        metrics().transition(change);
+    }
     Ok(recorded.stored)
 }
 

@@ -13,6 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::events::StatusEvents;
+use super::lease::Leadership;
 use super::registry::is_conflict;
 use super::secrets::Freshness;
 use super::watch::Stores;
@@ -25,10 +26,12 @@ use crate::reconciler::{ControlStore, Reconciler, duration_until};
 
 pub type Context = Reconciler<KubeStore, StatusEvents>;
 
-/// Controls and Secrets as the watches see them; writes go to the API server.
+/// Controls and Secrets as the watches see them; writes go to the API server, while this
+/// replica leads.
 pub struct KubeStore {
     pub client: Client,
     pub stores: Stores,
+    pub leadership: Leadership,
 }
 
 /// Why a reconcile did not complete.
@@ -58,6 +61,10 @@ pub async fn reconcile(
     control: Arc<ExternalControl>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    if !context.store.leadership.is_leader() {
+        // The leader reconciles; this replica looks at every control when it takes over.
+        return Ok(Action::await_change());
+    }
     let now = Timestamp::now();
     let reconciled = context.reconcile(&control, now).await?;
     if let Some(ping) = reconciled.ping {

@@ -5,11 +5,10 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::core::report::StatusChange;
 use crate::core::schedule::to_microsecond;
-use crate::crd::{ControlStatus, ExternalControl};
+use crate::crd::{ControlStatus, ExternalControl, StatusChangeRecord};
 use crate::reconciler::Journal;
 
 /// The `reportingController` of extctl's Events.
@@ -87,7 +86,9 @@ impl StatusEvents {
 impl Journal for StatusEvents {
     /// Publishes `Changed compliance control status from 'x' to 'y'` in the background: the
     /// status is already stored, and a failed Event must not turn that into an error.
-    fn status_changed(&self, control: &ExternalControl, change: StatusChange) {
+    fn status_changed(&self, control: &ExternalControl, record: &StatusChangeRecord) {
+        audit(control, record);
+        let change = record.change();
         let action = format!("{}To{}", pascal(change.from), pascal(change.to));
         self.publish(
             control,
@@ -102,6 +103,27 @@ impl Journal for StatusEvents {
     fn warning(&self, control: &ExternalControl, reason: &str, note: String) {
         self.publish(control, "Warning", reason, "Ping".into(), note);
     }
+}
+
+/// The audit trail that outlives Events (which expire after an hour): one structured log line
+/// per stored change, with the fields of `status.history` and never a token or signature. Under
+/// `--log-format json` it is one JSON object, for a log pipeline to keep; its target,
+/// `extctl::audit`, lets a pipeline (or `RUST_LOG`) select it.
+fn audit(control: &ExternalControl, record: &StatusChangeRecord) {
+    tracing::info!(
+        target: "extctl::audit",
+        namespace = control.namespace().unwrap_or_default(),
+        name = control.name_any(),
+        project_id = control.spec.project_id,
+        control_id = control.spec.control_id,
+        time = %record.time.0,
+        from = %record.from,
+        to = %record.to,
+        cause = record.cause.reason(),
+        replica = record.replica.as_deref().unwrap_or(""),
+        "{}",
+        record.change().message()
+    );
 }
 
 /// The API server refuses an Event whose note is longer than this many bytes (422, recorded in

@@ -1,8 +1,10 @@
 //! Kubernetes adapters: watches and stores, the registry the endpoint uses, Events, and the
 //! reconciler, wired together by [`run`].
 
+pub mod client;
 pub mod controller;
 pub mod events;
+pub mod lease;
 pub mod registry;
 pub mod secrets;
 pub mod watch;
@@ -13,26 +15,33 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::reflector::ObjectRef;
+use tokio::net::TcpListener;
 
+use crate::core::history::HistoryPolicy;
+use crate::core::lease::Timing;
 use crate::endpoint::{self, EndpointConfig};
+use crate::metrics;
 use crate::notify::Notifier;
 use crate::reconciler::Reconciler;
 use crate::shutdown::shutdown_signal;
 use controller::{KubeStore, error_policy, reconcile};
 use events::StatusEvents;
+use lease::{Elector, Leadership, LeaseSettings};
 use registry::KubeRegistry;
-use watch::Scope;
+use watch::{Scope, Stores, Triggers};
 
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub scope: Scope,
     pub endpoint: EndpointConfig,
-    /// This replica's name in Events (the pod name in a cluster).
+    /// This replica's name in Events, the Lease and `status.history` (the pod name in a
+    /// cluster).
     pub instance: Option<String>,
     /// Time an outbound ping may take, connection included.
     pub ping_timeout: Duration,
@@ -41,45 +50,106 @@ pub struct RunSettings {
     /// Controls reconciled at once: bounds the reconciler's status writes, so that checkers'
     /// calls keep headroom when many resets fall due together.
     pub reconcile_concurrency: u16,
+    /// Leader election: only the Lease holder reconciles. `None`: this replica always does.
+    pub election: Option<Election>,
+    /// Status changes kept per control in `status.history`.
+    pub history_limit: usize,
 }
 
-/// Runs the endpoint and the reconciler until SIGINT or SIGTERM.
+/// Which Lease elects the reconciling replica.
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub lease_name: String,
+    /// Default: the namespace served, else the client's default namespace.
+    pub lease_namespace: Option<String>,
+    pub timing: Timing,
+}
+
+/// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let address = listener.local_addr().unwrap_or(settings.listen);
-    tracing::info!(listen = %address, scope = ?settings.scope, "extctl starting");
+    let client = client::client().await?;
+    let listener = bind(settings.listen, "--listen").await?;
+    let metrics_listener = bind(settings.metrics_listen, "--metrics-listen").await?;
+    let identity = settings.instance.clone().unwrap_or_else(default_identity);
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        scope = ?settings.scope,
+        %identity,
+        "extctl starting"
+    );
 
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
     let watches = watch::start(
         client.clone(),
         &settings.scope,
-        triggers,
+        triggers.clone(),
         settings.secret_ttl,
     );
     let stores = watches.stores.clone();
     tokio::spawn(watches.driver);
 
+    let census: Arc<dyn metrics::Census> = Arc::new(stores.clone());
+    let metrics_server = metrics::serve(metrics_listener, census, shutdown_signal());
+
+    let history = HistoryPolicy {
+        limit: settings.history_limit,
+        replica: Some(identity.clone()),
+    };
     let events = StatusEvents::new(client.clone(), settings.instance.clone());
     let registry = Arc::new(KubeRegistry::new(
         client.clone(),
         stores.clone(),
         events.clone(),
+        history.clone(),
     ));
     let router = endpoint::router(registry, settings.endpoint);
     let server = endpoint::serve(listener, router, shutdown_signal());
+
+    let (leadership, elector) = match &settings.election {
+        Some(election) => {
+            let namespace = election
+                .lease_namespace
+                .clone()
+                .or_else(|| scope_namespace(&settings.scope))
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let elector = Elector::new(
+                client.clone(),
+                LeaseSettings {
+                    name: election.lease_name.clone(),
+                    namespace,
+                    identity,
+                    timing: election.timing,
+                },
+            );
+            (elector.leadership(), Some(elector))
+        }
+        None => (Leadership::Always, None),
+    };
+    metrics::metrics().set_leader(leadership.is_leader());
+    tokio::spawn(reconcile_all_when_leading(
+        leadership.clone(),
+        stores.clone(),
+        triggers,
+    ));
+    // The Lease is given up only after the reconciler has stopped, so no successor starts
+    // while this replica still writes.
+    let (stop_elector, elector_stop) = tokio::sync::oneshot::channel::<()>();
+    let elector = elector.map(|elector| {
+        tokio::spawn(elector.run(async move {
+            let _ = elector_stop.await;
+        }))
+    });
 
     let context = Arc::new(Reconciler {
         store: KubeStore {
             client,
             stores: stores.clone(),
+            leadership,
         },
         journal: events,
         notifier: Notifier::new(settings.ping_timeout)?,
+        history,
     });
 
     let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
@@ -94,7 +164,54 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
             }
         });
 
-    tokio::join!(server, reconciler);
+    let (_, _, served) = tokio::join!(server, reconciler, metrics_server);
+    served.context("serving /metrics")?;
+    let _ = stop_elector.send(());
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
     tracing::info!("extctl stopped");
     Ok(())
+}
+
+async fn bind(address: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({flag})"))
+}
+
+fn scope_namespace(scope: &Scope) -> Option<String> {
+    match scope {
+        Scope::Cluster => None,
+        Scope::Namespace(namespace) => Some(namespace.clone()),
+    }
+}
+
+/// Without `--instance` (POD_NAME): the host name and process id, unique among replicas.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "extctl".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// While not leading, reconciles do nothing (see [`controller::reconcile`]); on becoming leader
+/// every control is looked at, so no reset waits for a change to its object.
+async fn reconcile_all_when_leading(
+    mut leadership: Leadership,
+    stores: Stores,
+    triggers: Triggers,
+) {
+    loop {
+        leadership.gained().await;
+        for control in stores.controls.state() {
+            if triggers
+                .unbounded_send(ObjectRef::from_obj(control.as_ref()))
+                .is_err()
+            {
+                return;
+            }
+        }
+        leadership.lost().await;
+    }
 }

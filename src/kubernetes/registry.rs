@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::events::StatusEvents;
 use super::watch::Stores;
+use crate::core::history::HistoryPolicy;
 use crate::core::protocol::Rejection;
-use crate::core::report::{self, Report, ReportUpdate};
+use crate::core::report::{self, Cause, Report, ReportUpdate, StatusChange};
 use crate::core::tokens::SigningTokens;
-use crate::crd::{ExternalControl, qualified_name};
+use crate::crd::{ExternalControl, StatusChangeRecord, qualified_name};
 use crate::reconciler::Journal;
 use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
 
@@ -24,15 +25,22 @@ pub struct KubeRegistry {
     client: Client,
     stores: Stores,
     events: StatusEvents,
+    history: HistoryPolicy,
 }
 
 impl KubeRegistry {
     /// The registry answers `Unavailable` until both stores have their first full list.
-    pub fn new(client: Client, stores: Stores, events: StatusEvents) -> Self {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        events: StatusEvents,
+        history: HistoryPolicy,
+    ) -> Self {
         Self {
             client,
             stores,
             events,
+            history,
         }
     }
 
@@ -78,7 +86,13 @@ impl ControlRegistry for KubeRegistry {
             // Checked against the state the write is conditioned on: a nonce another replica
             // stored in between shows up here after the conflict.
             let update = report::apply(current.status.as_ref(), &report)?;
-            let patch = status_patch(current, &update);
+            let change = StatusChange::between(Cause::Reported, update.previous, update.status)
+                .map(|change| self.history.record(change, update.last_update_time.0));
+            let history = change.as_ref().map(|record| {
+                let kept = current.status.as_ref().map_or(&[][..], |s| &s.history[..]);
+                self.history.appended(kept, record)
+            });
+            let patch = status_patch(current, &update, history);
             match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -88,8 +102,8 @@ impl ControlRegistry for KubeRegistry {
                         previous: update.previous,
                         stored: update.status,
                     };
-                    if let Some(change) = recorded.change() {
-                        self.events.status_changed(control, change);
+                    if let Some(record) = &change {
+                        self.events.status_changed(control, record);
                     }
                     tracing::info!(control = %qualified_name(control), from = %update.previous, to = %update.status, "status stored");
                     return Ok(recorded);
@@ -106,16 +120,25 @@ impl ControlRegistry for KubeRegistry {
     }
 }
 
-/// The endpoint's fields only, conditioned on the resourceVersion they were computed from.
-fn status_patch(current: &ExternalControl, update: &ReportUpdate) -> serde_json::Value {
-    json!({
+/// The endpoint's fields only, conditioned on the resourceVersion they were computed from;
+/// `history` when the status changed.
+fn status_patch(
+    current: &ExternalControl,
+    update: &ReportUpdate,
+    history: Option<Vec<StatusChangeRecord>>,
+) -> serde_json::Value {
+    let mut patch = json!({
         "metadata": { "resourceVersion": current.resource_version() },
         "status": {
             "status": update.status,
             "lastUpdateTime": update.last_update_time,
             "recentNonces": update.recent_nonces,
         }
-    })
+    });
+    if let Some(history) = history {
+        patch["status"]["history"] = json!(history);
+    }
+    patch
 }
 
 pub fn is_conflict(error: &kube::Error) -> bool {

@@ -18,8 +18,11 @@ use kube::{Api, Client, ResourceExt};
 
 use super::secrets::{Freshness, SecretCache};
 use crate::core::index::{ControlIndex, Entry, SecretKey};
+use crate::core::readiness::READY;
+use crate::core::report::current_status;
 use crate::core::tokens::SigningTokens;
 use crate::crd::ExternalControl;
+use crate::metrics::{Census, ControlCounts, metrics};
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
 #[derive(Debug, Clone)]
@@ -98,6 +101,26 @@ impl Stores {
     /// there is nothing (not "not loaded yet").
     pub fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
+    }
+}
+
+impl Census for Stores {
+    fn count(&self) -> ControlCounts {
+        let mut counts = ControlCounts::default();
+        for control in self.controls.state() {
+            let status = current_status(control.status.as_ref());
+            let ready = control.status.as_ref().is_some_and(|status| {
+                let ready = status.conditions.iter().find(|c| c.type_ == READY);
+                ready.is_some_and(|c| c.status == "True")
+            });
+            let namespace = control.metadata.namespace.as_deref().unwrap_or_default();
+            counts.add(namespace, status, ready);
+        }
+        counts
+    }
+
+    fn ready(&self) -> bool {
+        self.loaded()
     }
 }
 
@@ -228,9 +251,17 @@ where
     S: Stream<Item = Result<watcher::Event<ExternalControl>, watcher::Error>>,
 {
     futures::pin_mut!(stream);
+    let mut listed_before = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
+                if matches!(event, watcher::Event::Init) {
+                    // A list after the first: the watch could not resume (such as `410 Gone`).
+                    if listed_before {
+                        metrics().watch_restarted();
+                    }
+                    listed_before = true;
+                }
                 let done = matches!(event, watcher::Event::InitDone);
                 keeper.handle(event);
                 if done {
@@ -239,7 +270,10 @@ where
                 }
             }
             // The watcher retries with backoff; say why, once per failure.
-            Err(error) => tracing::warn!(%error, "watch of ExternalControls failed, retrying"),
+            Err(error) => {
+                metrics().watch_restarted();
+                tracing::warn!(%error, "watch of ExternalControls failed, retrying");
+            }
         }
     }
 }

@@ -49,11 +49,32 @@ struct FailRule {
     code: u16,
 }
 
+/// Where an armed delay holds a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DelayAt {
+    /// Before the request is handled: nothing happens until the delay is over (a slow or
+    /// overloaded server).
+    Request,
+    /// After it was handled: the change is made at once, the answer comes late (a slow
+    /// network, or a client that gives up just before the answer).
+    Answer,
+}
+
+/// An armed `delay_next_request` or `delay_next_answer`.
+struct DelayRule {
+    remaining: usize,
+    method: Option<Method>,
+    path_contains: String,
+    delay: Duration,
+    at: DelayAt,
+}
+
 #[derive(Default)]
 struct Switches {
     unavailable: bool,
     latency: Duration,
     rules: Vec<FailRule>,
+    delays: Vec<DelayRule>,
 }
 
 /// The fault switches of one [`ApiServer`](super::ApiServer).
@@ -103,6 +124,52 @@ impl Faults {
         self.switches().latency = latency;
     }
 
+    /// The next `n` requests with `method` (any method when None) whose path and query contain
+    /// `path_contains` are held for `delay` before they are handled: nothing happens until then
+    /// (a slow or overloaded server). Unlike [`Self::set_latency`], other requests are not slowed.
+    pub fn delay_next_request(
+        &self,
+        n: usize,
+        method: Option<Method>,
+        path_contains: &str,
+        delay: Duration,
+    ) {
+        self.delay_next(n, method, path_contains, delay, DelayAt::Request);
+    }
+
+    /// As [`Self::delay_next_request`], but the request is handled at once and its answer held:
+    /// a write is made, and the client learns of it only after `delay` (a slow network, or a
+    /// client that gives up just before the answer comes).
+    pub fn delay_next_answer(
+        &self,
+        n: usize,
+        method: Option<Method>,
+        path_contains: &str,
+        delay: Duration,
+    ) {
+        self.delay_next(n, method, path_contains, delay, DelayAt::Answer);
+    }
+
+    fn delay_next(
+        &self,
+        n: usize,
+        method: Option<Method>,
+        path_contains: &str,
+        delay: Duration,
+        at: DelayAt,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.switches().delays.push(DelayRule {
+            remaining: n,
+            method,
+            path_contains: path_contains.to_string(),
+            delay,
+            at,
+        });
+    }
+
     /// Ends every open watch stream now, cleanly, as an API server restart does; clients
     /// re-watch from their last resourceVersion.
     pub fn drop_watches(&self) {
@@ -116,7 +183,7 @@ impl Faults {
         self.store.compact();
     }
 
-    /// Turns every switch off and disarms pending `fail_next` rules.
+    /// Turns every switch off and disarms pending `fail_next` and delay rules.
     pub fn clear(&self) {
         *self.switches() = Switches::default();
     }
@@ -141,6 +208,22 @@ impl Faults {
 
     fn log(&self) -> MutexGuard<'_, Vec<RequestRecord>> {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The delay an armed delay rule gives this request, if one matches (consuming it).
+    fn injected_delay(&self, method: &Method, path_and_query: &str) -> Option<(Duration, DelayAt)> {
+        let mut switches = self.switches();
+        let index = switches.delays.iter().position(|rule| {
+            rule.method.as_ref().is_none_or(|m| m == method)
+                && path_and_query.contains(&rule.path_contains)
+        })?;
+        let rule = &mut switches.delays[index];
+        let delay = (rule.delay, rule.at);
+        rule.remaining -= 1;
+        if rule.remaining == 0 {
+            switches.delays.remove(index);
+        }
+        Some(delay)
     }
 
     /// The error to answer instead of serving the request, if a switch says so.
@@ -181,10 +264,17 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or_else(|| uri.path());
+    let delay = faults.injected_delay(&method, path_and_query);
+    if let Some((delay, DelayAt::Request)) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let response = match faults.injected_failure(&method, path_and_query) {
         Some(error) => error.into_response(),
         None => next.run(request).await,
     };
+    if let Some((delay, DelayAt::Answer)) = delay {
+        tokio::time::sleep(delay).await;
+    }
     faults.log().push(RequestRecord {
         method,
         path: uri.path().to_string(),

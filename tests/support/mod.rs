@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 #[path = "../harness/mod.rs"]
 pub mod harness;
 pub mod pytools;
+pub mod scrape;
 
 pub use harness::ApiServer;
 
@@ -176,18 +177,26 @@ where
 pub struct Operator {
     child: Child,
     pub url: String,
+    /// `http://ADDRESS/metrics`.
+    pub metrics_url: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Operator {
     pub async fn start(cluster: &Cluster, extra_args: &[&str]) -> Self {
-        let mut child = extctl_command(&["run", "--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("extctl binary starts");
+        let mut child = extctl_command(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra_args)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("extctl binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(collect_logs(
@@ -195,13 +204,15 @@ impl Operator {
             logs.clone(),
             address_tx,
         ));
-        let address = tokio::time::timeout(Duration::from_secs(20), address_rx)
+        let start_line = tokio::time::timeout(Duration::from_secs(20), address_rx)
             .await
             .expect("extctl logs its address")
             .expect("extctl logs its address");
+        let field = |name: &str| start_field(&start_line, name);
         let operator = Self {
             child,
-            url: format!("http://{address}"),
+            url: format!("http://{}", field("listen")),
+            metrics_url: format!("http://{}/metrics", field("metrics")),
             logs,
         };
         operator.wait_ready().await;
@@ -233,19 +244,33 @@ impl Operator {
     }
 }
 
+/// A field of extctl's start-up line, in text (`listen=ADDR`) or JSON log format.
+fn start_field(line: &str, name: &str) -> String {
+    let json = serde_json::from_str::<Value>(line).ok();
+    let from_json = json.as_ref().and_then(|v| v["fields"][name].as_str());
+    let prefix = format!("{name}=");
+    let from_text = || {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+    };
+    from_json
+        .or_else(from_text)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .to_owned()
+}
+
+/// Keeps stderr's lines; sends the first that says where extctl listens (`listen=`).
 async fn collect_logs(
     stderr: tokio::process::ChildStderr,
     logs: Arc<Mutex<Vec<String>>>,
-    address: tokio::sync::oneshot::Sender<String>,
+    start_line: tokio::sync::oneshot::Sender<String>,
 ) {
-    let mut address = Some(address);
+    let mut start_line = Some(start_line);
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let found = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="));
-        if let (Some(found), Some(sender)) = (found, address.take_if(|_| found.is_some())) {
-            let _ = sender.send(found.to_owned());
+        let found = line.contains("listen=") || line.contains(r#""listen":"#);
+        if let Some(sender) = start_line.take_if(|_| found) {
+            let _ = sender.send(line.clone());
         }
         logs.lock().unwrap().push(line);
     }
@@ -301,6 +326,8 @@ pub async fn python_json(script: &str, args: &[&str]) -> Value {
 pub struct Dev {
     child: Child,
     pub url: String,
+    /// `http://ADDRESS/metrics`.
+    pub metrics_url: String,
     lines: Arc<Mutex<Vec<Value>>>,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -308,12 +335,19 @@ pub struct Dev {
 impl Dev {
     /// Starts `extctl dev --json --listen 127.0.0.1:0` with `args`; waits for its endpoint.
     pub async fn start(args: &[&str]) -> Self {
-        let mut child = extctl_command(&["dev", "--json", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("extctl binary starts");
+        let mut child = extctl_command(&[
+            "dev",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("extctl binary starts");
         let (lines, logs) = (
             Arc::new(Mutex::new(Vec::new())),
             Arc::new(Mutex::new(Vec::new())),
@@ -332,6 +366,7 @@ impl Dev {
         let mut dev = Self {
             child,
             url: String::new(),
+            metrics_url: String::new(),
             lines,
             logs,
         };
@@ -349,6 +384,7 @@ impl Dev {
             );
         };
         dev.url = listening["url"].as_str().unwrap().to_owned();
+        dev.metrics_url = listening["metrics"].as_str().unwrap().to_owned();
         dev
     }
 
@@ -448,6 +484,25 @@ pub async fn extctl(args: &[&str]) -> std::process::Output {
         .expect("extctl binary runs")
 }
 
+/// The independent Python ping receiver, answering every ping with `code`.
+pub struct PingReceiver {
+    server: PythonServer,
+    pub url: String,
+}
+
+impl PingReceiver {
+    pub async fn start(dir: &Path, code: u16) -> Self {
+        let code = code.to_string();
+        let server = PythonServer::start("ping_receiver.py", dir, TOKEN, &["--code", &code]).await;
+        let url = format!("{}/hooks/extctl", server.base_url);
+        Self { server, url }
+    }
+
+    pub fn pings(&self) -> Vec<Value> {
+        self.server.records()
+    }
+}
+
 /// One of the independent Python servers in `tests/support` (the ping receiver, the GitLab
 /// stand-in), given a token file holding `token`, a JSON-lines log in `dir`, and `args`.
 pub struct PythonServer {
@@ -504,5 +559,170 @@ impl PythonServer {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for calls built by hand (tests/bad_input.rs, tests/faults.rs).
+
+/// The fields of one signed call, as a checker signs them: token, timestamp, nonce, the
+/// project and control of the signed path, and the status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Signing {
+    pub token: String,
+    pub timestamp: String,
+    pub nonce: String,
+    pub project: String,
+    pub control: String,
+    pub status: String,
+}
+
+/// The signatures of `calls`, computed in one Python run by the independent checker's own
+/// `sign` and `status_path` (`tests/support/gitlab_checker.py`, Python's `hmac`): no extctl
+/// code takes part.
+pub async fn python_signatures(calls: &[Signing]) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    const PROGRAM: &str = "\
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from gitlab_checker import sign, status_path
+calls = json.load(sys.stdin)
+print(json.dumps([sign(c['token'].encode(), c['timestamp'], c['nonce'],
+                       status_path(c['project'], c['control']), c['status']) for c in calls]))
+";
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(PROGRAM)
+        .arg(support)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let input = serde_json::to_vec(calls).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "signing in Python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let signatures: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(signatures.len(), calls.len());
+    signatures
+}
+
+/// 32 hexadecimal characters that no other call of this test run uses.
+pub fn fresh_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let process = u64::from(std::process::id());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:08x}{:012x}{:012x}",
+        process as u32,
+        now & 0xffff_ffff_ffff,
+        count
+    )
+}
+
+/// An HTTP answer read off the socket as it came.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub code: u16,
+    /// The status line and headers.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The body as JSON, when it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// `(code, error message)`, the message empty when the body carries none.
+    pub fn error(&self) -> (u16, String) {
+        let message = self
+            .json()
+            .and_then(|body| body["error"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        (self.code, message)
+    }
+}
+
+/// Sends `request` (every byte as given: the caller writes `Connection: close`) to `url`
+/// (`http://HOST:PORT`) and reads the answer until the server closes the connection. `None`
+/// when the connection ended without an answer.
+pub async fn raw_request(url: &str, request: &[u8]) -> Option<RawAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The server may answer (413, 431) and close before reading everything sent.
+    let _ = stream.write_all(request).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buffer = [0_u8; 8192];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 30 s");
+    parse_raw_answer(&received)
+}
+
+/// Splits an HTTP/1.1 answer into code, head and body (`Content-Length` or chunked framing).
+pub fn parse_raw_answer(received: &[u8]) -> Option<RawAnswer> {
+    let split = received.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&received[..split]).into_owned();
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let rest = &received[split + 4..];
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    };
+    let body = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut body = Vec::new();
+        let mut rest = rest;
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?, 16).ok()?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body
+    } else {
+        let length = header("content-length").and_then(|v| v.parse().ok());
+        rest[..length.unwrap_or(rest.len()).min(rest.len())].to_vec()
+    };
+    Some(RawAnswer { code, head, body })
+}
+
+impl Operator {
+    /// Kills the process with SIGKILL, as the kernel's OOM killer or a node failure does: no
+    /// request is drained, nothing is flushed.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL sent");
+        let _ = self.child.wait().await;
     }
 }

@@ -1,0 +1,105 @@
+//! `status.history`: the last changes of a control's status, kept on the control itself.
+//!
+//! Kubernetes Events expire (after an hour by default) while GitLab keeps an audit event for
+//! every change; a short history on the object survives as long as the control does, and is
+//! written in the same conditioned write as the change it records, so it never disagrees
+//! with the status.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+use super::report::StatusChange;
+use super::schedule::to_microsecond;
+use crate::crd::StatusChangeRecord;
+
+/// The most changes a control may keep (the CRD's `maxItems`).
+pub const MAX_HISTORY: usize = 100;
+
+/// How many changes each control keeps, and the name this replica signs them with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Changes kept per control; 0 keeps none (the audit log line and Event still tell).
+    pub limit: usize,
+    /// This replica's name (its pod name), recorded with each change it stores.
+    pub replica: Option<String>,
+}
+
+impl HistoryPolicy {
+    /// The record of `change`, stored at `at` (kept to the microsecond, as stored).
+    pub fn record(&self, change: StatusChange, at: Timestamp) -> StatusChangeRecord {
+        StatusChangeRecord {
+            time: MicroTime(to_microsecond(at)),
+            from: change.from,
+            to: change.to,
+            cause: change.cause,
+            replica: self.replica.clone(),
+        }
+    }
+
+    /// `history` with `record` appended, oldest dropped beyond the limit.
+    pub fn appended(
+        &self,
+        history: &[StatusChangeRecord],
+        record: &StatusChangeRecord,
+    ) -> Vec<StatusChangeRecord> {
+        let limit = self.limit.min(MAX_HISTORY);
+        let kept = history.len().min(limit.saturating_sub(1));
+        let mut appended = history[history.len() - kept..].to_vec();
+        if limit > 0 {
+            appended.push(record.clone());
+        }
+        appended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::report::Cause;
+    use crate::crd::ControlStatus::{Fail, Pass, Pending};
+
+    fn policy(limit: usize) -> HistoryPolicy {
+        HistoryPolicy {
+            limit,
+            replica: Some("extctl-0".into()),
+        }
+    }
+
+    fn change(n: i64) -> StatusChangeRecord {
+        let change = StatusChange::between(Cause::Reported, Pending, Pass).unwrap();
+        policy(1).record(change, Timestamp::from_second(n).unwrap())
+    }
+
+    #[test]
+    fn a_record_says_what_when_why_and_who() {
+        let change = StatusChange::between(Cause::PendingTimeout, Pending, Fail).unwrap();
+        let at = Timestamp::from_second(1_700_000_000).unwrap();
+        let record = policy(3).record(change, at);
+        assert_eq!(
+            (record.time.0, record.from, record.to, record.cause),
+            (at, Pending, Fail, Cause::PendingTimeout)
+        );
+        assert_eq!(record.replica.as_deref(), Some("extctl-0"));
+    }
+
+    #[test]
+    fn keeps_the_newest_up_to_the_limit() {
+        let history: Vec<_> = (1..=5).map(change).collect();
+        let appended = policy(3).appended(&history, &change(6));
+        let times: Vec<_> = appended.iter().map(|r| r.time.0.as_second()).collect();
+        assert_eq!(times, [4, 5, 6]);
+        assert_eq!(policy(10).appended(&history, &change(6)).len(), 6);
+        assert_eq!(policy(1).appended(&history, &change(6)), [change(6)]);
+    }
+
+    #[test]
+    fn a_limit_of_zero_keeps_nothing_and_the_cap_holds() {
+        let history: Vec<_> = (1..=5).map(change).collect();
+        assert!(policy(0).appended(&history, &change(6)).is_empty());
+        let long: Vec<_> = (0..150).map(change).collect();
+        assert_eq!(
+            policy(1000).appended(&long, &change(200)).len(),
+            MAX_HISTORY
+        );
+    }
+}

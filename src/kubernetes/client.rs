@@ -1,0 +1,112 @@
+//! The Kubernetes client, with every request counted in `extctl_kube_requests_total` by verb
+//! and outcome (a tower layer on kube's own stack, so nothing can bypass it).
+
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use axum::http::{Method, Request, Response};
+use futures::future::BoxFuture;
+use kube::Client;
+use kube::client::ClientBuilder;
+use tower::{Layer, Service};
+
+use crate::metrics::metrics;
+
+/// A client from the in-cluster service account, or KUBECONFIG / `~/.kube/config`.
+pub async fn client() -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
+    let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    Ok(builder.with_layer(&CountRequests).build())
+}
+
+/// The Kubernetes verb of a request, as RBAC names it (a list counts as `get`: the path alone
+/// does not tell them apart).
+fn verb<B>(request: &Request<B>) -> &'static str {
+    let watching = request.uri().query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    });
+    match *request.method() {
+        Method::GET if watching => "watch",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+struct CountRequests;
+
+impl<S> Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for Counted<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let verb = verb(&request);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            let code = answer.as_ref().ok().map(|r| r.status().as_u16());
+            metrics().kube_request(verb, code);
+            answer
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_as_rbac_names_them() {
+        let request = |method: Method, uri: &str| {
+            Request::builder().method(method).uri(uri).body(()).unwrap()
+        };
+        let path = "/apis/extctl.dev/v1alpha1/externalcontrols";
+        assert_eq!(verb(&request(Method::GET, path)), "get");
+        assert_eq!(
+            verb(&request(
+                Method::GET,
+                &format!("{path}?resourceVersion=5&watch=true")
+            )),
+            "watch"
+        );
+        assert_eq!(
+            verb(&request(Method::GET, &format!("{path}?watchy=true"))),
+            "get"
+        );
+        assert_eq!(verb(&request(Method::PATCH, path)), "patch");
+        assert_eq!(verb(&request(Method::PUT, path)), "update");
+        assert_eq!(verb(&request(Method::POST, path)), "create");
+        assert_eq!(verb(&request(Method::DELETE, path)), "delete");
+    }
+}

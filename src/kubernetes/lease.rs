@@ -1,0 +1,279 @@
+//! One reconciling replica: leader election on a `coordination.k8s.io/v1` Lease.
+//!
+//! Every replica serves the endpoint; only the Lease holder reconciles (resets, pings,
+//! timeouts). The rules are client-go's (see [`crate::core::lease`]): the holder renews every
+//! retry period with a resourceVersion-conditioned update, stops leading once it has failed to
+//! renew for the renew deadline, and the others take over only after seeing the Lease unchanged
+//! for its whole duration, so the old leader has stopped before a new one starts. The status
+//! writes stay conditioned on what they were computed from, as the safety net.
+//!
+//! Written here rather than taken from `kube-lease-manager`: that crate keeps reporting
+//! leadership while its renewals fail (it logs and retries), so a partitioned leader would go on
+//! reconciling after another replica took over.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::core::lease::{Timing, may_hold, still_leading};
+use crate::metrics::metrics;
+
+/// Where the Lease lives and who this replica is.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub name: String,
+    pub namespace: String,
+    /// This replica's name in the Lease (the pod name).
+    pub identity: String,
+    pub timing: Timing,
+}
+
+/// Whether this replica leads now; cheap to clone and to ask.
+#[derive(Debug, Clone)]
+pub enum Leadership {
+    /// No election (one replica, or `--leader-election=false`): always leading.
+    Always,
+    /// As the [`Elector`] last decided.
+    Elected(watch::Receiver<bool>),
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Elected(leading) => *leading.borrow(),
+        }
+    }
+
+    /// Completes when this replica leads (at once if it does).
+    pub async fn gained(&mut self) {
+        if let Self::Elected(leading) = self {
+            // An error means the elector stopped (shutdown): then leadership never comes.
+            if leading.wait_for(|leading| *leading).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Completes when this replica stops leading (never without election).
+    pub async fn lost(&mut self) {
+        match self {
+            Self::Always => std::future::pending().await,
+            Self::Elected(leading) => {
+                let _ = leading.wait_for(|leading| !*leading).await;
+            }
+        }
+    }
+}
+
+/// The elector: run [`Elector::run`] until shutdown; [`Elector::leadership`] tells the rest.
+pub struct Elector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    leading: watch::Sender<bool>,
+    /// The Lease as last seen, and since when (on this replica's clock) it has not changed.
+    observed: Option<(Lease, Instant)>,
+    last_renewal: Option<Instant>,
+}
+
+impl Elector {
+    pub fn new(client: Client, settings: LeaseSettings) -> Self {
+        metrics().set_leader(false);
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            leading: watch::channel(false).0,
+            observed: None,
+            last_renewal: None,
+        }
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        Leadership::Elected(self.leading.subscribe())
+    }
+
+    /// Tries to take or renew the Lease every retry period until `shutdown`, then gives it up
+    /// (if held) so another replica takes over at once instead of after the lease duration.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticks = tokio::time::interval(self.settings.timing.retry_period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticks.tick() => self.round().await,
+            }
+        }
+        if self.is_leading() {
+            self.set_leading(false);
+            self.release().await;
+        }
+    }
+
+    fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// One attempt to acquire or renew, and the step-down rule: another holder means stepping
+    /// down at once; failing to reach the API server, only at the renew deadline.
+    async fn round(&mut self) {
+        let now = Instant::now();
+        match self.try_hold().await {
+            Ok(true) => self.last_renewal = Some(now),
+            Ok(false) => self.last_renewal = None,
+            Err(error) => {
+                tracing::warn!(%error, lease = %self.settings.name, "reading or writing the Lease failed");
+            }
+        }
+        let leading = self.last_renewal.is_some_and(|renewed| {
+            still_leading(now.duration_since(renewed), &self.settings.timing)
+        });
+        if !leading {
+            self.last_renewal = None;
+        }
+        if leading != self.is_leading() {
+            self.set_leading(leading);
+        }
+    }
+
+    fn set_leading(&self, leading: bool) {
+        tracing::info!(
+            identity = %self.settings.identity,
+            lease = %self.settings.name,
+            "{}",
+            if leading { "leading: this replica reconciles" } else { "not leading: reconciling stopped" }
+        );
+        metrics().set_leader(leading);
+        self.leading.send_replace(leading);
+    }
+
+    /// Writes this replica into the Lease if it may; `Ok(false)` when another holds it (or won
+    /// the race to it).
+    async fn try_hold(&mut self) -> Result<bool, kube::Error> {
+        let Some(current) = self.api.get_opt(&self.settings.name).await? else {
+            return self.create().await;
+        };
+        let unchanged_for = self.observe(&current);
+        let spec = current.spec.clone().unwrap_or_default();
+        let declared = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.settings.timing.lease_duration, Duration::from_secs);
+        let holder = spec.holder_identity.as_deref();
+        if !may_hold(holder, &self.settings.identity, unchanged_for, declared) {
+            return Ok(false);
+        }
+        let now = MicroTime(jiff::Timestamp::now());
+        let taking_over = holder != Some(self.settings.identity.as_str());
+        let mut lease = current;
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(self.settings.identity.clone()),
+            lease_duration_seconds: Some(self.duration_seconds()),
+            renew_time: Some(now.clone()),
+            acquire_time: if taking_over {
+                Some(now)
+            } else {
+                spec.acquire_time
+            },
+            lease_transitions: Some(
+                spec.lease_transitions.unwrap_or(0) + i32::from(taking_over && holder.is_some()),
+            ),
+            ..spec
+        });
+        self.write(
+            |api, params| async move { api.replace(&lease.name_any(), &params, &lease).await },
+        )
+        .await
+    }
+
+    async fn create(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.settings.name.clone()),
+                namespace: Some(self.settings.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.settings.identity.clone()),
+                lease_duration_seconds: Some(self.duration_seconds()),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        self.write(|api, params| async move { api.create(&params, &lease).await })
+            .await
+    }
+
+    /// Runs a conditioned write; a conflict (or, for a create, an existing Lease) means another
+    /// replica wrote first, which is an answer, not an error.
+    async fn write<F, Fut>(&mut self, write: F) -> Result<bool, kube::Error>
+    where
+        F: FnOnce(Api<Lease>, PostParams) -> Fut,
+        Fut: std::future::Future<Output = Result<Lease, kube::Error>>,
+    {
+        match write(self.api.clone(), PostParams::default()).await {
+            Ok(written) => {
+                self.observe(&written);
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Remembers `lease` if it changed; returns how long it has been seen unchanged.
+    fn observe(&mut self, lease: &Lease) -> Duration {
+        let now = Instant::now();
+        match &self.observed {
+            Some((seen, since))
+                if seen.metadata.resource_version == lease.metadata.resource_version =>
+            {
+                now.duration_since(*since)
+            }
+            _ => {
+                self.observed = Some((lease.clone(), now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Empties the Lease so the next replica need not wait out its duration.
+    async fn release(&mut self) {
+        let Some((mut lease, _)) = self.observed.take() else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        let name = self.settings.name.clone();
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(lease = %name, "Lease released"),
+            Err(error) => {
+                tracing::warn!(%error, lease = %name, "releasing the Lease failed; another replica takes over when it expires")
+            }
+        }
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.settings.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}

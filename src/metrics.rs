@@ -1,0 +1,420 @@
+//! Prometheus metrics, served as OpenMetrics text at `/metrics` on `--metrics-listen` (its own
+//! listener, so scrapes never compete with checkers' calls and the endpoint port need not be
+//! open to the monitoring namespace).
+//!
+//! The shared code records them (the endpoint, the reconciler, the Kubernetes client), so
+//! `extctl run` and `extctl dev` export the same series. Labels are bounded: a result, a cause,
+//! a status, a verb, a namespace; never a path, an id, a nonce or a token.
+//!
+//! One registry per process, reached through [`metrics()`]: the recording sites are many and
+//! far apart, and a process has one `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::core::report::{Cause, StatusChange};
+use crate::crd::ControlStatus;
+
+/// The media type of the OpenMetrics text format.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    cause: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    namespace: String,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    namespace: String,
+    ready: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: &'static str,
+    outcome: &'static str,
+}
+
+/// What happened to an outbound ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingResult {
+    /// The checker answered 2xx.
+    Accepted,
+    /// The checker answered, but not 2xx.
+    Refused,
+    /// No answer: connection failure or timeout.
+    Failed,
+    /// Not sent: the control's signing token is unavailable.
+    Skipped,
+}
+
+impl PingResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// Every series extctl exports.
+pub struct Metrics {
+    registry: Registry,
+    status_calls: Family<ResultLabel, Counter>,
+    status_call_duration: Histogram,
+    transitions: Family<TransitionLabels, Counter>,
+    controls: Family<StatusLabels, Gauge>,
+    controls_ready: Family<ReadyLabels, Gauge>,
+    pings: Family<OutcomeLabel, Counter>,
+    resets: Counter,
+    reset_lateness: Histogram,
+    kube_requests: Family<RequestLabels, Counter>,
+    reconcile_duration: Histogram,
+    watch_restarts: Counter,
+    leader: Gauge,
+    ready: Gauge,
+    /// Serialises scrapes: the census gauges are cleared and refilled for each one.
+    scrape: Mutex<()>,
+}
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Buckets from 0.5 ms to about 16 s: a status call is a millisecond in memory and an API
+/// round trip (or a few, on conflicts) on Kubernetes.
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("extctl"),
+            status_calls: Family::default(),
+            status_call_duration: latency_buckets(),
+            transitions: Family::default(),
+            controls: Family::default(),
+            controls_ready: Family::default(),
+            pings: Family::default(),
+            resets: Counter::default(),
+            // 10 ms to about 40 min: a reset is late by its wait for a reconcile slot, or by
+            // the time no replica was reconciling.
+            reset_lateness: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
+            kube_requests: Family::default(),
+            reconcile_duration: latency_buckets(),
+            watch_restarts: Counter::default(),
+            leader: Gauge::default(),
+            ready: Gauge::default(),
+            scrape: Mutex::new(()),
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&mut self) {
+        let registry = &mut self.registry;
+        let seconds = || Unit::Seconds;
+        registry.register(
+            "status_calls",
+            "Signed status calls, by GitLab's answer",
+            self.status_calls.clone(),
+        );
+        registry.register_with_unit(
+            "status_call_duration",
+            "Time to answer a status call, storing included",
+            seconds(),
+            self.status_call_duration.clone(),
+        );
+        registry.register(
+            "status_transitions",
+            "Stored changes of a control's status, by cause",
+            self.transitions.clone(),
+        );
+        registry.register(
+            "controls",
+            "Controls by namespace and status",
+            self.controls.clone(),
+        );
+        registry.register(
+            "controls_ready",
+            "Controls by namespace and Ready condition",
+            self.controls_ready.clone(),
+        );
+        registry.register(
+            "pings",
+            "Notifications to checkers after a reset, by outcome",
+            self.pings.clone(),
+        );
+        registry.register(
+            "resets",
+            "Scheduled resets to pending carried out",
+            self.resets.clone(),
+        );
+        registry.register_with_unit(
+            "reset_lateness",
+            "How long after its due time a reset was stored",
+            seconds(),
+            self.reset_lateness.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests, by verb and outcome",
+            self.kube_requests.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time to reconcile one control",
+            seconds(),
+            self.reconcile_duration.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Times the watch of controls failed or had to list again",
+            self.watch_restarts.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the reconciling Lease (always 1 without election)",
+            self.leader.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 once this replica has loaded the controls and serves calls",
+            self.ready.clone(),
+        );
+    }
+
+    /// A status call answered with `result` (a [`crate::core::protocol::Rejection`]'s label,
+    /// `stored`, or `bad_request`) after `elapsed`.
+    pub fn status_call(&self, result: &'static str, elapsed: Duration) {
+        self.status_calls
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.status_call_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A stored change of status.
+    pub fn transition(&self, change: StatusChange) {
+        let labels = TransitionLabels {
+            cause: cause_label(change.cause),
+            from: change.from.as_str(),
+            to: change.to.as_str(),
+        };
+        self.transitions.get_or_create(&labels).inc();
+    }
+
+    /// A scheduled reset stored `lateness` after it fell due.
+    pub fn reset(&self, lateness: Duration) {
+        self.resets.inc();
+        self.reset_lateness.observe(lateness.as_secs_f64());
+    }
+
+    pub fn ping(&self, result: PingResult) {
+        let labels = OutcomeLabel {
+            outcome: result.label(),
+        };
+        self.pings.get_or_create(&labels).inc();
+    }
+
+    /// A Kubernetes API request answered with `code` (`None`: no answer).
+    pub fn kube_request(&self, verb: &'static str, code: Option<u16>) {
+        let outcome = match code {
+            Some(200..=299) => "ok",
+            Some(409) => "conflict",
+            Some(404) => "not_found",
+            Some(422) => "invalid",
+            _ => "error",
+        };
+        self.kube_requests
+            .get_or_create(&RequestLabels { verb, outcome })
+            .inc();
+    }
+
+    pub fn reconciled(&self, elapsed: Duration) {
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn watch_restarted(&self) {
+        self.watch_restarts.inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The registry as OpenMetrics text, with the gauges that describe the controls taken
+    /// from `census` now.
+    pub fn encode(&self, census: &dyn Census) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = census.count();
+        self.ready.set(i64::from(census.ready()));
+        self.controls.clear();
+        for ((namespace, status), n) in counts.by_status {
+            let labels = StatusLabels { namespace, status };
+            self.controls.get_or_create(&labels).set(n);
+        }
+        self.controls_ready.clear();
+        for ((namespace, ready), n) in counts.by_ready {
+            let ready = if ready { "true" } else { "false" };
+            let labels = ReadyLabels { namespace, ready };
+            self.controls_ready.get_or_create(&labels).set(n);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn cause_label(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Reported => "reported",
+        Cause::PingReset => "ping_reset",
+        Cause::PendingTimeout => "pending_timeout",
+    }
+}
+
+/// Controls counted by namespace and status, and by namespace and readiness.
+#[derive(Debug, Default)]
+pub struct ControlCounts {
+    by_status: BTreeMap<(String, &'static str), i64>,
+    by_ready: BTreeMap<(String, bool), i64>,
+}
+
+impl ControlCounts {
+    pub fn add(&mut self, namespace: &str, status: ControlStatus, ready: bool) {
+        *self
+            .by_status
+            .entry((namespace.to_string(), status.as_str()))
+            .or_default() += 1;
+        *self
+            .by_ready
+            .entry((namespace.to_string(), ready))
+            .or_default() += 1;
+    }
+}
+
+/// Where the controls live, counted at each scrape (so the gauges are never out of step with
+/// the store, and cost nothing between scrapes).
+pub trait Census: Send + Sync + 'static {
+    fn count(&self) -> ControlCounts;
+    /// Whether the controls are loaded and calls are served (what `/readyz` says).
+    fn ready(&self) -> bool;
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    census: Arc<dyn Census>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(census);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn scrape(State(census): State<Arc<dyn Census>>) -> impl IntoResponse {
+    let text = metrics().encode(census.as_ref());
+    ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl Census for Fixed {
+        fn count(&self) -> ControlCounts {
+            let mut counts = ControlCounts::default();
+            counts.add("a", ControlStatus::Pass, true);
+            counts.add("a", ControlStatus::Pass, false);
+            counts.add("b", ControlStatus::Fail, true);
+            counts
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn census_gauges_count_by_namespace() {
+        let text = Metrics::new().encode(&Fixed);
+        assert!(
+            text.contains(r#"extctl_controls{namespace="a",status="pass"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"extctl_controls{namespace="b",status="fail"} 1"#));
+        assert!(text.contains(r#"extctl_controls_ready{namespace="a",ready="false"} 1"#));
+        assert!(text.contains("extctl_ready 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn api_answers_map_to_bounded_outcomes() {
+        let metrics = Metrics::new();
+        for code in [
+            Some(200),
+            Some(201),
+            Some(409),
+            Some(404),
+            Some(422),
+            Some(503),
+            None,
+        ] {
+            metrics.kube_request("patch", code);
+        }
+        let text = metrics.encode(&Fixed);
+        for (outcome, n) in [
+            ("ok", 2),
+            ("conflict", 1),
+            ("not_found", 1),
+            ("invalid", 1),
+            ("error", 2),
+        ] {
+            let line =
+                format!(r#"extctl_kube_requests_total{{verb="patch",outcome="{outcome}"}} {n}"#);
+            assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
+    }
+}
