@@ -138,6 +138,7 @@ impl ControlStore for KubeStore {
                 "pingInterval": desired.ping_interval.as_ref().map(|DurationString(text)| text),
                 "observedGeneration": desired.observed_generation,
                 "conditions": desired.conditions,
+                "history": desired.history,
             }
         });
         self.patch_status(control, &Patch::Merge(&patch)).await

@@ -238,6 +238,15 @@ impl Operator {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Resident memory now, in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("extctl is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"));
+        let kib = line.and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok());
+        kib.expect("VmRSS in /proc/PID/status")
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         terminate(&mut self.child).await
