@@ -11,6 +11,7 @@ RUN cargo build --release --locked --bin extctl
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/extctl /extctl
 USER nonroot:nonroot
-EXPOSE 8080
+# The endpoint (and probes), and /metrics.
+EXPOSE 8080 9090
 ENTRYPOINT ["/extctl"]
 CMD ["run"]
