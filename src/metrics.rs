@@ -91,6 +91,37 @@ impl PingResult {
     }
 }
 
+/// Every `result` of `extctl_status_calls_total`: `stored`, each refusal's label, and
+/// `bad_request` for a request that could not be read.
+const STATUS_CALL_RESULTS: [&str; 14] = [
+    "stored",
+    "invalid_status",
+    "control_not_found",
+    "control_ambiguous",
+    "missing_headers",
+    "invalid_nonce",
+    "invalid_signature",
+    "invalid_timestamp",
+    "expired",
+    "project_not_found",
+    "update_rejected",
+    "token_unavailable",
+    "unavailable",
+    "bad_request",
+];
+
+/// The status changes that can happen, by cause: a report sets `pass` or `fail`, a reset sets
+/// `pending`, a timeout turns `pending` into `fail`.
+const TRANSITIONS: [(&str, &str, &str); 7] = [
+    ("reported", "pending", "pass"),
+    ("reported", "pending", "fail"),
+    ("reported", "pass", "fail"),
+    ("reported", "fail", "pass"),
+    ("ping_reset", "pass", "pending"),
+    ("ping_reset", "fail", "pending"),
+    ("pending_timeout", "pending", "fail"),
+];
+
 /// Every series extctl exports.
 pub struct Metrics {
     registry: Registry,
@@ -145,7 +176,39 @@ impl Metrics {
             scrape: Mutex::new(()),
         };
         metrics.register_all();
+        metrics.declare_known_series();
         metrics
+    }
+
+    /// Every series whose label values are known up front starts at 0, so `rate()` and
+    /// `increase()` see a counter's first increment and dashboards show all outcomes.
+    fn declare_known_series(&self) {
+        for result in STATUS_CALL_RESULTS {
+            self.status_calls.get_or_create(&ResultLabel { result });
+        }
+        for result in [
+            PingResult::Accepted,
+            PingResult::Refused,
+            PingResult::Failed,
+            PingResult::Skipped,
+        ] {
+            let outcome = result.label();
+            self.pings.get_or_create(&OutcomeLabel { outcome });
+        }
+        for (cause, from, to) in TRANSITIONS {
+            self.transitions
+                .get_or_create(&TransitionLabels { cause, from, to });
+        }
+    }
+
+    /// Declares the Kubernetes request series at 0 (once a process talks to Kubernetes).
+    pub fn declare_kube_requests(&self) {
+        for verb in ["get", "watch", "create", "update", "patch"] {
+            for outcome in ["ok", "conflict", "not_found", "invalid", "error"] {
+                self.kube_requests
+                    .get_or_create(&RequestLabels { verb, outcome });
+            }
+        }
     }
 
     fn register_all(&mut self) {
@@ -375,6 +438,37 @@ mod tests {
         fn ready(&self) -> bool {
             true
         }
+    }
+
+    #[test]
+    fn every_refusal_has_a_declared_result() {
+        use crate::core::protocol::Rejection;
+        let all = [
+            Rejection::InvalidStatus,
+            Rejection::ControlNotFound,
+            Rejection::ControlAmbiguous,
+            Rejection::MissingHeaders,
+            Rejection::InvalidNonce,
+            Rejection::InvalidSignature,
+            Rejection::InvalidTimestamp,
+            Rejection::Expired,
+            Rejection::ProjectNotFound,
+            Rejection::UpdateRejected(String::new()),
+            Rejection::TokenUnavailable,
+            Rejection::Unavailable(String::new()),
+        ];
+        for rejection in all {
+            assert!(
+                STATUS_CALL_RESULTS.contains(&rejection.label()),
+                "{rejection:?}"
+            );
+        }
+        let text = Metrics::new().encode(&Fixed);
+        assert!(
+            text.contains(r#"extctl_status_calls_total{result="expired"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"extctl_pings_total{outcome="failed"} 0"#));
     }
 
     #[test]

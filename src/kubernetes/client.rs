@@ -18,6 +18,7 @@ pub async fn client() -> anyhow::Result<Client> {
         .await
         .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
     let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    metrics().declare_kube_requests();
     Ok(builder.with_layer(&CountRequests).build())
 }
 

@@ -1,15 +1,31 @@
+{{- /* The release's name: every object's name, the Lease's name, the metrics job's prefix. */ -}}
 {{- define "extctl.name" -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 53 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "extctl.labels" -}}
 app.kubernetes.io/name: extctl
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "extctl.selector" -}}
 app.kubernetes.io/name: extctl
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /* The image reference: by digest when one is given, else by tag (default: appVersion). */ -}}
+{{- define "extctl.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- /* PromQL label matchers selecting this release's series (the ServiceMonitor's job). */ -}}
+{{- define "extctl.promSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "job=%q" (printf "%s-metrics" (include "extctl.name" .))) -}}
 {{- end -}}
