@@ -184,7 +184,8 @@ impl Metrics {
     /// `increase()` see a counter's first increment and dashboards show all outcomes.
     fn declare_known_series(&self) {
         for result in STATUS_CALL_RESULTS {
-            self.status_calls.get_or_create(&ResultLabel { result });
+            self.status_calls
+                .get_or_create_owned(&ResultLabel { result });
         }
         for result in [
             PingResult::Accepted,
@@ -193,11 +194,11 @@ impl Metrics {
             PingResult::Skipped,
         ] {
             let outcome = result.label();
-            self.pings.get_or_create(&OutcomeLabel { outcome });
+            self.pings.get_or_create_owned(&OutcomeLabel { outcome });
         }
         for (cause, from, to) in TRANSITIONS {
             self.transitions
-                .get_or_create(&TransitionLabels { cause, from, to });
+                .get_or_create_owned(&TransitionLabels { cause, from, to });
         }
     }
 
@@ -206,7 +207,7 @@ impl Metrics {
         for verb in ["get", "watch", "create", "update", "patch"] {
             for outcome in ["ok", "conflict", "not_found", "invalid", "error"] {
                 self.kube_requests
-                    .get_or_create(&RequestLabels { verb, outcome });
+                    .get_or_create_owned(&RequestLabels { verb, outcome });
             }
         }
     }

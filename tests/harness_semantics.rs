@@ -1373,7 +1373,7 @@ async fn event_recorder_creates_then_patches() {
     assert_eq!(listed[0].series.as_ref().map(|s| s.count), Some(2));
     assert_eq!(listed[0].reason.as_deref(), Some("Tested"));
 
-    // Core v1 Events are a separate, equally plain resource.
+    // Core v1 Events (the same storage, another view: see `events_are_one_storage_in_two_versions`).
     let core: Api<CoreEvent> = Api::namespaced(client.clone(), NS);
     let core_event = CoreEvent {
         metadata: ObjectMeta {
@@ -1790,4 +1790,427 @@ async fn requests_are_recorded() {
 
     server.reset_requests();
     assert!(server.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// What kubectl asks for: Table output, aggregated discovery, OpenAPI v3, Events in both versions
+
+/// A GET with an `Accept` header: the status code, the `Content-Type` and the JSON body.
+async fn get_accepting(server: &ApiServer, path: &str, accept: &str) -> (u16, String, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", server.url()))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (code, content_type, response.json().await.unwrap())
+}
+
+/// What `kubectl get` sends.
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+/// The recorded Table case (`17-table-output.json`) replayed, by the same independent program
+/// as `tests/apiserver_fixtures.rs`, against a harness serving the printer columns the recording
+/// was made with (the CRD has since gained a Ready column and prints Next Ping as text), so
+/// that every significant value of the case is compared: columns, cells (`3m`, `<invalid>`,
+/// `null`), rows' PartialObjectMetadata, `includeObject=None`, the `v1beta1` Table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_output_agrees_with_the_recording() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("../shared/fixtures/kube-apiserver/v1.36");
+    let case: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("17-table-output.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded = case["steps"][4]["response"]["body"]["columnDefinitions"]
+        .as_array()
+        .unwrap();
+    // The recorded columns but Name: name, type and the JSONPath their description quotes.
+    let columns: Vec<Value> = recorded[1..]
+        .iter()
+        .map(|c| {
+            let path = c["description"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("Custom resource definition column (in JSONPath format): ")
+                .expect("a column without a description of its own");
+            json!({"name": c["name"], "type": c["type"], "jsonPath": path})
+        })
+        .collect();
+    let text = std::fs::read_to_string(root.join("crds/externalcontrols.extctl.dev.yaml")).unwrap();
+    let mut crd: Value = serde_yaml::from_str(&text).unwrap();
+    crd["spec"]["versions"][0]["additionalPrinterColumns"] = json!(columns);
+    let server = ApiServer::start_with_crds(vec![crd]).await;
+
+    let script = root.join("tests/support/replay_fixtures.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--server", &server.url(), "--only", "17", "--fixtures"])
+        .arg(&fixtures)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let differences: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    // Case 00 (the namespace) always runs first; its differences are listed elsewhere.
+    let table: Vec<&Value> = differences
+        .iter()
+        .filter(|d| d["case"] == "17-table-output.json")
+        .collect();
+    assert!(table.is_empty(), "{table:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_follow_the_accept_header_and_include_object() {
+    let (server, client) = start().await;
+    create_widget(&widgets(&client), "alpha", 3).await;
+    let path = "/apis/test.example/v1/namespaces/default/widgets";
+
+    // Without printer columns a custom resource is printed as Name and Age.
+    let (code, content_type, table) = get_accepting(&server, path, TABLE).await;
+    assert_eq!((code, content_type.as_str()), (200, "application/json"));
+    assert_eq!(
+        (&table["kind"], &table["apiVersion"]),
+        (&json!("Table"), &json!("meta.k8s.io/v1"))
+    );
+    let names: Vec<&Value> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(names, [&json!("Name"), &json!("Age")]);
+    assert_eq!(table["columnDefinitions"][1]["type"], "date");
+    let row = &table["rows"][0];
+    assert_eq!(row["cells"][0], "alpha");
+    assert!(
+        ["0s", "1s", "2s"].contains(&row["cells"][1].as_str().unwrap()),
+        "{row}"
+    );
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["namespace"], "default");
+    assert!(row["object"].get("spec").is_none());
+    assert!(table["metadata"]["resourceVersion"].is_string());
+
+    // includeObject=Object carries the object as served; a bad value is a 400.
+    let (_, _, table) =
+        get_accepting(&server, &format!("{path}?includeObject=Object"), TABLE).await;
+    assert_eq!(table["rows"][0]["object"]["spec"]["size"], 3);
+    let (code, _, status) =
+        get_accepting(&server, &format!("{path}?includeObject=All"), TABLE).await;
+    assert_eq!((code, &status["reason"]), (400, &json!("BadRequest")));
+
+    // One object is a one-row Table; plain JSON when JSON comes first.
+    let (_, _, table) = get_accepting(&server, &format!("{path}/alpha"), TABLE).await;
+    assert_eq!(table["rows"].as_array().unwrap().len(), 1);
+    let (_, _, list) = get_accepting(
+        &server,
+        path,
+        "application/json, application/json;as=Table;v=v1;g=meta.k8s.io",
+    )
+    .await;
+    assert_eq!(list["kind"], "WidgetList");
+
+    // Built-in kinds have kube-apiserver's printers: a Secret's type and number of keys.
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("token".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("a".into(), "1".into()),
+            ("b".into(), "2".into()),
+        ])),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let (_, _, table) = get_accepting(&server, "/api/v1/namespaces/default/secrets", TABLE).await;
+    let names: Vec<&Value> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [
+            &json!("Name"),
+            &json!("Type"),
+            &json!("Data"),
+            &json!("Age")
+        ]
+    );
+    let cells = table["rows"][0]["cells"].as_array().unwrap();
+    assert_eq!(cells[..3], [json!("token"), json!("Opaque"), json!(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printer_columns_are_found_by_jsonpath_and_converted_by_type() {
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["additionalPrinterColumns"] = json!([
+        {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Tags", "type": "string", "jsonPath": ".spec.tags"},
+        {"name": "Second", "type": "string", "jsonPath": ".spec.tags[1]"},
+        {"name": "Since", "type": "date", "jsonPath": ".status.since"},
+        {"name": "Until", "type": "date", "jsonPath": ".status.until"},
+        {"name": "Bad", "type": "date", "jsonPath": ".status.bad"},
+        {"name": "Flag", "type": "boolean", "jsonPath": ".spec.size"},
+        {"name": "Missing", "type": "string", "jsonPath": ".status.nothing", "priority": 1, "description": "Nothing here."},
+    ]);
+    // Room in the status for what the columns read.
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let server = ApiServer::start_with_crds(vec![crd]).await;
+    let api = widgets(&server.client());
+    let mut widget = widget("alpha", json!({"size": 3, "tags": ["x", "y"]}));
+    widget.data["spec"]["size"] = json!(3);
+    api.create(&PostParams::default(), &widget).await.unwrap();
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let tomorrow = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    let status = json!({"status": {
+        "conditions": [{"type": "Other", "status": "False"}, {"type": "Ready", "status": "True"}],
+        "since": hour_ago.to_string(),
+        "until": tomorrow.to_string(),
+        "bad": "yesterday",
+    }});
+    api.patch_status("alpha", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+
+    let path = "/apis/test.example/v1/namespaces/default/widgets/alpha";
+    let (_, _, table) = get_accepting(&server, path, TABLE).await;
+    assert_eq!(
+        table["rows"][0]["cells"],
+        json!([
+            "alpha",
+            3,
+            "True",
+            "[\"x\",\"y\"]",
+            "y",
+            "60m",
+            "<invalid>",
+            "<invalid>",
+            null,
+            null
+        ])
+    );
+    let missing = &table["columnDefinitions"][9];
+    assert_eq!(
+        (&missing["priority"], &missing["description"]),
+        (&json!(1), &json!("Nothing here."))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_aggregated_when_asked_for() {
+    let mut crd = widget_crd();
+    crd["spec"]["names"]["shortNames"] = json!(["wd"]);
+    crd["spec"]["names"]["categories"] = json!(["things"]);
+    let server = ApiServer::start_with_crds(vec![crd]).await;
+    // What client-go's discovery sends.
+    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+
+    let (code, content_type, groups) = get_accepting(&server, "/apis", aggregated).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        content_type,
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    assert_eq!(groups["kind"], "APIGroupDiscoveryList");
+    let group = groups["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "test.example")
+        .expect("the CRD's group");
+    let widgets = &group["versions"][0]["resources"][0];
+    assert_eq!(widgets["resource"], "widgets");
+    assert_eq!(
+        widgets["responseKind"],
+        json!({"group": "test.example", "version": "v1", "kind": "Widget"})
+    );
+    assert_eq!(widgets["scope"], "Namespaced");
+    assert_eq!(widgets["shortNames"], json!(["wd"]));
+    assert_eq!(widgets["categories"], json!(["things"]));
+    assert_eq!(widgets["subresources"][0]["subresource"], "status");
+
+    let (_, _, core) = get_accepting(&server, "/api", aggregated).await;
+    let resources = core["items"][0]["versions"][0]["resources"]
+        .as_array()
+        .unwrap();
+    let events = resources
+        .iter()
+        .find(|r| r["resource"] == "events")
+        .unwrap();
+    assert_eq!(events["shortNames"], json!(["ev"]));
+
+    // Plain JSON gets the unaggregated documents, short names included.
+    let (_, content_type, groups) = get_accepting(&server, "/apis", "application/json").await;
+    assert_eq!(
+        (content_type.as_str(), &groups["kind"]),
+        ("application/json", &json!("APIGroupList"))
+    );
+    let (_, _, list) = get_accepting(&server, "/apis/test.example/v1", "application/json").await;
+    assert_eq!(list["resources"][0]["shortNames"], json!(["wd"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v3_says_the_server_validates_fields() {
+    let (server, _client) = start().await;
+    let (code, _, index) = get_accepting(&server, "/openapi/v3", "application/json").await;
+    assert_eq!(code, 200);
+    let url = index["paths"]["apis/test.example/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("the CRD's group-version is listed");
+    assert!(
+        url.starts_with("/openapi/v3/apis/test.example/v1?hash="),
+        "{url}"
+    );
+    assert!(index["paths"]["api/v1"].is_object());
+
+    // kubectl looks for the kind's PATCH operation and its fieldValidation parameter.
+    let (_, _, document) = get_accepting(&server, url, "application/json").await;
+    let patch =
+        &document["paths"]["/apis/test.example/v1/namespaces/{namespace}/widgets/{name}"]["patch"];
+    assert_eq!(
+        patch["x-kubernetes-group-version-kind"],
+        json!({"group": "test.example", "version": "v1", "kind": "Widget"})
+    );
+    let parameters: Vec<&Value> = patch["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert!(
+        parameters.contains(&&json!("fieldValidation")),
+        "{parameters:?}"
+    );
+    let (code, _, _) = get_accepting(
+        &server,
+        "/openapi/v3/apis/nothing.example/v1",
+        "application/json",
+    )
+    .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_one_storage_in_two_versions() {
+    let (server, client) = start().await;
+    let events: Api<EventsV1Event> = Api::namespaced(client.clone(), NS);
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), NS);
+    let regarding = ObjectReference {
+        api_version: Some("test.example/v1".into()),
+        kind: Some("Widget".into()),
+        name: Some("alpha".into()),
+        namespace: Some(NS.into()),
+        uid: Some("0000-1".into()),
+        ..Default::default()
+    };
+    let event: EventsV1Event = serde_json::from_value(json!({
+        "metadata": {"name": "alpha.1"},
+        "eventTime": "2026-01-02T03:04:05.123456Z",
+        "reportingController": "harness-test",
+        "reportingInstance": "test-0",
+        "action": "Test",
+        "reason": "Tested",
+        "type": "Normal",
+        "regarding": regarding,
+        "note": "hello",
+    }))
+    .unwrap();
+    events.create(&PostParams::default(), &event).await.unwrap();
+
+    // What kubectl describe asks for, through core v1.
+    let selector = "involvedObject.name=alpha,involvedObject.namespace=default,involvedObject.kind=Widget,involvedObject.uid=0000-1";
+    let listed = core
+        .list(&ListParams::default().fields(selector))
+        .await
+        .unwrap()
+        .items;
+    let [seen] = &listed[..] else {
+        panic!("one Event expected: {listed:?}")
+    };
+    assert_eq!(seen.message.as_deref(), Some("hello"));
+    assert_eq!(seen.reporting_component.as_deref(), Some("harness-test"));
+    assert_eq!(seen.involved_object.uid.as_deref(), Some("0000-1"));
+    assert!(
+        core.list(&ListParams::default().fields("involvedObject.name=beta"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The events.k8s.io names of the same fields select too; an unknown one is a 400.
+    let by_regarding =
+        ListParams::default().fields("regarding.name=alpha,reportingController=harness-test");
+    assert_eq!(events.list(&by_regarding).await.unwrap().items.len(), 1);
+    let path = "/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector=regarding.bogus%3Dx";
+    let (code, body) = raw(&server, reqwest::Method::GET, path, None).await;
+    assert_eq!(
+        (code, &body["message"]),
+        (400, &json!("field label not supported: regarding.bogus"))
+    );
+
+    // A change through one version is seen through the other.
+    core.patch(
+        "alpha.1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"message": "changed"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        events.get("alpha.1").await.unwrap().note.as_deref(),
+        Some("changed")
+    );
+
+    // kubectl get events: kube-apiserver's Event printer (wide columns at priority 1).
+    let (_, _, table) = get_accepting(&server, "/api/v1/namespaces/default/events", TABLE).await;
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(
+        cells.as_array().unwrap()[1..],
+        [
+            json!("Normal"),
+            json!("Tested"),
+            json!("widget/alpha"),
+            json!(""),
+            json!("harness-test, test-0"),
+            json!("changed"),
+            cells[7].clone(),
+            json!(1),
+            json!("alpha.1"),
+        ]
+    );
+    assert_eq!(table["columnDefinitions"][4]["priority"], 1);
+
+    // An eventTime is a MicroTime: exactly six fractional digits.
+    let mut late = event.clone();
+    late.metadata.name = Some("alpha.2".into());
+    let mut body = serde_json::to_value(&late).unwrap();
+    body["eventTime"] = json!("2026-01-02T03:04:05.123Z");
+    let (code, status) = raw(
+        &server,
+        reqwest::Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        Some(("application/json", body.to_string())),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
 }

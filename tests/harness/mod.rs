@@ -5,15 +5,18 @@
 //! resourceVersion preconditions, the status subresource, generation, finalizers, patches,
 //! paginated lists, resumable watches with 410 Gone, and `Status` errors. The real `extctl`
 //! binary runs against it through [`ApiServer::write_kubeconfig`], tests through
-//! [`ApiServer::client`], and [`Faults`] breaks it on purpose.
+//! [`ApiServer::client`], and [`Faults`] breaks it on purpose. It also answers what the real
+//! `kubectl` asks for (`tests/kubectl.rs`): aggregated discovery, the OpenAPI v3 documents that
+//! tell it the server validates fields, server-side Table output (`table.rs`), and core `v1`
+//! and `events.k8s.io/v1` Events as one storage (`events.rs`).
 //!
 //! What is knowingly not modelled: authentication and authorization; field ownership in
 //! server-side apply (see `patch.rs`); a few OpenAPI keywords (see `schema.rs`); CRDs created
 //! at run time (only those given at start are served); namespace existence checks and
-//! namespace deletion cascading; storage shared between `v1` and `events.k8s.io/v1` Events;
-//! `managedFields`; metadata-only (`PartialObjectMetadata`) and aggregated discovery
-//! responses; list snapshots for later pages of a paginated list (they show the latest
-//! objects, under the first page's resourceVersion).
+//! namespace deletion cascading; `managedFields`; metadata-only (`as=PartialObjectMetadata`)
+//! responses, Tables in watches, OpenAPI v2 and the schemas of OpenAPI v3 (see `openapi.rs`);
+//! list snapshots for later pages of a paginated list (they show the latest objects, under
+//! the first page's resourceVersion).
 
 // Every test crate that declares `mod harness;` compiles all of it but uses only part of it;
 // without this each of them would warn about the parts it happens not to use.
@@ -21,7 +24,9 @@
 
 mod cel;
 mod discovery;
+mod events;
 mod faults;
+mod openapi;
 mod patch;
 mod resources;
 mod routes;
@@ -30,6 +35,7 @@ mod selectors;
 mod status;
 mod store;
 mod strategy;
+mod table;
 mod verbs;
 mod watch;
 
@@ -173,7 +179,7 @@ impl ApiServer {
         let key = (namespace.unwrap_or_default().to_string(), name.to_string());
         self.state
             .store
-            .get(&rt.qualified(), &key)
+            .get(&rt.storage(), &key)
             .map(|o| verbs::present(&rt, o))
     }
 
@@ -185,7 +191,7 @@ impl ApiServer {
         namespace: Option<&str>,
     ) -> Vec<Value> {
         let rt = self.resource_type(api_version, plural);
-        let (objects, _) = self.state.store.list(&rt.qualified(), namespace);
+        let (objects, _) = self.state.store.list(&rt.storage(), namespace);
         objects
             .into_iter()
             .map(|o| verbs::present(&rt, o))

@@ -26,6 +26,13 @@ pub struct ResourceType {
     pub schema: Option<Value>,
     /// The schema's compiled CEL rules, if it has any.
     pub cel: Option<Arc<CelRules>>,
+    /// Discovery's `singularName`, `shortNames` and `categories` (what `kubectl get ec` and
+    /// `kubectl get compliance` resolve through).
+    pub singular: String,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    /// The version's `additionalPrinterColumns` (custom resources), for Table output.
+    pub printer_columns: Vec<Value>,
 }
 
 impl ResourceType {
@@ -40,7 +47,16 @@ impl ResourceType {
             custom: false,
             schema: None,
             cel: None,
+            singular: kind.to_lowercase(),
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            printer_columns: Vec::new(),
         }
+    }
+
+    fn short_names(mut self, names: &[&str]) -> Self {
+        self.short_names = names.iter().map(|n| n.to_string()).collect();
+        self
     }
 
     /// `v1` for the core group, `group/version` otherwise.
@@ -51,13 +67,28 @@ impl ResourceType {
         }
     }
 
-    /// `plural.group` (just `plural` for the core group), as in the server's messages. All the
-    /// versions of a resource share it, so it also keys the storage.
+    /// `plural.group` (just `plural` for the core group), as in the server's messages.
     pub fn qualified(&self) -> String {
         match self.group.as_str() {
             "" => self.plural.clone(),
             group => format!("{}.{group}", self.plural),
         }
+    }
+
+    /// The key of the objects' storage. Like the real server, `events.k8s.io/v1` Events are
+    /// the core `v1` Events seen through another version (stored in the core shape, converted
+    /// by `events.rs`); every other resource has storage of its own, shared by its versions.
+    pub fn storage(&self) -> String {
+        if self.is_event() {
+            "events".into()
+        } else {
+            self.qualified()
+        }
+    }
+
+    /// An Event, core `v1` or `events.k8s.io/v1`.
+    pub fn is_event(&self) -> bool {
+        self.plural == "events" && (self.group.is_empty() || self.group == "events.k8s.io")
     }
 }
 
@@ -123,11 +154,16 @@ fn builtin_types() -> Vec<ResourceType> {
             false,
         )
     };
+    // Short names and categories as kube-apiserver's discovery reports them.
+    let crds = ResourceType {
+        categories: vec!["api-extensions".into()],
+        ..crds.short_names(&["crd", "crds"])
+    };
     vec![
-        namespaces,
+        namespaces.short_names(&["ns"]),
         ResourceType::builtin("", "v1", "secrets", "Secret", true),
-        ResourceType::builtin("", "v1", "events", "Event", true),
-        ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
+        ResourceType::builtin("", "v1", "events", "Event", true).short_names(&["ev"]),
+        ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true).short_names(&["ev"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
         crds,
     ]
@@ -145,6 +181,15 @@ fn crd_resource_types(crd: &Value) -> Vec<ResourceType> {
     let plural = text(&spec["names"]["plural"], "spec.names.plural");
     let kind = text(&spec["names"]["kind"], "spec.names.kind");
     let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let names = &spec["names"];
+    let singular = names["singular"]
+        .as_str()
+        .map_or_else(|| kind.to_lowercase(), String::from);
+    let strings = |v: &Value| -> Vec<String> {
+        let items = v.as_array().into_iter().flatten();
+        items.filter_map(|s| s.as_str().map(String::from)).collect()
+    };
+    let (short_names, categories) = (strings(&names["shortNames"]), strings(&names["categories"]));
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     versions
         .iter()
@@ -167,6 +212,13 @@ fn crd_resource_types(crd: &Value) -> Vec<ResourceType> {
                 custom: true,
                 schema,
                 cel,
+                singular: singular.clone(),
+                short_names: short_names.clone(),
+                categories: categories.clone(),
+                printer_columns: v["additionalPrinterColumns"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, middleware};
@@ -14,11 +14,13 @@ use serde_json::Value;
 
 use super::discovery;
 use super::faults::{self, Faults};
+use super::openapi;
 use super::patch::Patch;
 use super::resources::Registry;
 use super::status::ApiError;
 use super::store::Store;
 use super::strategy::Subresource;
+use super::table;
 use super::verbs::{self, Target, WriteOptions};
 use super::watch;
 
@@ -62,15 +64,25 @@ fn dispatch(
     let query = Query::<HashMap<String, String>>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?
         .0;
-    if method == Method::GET
-        && let Some(document) = discovery::document(&app.registry, &app.address, uri.path())
-    {
-        return Ok(Json(document).into_response());
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if method == Method::GET {
+        let registry = &app.registry;
+        if let Some((document, content_type)) =
+            discovery::document(registry, &app.address, uri.path(), accept)
+        {
+            return Ok(([(CONTENT_TYPE, content_type)], Json(document)).into_response());
+        }
+        if let Some(document) = openapi::document(registry, uri.path()) {
+            return Ok(Json(document).into_response());
+        }
     }
     let target = parse_target(&app.registry, uri.path())?;
     check_method(method, &target)?;
     if method == Method::GET {
-        read(app, &target, &query)
+        read(app, &target, &query, table::requested(accept))
     } else {
         write(app, method, &target, &query, headers, body)
     }
@@ -101,17 +113,29 @@ fn check_method(method: &Method, target: &Target) -> Result<(), ApiError> {
     }
 }
 
+/// GET: one object, a watch or a list; an object or list as a Table when `table` (the Table
+/// version the client asked for) says so.
 fn read(
     app: &AppState,
     target: &Target,
     query: &HashMap<String, String>,
+    table: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let rt = &target.rt;
     if target.name.is_some() {
-        ok(verbs::get(&app.store, target)?)
+        let obj = verbs::get(&app.store, target)?;
+        match table {
+            Some(version) => ok(table::of_object(rt, version, query, obj)?),
+            None => ok(obj),
+        }
     } else if watch::is_watch(query) {
         watch::serve(&app.store, &app.faults, target, query)
     } else {
-        ok(verbs::list(&app.store, target, query)?)
+        let list = verbs::list(&app.store, target, query)?;
+        match table {
+            Some(version) => ok(table::of_list(rt, version, query, list)?),
+            None => ok(list),
+        }
     }
 }
 

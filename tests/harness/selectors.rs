@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::events;
+use super::resources::ResourceType;
 use super::status::ApiError;
 
 /// One label requirement of a selector.
@@ -93,17 +95,18 @@ fn split_terms(selector: &str) -> Vec<&str> {
     terms.into_iter().filter(|t| !t.trim().is_empty()).collect()
 }
 
-/// A field requirement; only `metadata.name` and `metadata.namespace` are supported, as for
-/// custom resources on a real server.
+/// A field requirement: `metadata.name` and `metadata.namespace`, as for custom resources on
+/// a real server, and for Events the fields kube-apiserver selects them by (see `events.rs`).
 #[derive(Debug, Clone)]
 struct FieldRequirement {
+    /// The field, as its core label (an `events.k8s.io/v1` label translated).
     field: String,
     value: String,
     negated: bool,
 }
 
 impl FieldRequirement {
-    fn parse(term: &str) -> Result<Self, ApiError> {
+    fn parse(rt: &ResourceType, term: &str) -> Result<Self, ApiError> {
         let (field, value, negated) = if let Some((f, v)) = term.split_once("!=") {
             (f, v, true)
         } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
@@ -113,26 +116,16 @@ impl FieldRequirement {
                 "invalid field selector: {term:?}"
             )));
         };
-        let field = field.trim();
-        if field != "metadata.name" && field != "metadata.namespace" {
-            return Err(ApiError::bad_request(format!(
-                "field label not supported: {field}"
-            )));
-        }
         Ok(Self {
-            field: field.to_string(),
+            field: events::field_label(rt, field.trim())?,
             value: value.trim().to_string(),
             negated,
         })
     }
 
+    /// Whether the stored object `obj` meets the requirement.
     fn matches(&self, obj: &Value) -> bool {
-        let meta = &obj["metadata"];
-        let actual = match self.field.as_str() {
-            "metadata.name" => meta["name"].as_str(),
-            _ => meta["namespace"].as_str(),
-        };
-        (actual.unwrap_or_default() == self.value) != self.negated
+        (events::field_value(obj, &self.field) == self.value) != self.negated
     }
 }
 
@@ -144,7 +137,11 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    pub fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+    /// The selectors of a request on `rt`.
+    pub fn from_query(
+        rt: &ResourceType,
+        query: &HashMap<String, String>,
+    ) -> Result<Self, ApiError> {
         let labels = match query.get("labelSelector") {
             Some(s) => split_terms(s)
                 .into_iter()
@@ -158,7 +155,7 @@ impl Selectors {
         let fields = match query.get("fieldSelector") {
             Some(s) => split_terms(s)
                 .into_iter()
-                .map(FieldRequirement::parse)
+                .map(|term| FieldRequirement::parse(rt, term))
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };

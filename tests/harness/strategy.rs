@@ -191,9 +191,6 @@ fn normalize(
     if rt.group.is_empty() && rt.plural == "secrets" {
         fold_secret_string_data(obj);
     }
-    if rt.group == "events.k8s.io" && rt.plural == "events" {
-        check_event_note(name, obj)?;
-    }
     let Some(schema) = &rt.schema else {
         return Ok(());
     };
@@ -219,25 +216,6 @@ fn normalize(
     } else {
         Err(ApiError::invalid(rt, name, &errors))
     }
-}
-
-/// The real server's limit on an events.k8s.io Event's `note`, in bytes, reported on field
-/// `message` with group-less details (`16-events.json`).
-const MAX_EVENT_NOTE_BYTES: usize = 1024;
-
-fn check_event_note(name: &str, obj: &Value) -> Result<(), ApiError> {
-    let length = obj["note"].as_str().map_or(0, str::len);
-    if length <= MAX_EVENT_NOTE_BYTES {
-        return Ok(());
-    }
-    let detail = format!("Invalid value: \"\": can have at most {MAX_EVENT_NOTE_BYTES} characters");
-    let cause = json!({"reason": "FieldValueInvalid", "message": detail, "field": "message"});
-    Err(ApiError::new(
-        422,
-        "Invalid",
-        format!("Event \"{name}\" is invalid: message: {detail}"),
-    )
-    .with_details(json!({"name": name, "kind": "Event", "causes": [cause]})))
 }
 
 /// Like the real server: `stringData` is write-only and lands base64-encoded in `data`.

@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
+use super::events;
 use super::patch::Patch;
 use super::resources::ResourceType;
 use super::selectors::Selectors;
@@ -27,7 +28,7 @@ pub struct Target {
 
 impl Target {
     fn resource(&self) -> String {
-        self.rt.qualified()
+        self.rt.storage()
     }
 
     fn name(&self) -> &str {
@@ -67,8 +68,10 @@ impl WriteOptions {
     }
 }
 
-/// `obj` as served at `rt`'s version (all versions of a CRD share one storage).
-pub fn present(rt: &ResourceType, mut obj: Value) -> Value {
+/// The stored `obj` as served at `rt`'s version (all versions of a CRD share one storage, and
+/// so do core and `events.k8s.io` Events).
+pub fn present(rt: &ResourceType, obj: Value) -> Value {
+    let mut obj = events::present(rt, obj);
     obj["apiVersion"] = json!(rt.api_version());
     obj["kind"] = json!(rt.kind);
     obj
@@ -89,7 +92,7 @@ pub fn list(
     target: &Target,
     query: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
-    let selectors = Selectors::from_query(query)?;
+    let selectors = Selectors::from_query(&target.rt, query)?;
     let page = Page::from_query(query)?;
     let (objects, current_rv) = store.list(&target.resource(), target.namespace.as_deref());
     let rv = page.start.as_ref().map_or(current_rv, |t| t.rv);
@@ -129,7 +132,9 @@ pub fn create(
     body: Value,
     opts: &WriteOptions,
 ) -> Result<Value, ApiError> {
+    let body = events::decode(&target.rt, body)?;
     let obj = strategy::prepare_create(&target.rt, target.namespace.as_deref(), body, opts.mode)?;
+    let obj = stored_form(&target.rt, obj, true)?;
     let key = object_key(&obj);
     let stored = store.write(
         &target.resource(),
@@ -227,22 +232,36 @@ fn create_by_apply(
         return Err(target.not_found());
     }
     check_body_name(target, applied)?;
-    let mut body = applied.clone();
+    let mut body = events::decode(&target.rt, applied.clone())?;
     body["metadata"]["name"] = json!(target.name());
     let obj = strategy::prepare_create(&target.rt, target.namespace.as_deref(), body, opts.mode)?;
-    Ok(Outcome::Put(obj))
+    Ok(Outcome::Put(stored_form(&target.rt, obj, true)?))
 }
 
-/// The update of `old` to `new` shared by PUT and PATCH: precondition, strategy, outcome.
+/// The update of the stored `old` to `new` (at the target's version) shared by PUT and PATCH:
+/// precondition, strategy, outcome.
 fn update(
     target: &Target,
     old: &Value,
     new: Value,
     opts: &WriteOptions,
 ) -> Result<Outcome, ApiError> {
-    strategy::check_resource_version(&target.rt, old, &new)?;
-    let prepared = strategy::prepare_update(&target.rt, old, new, target.subresource, opts.mode)?;
-    Ok(strategy::update_outcome(old, prepared))
+    let rt = &target.rt;
+    strategy::check_resource_version(rt, old, &new)?;
+    let new = events::decode(rt, new)?;
+    let current = present(rt, old.clone());
+    let prepared = strategy::prepare_update(rt, &current, new, target.subresource, opts.mode)?;
+    Ok(strategy::update_outcome(
+        old,
+        stored_form(rt, prepared, false)?,
+    ))
+}
+
+/// What a write stores of the prepared object: Events in the core shape, validated there.
+fn stored_form(rt: &ResourceType, prepared: Value, create: bool) -> Result<Value, ApiError> {
+    let obj = events::to_storage(rt, prepared);
+    events::validate(rt, &obj, create)?;
+    Ok(obj)
 }
 
 /// DELETE: returns the object (its last state, or marked for deletion when it has finalizers).
@@ -270,7 +289,7 @@ pub fn delete_collection(
     options: &Value,
     opts: &WriteOptions,
 ) -> Result<Value, ApiError> {
-    let selectors = Selectors::from_query(query)?;
+    let selectors = Selectors::from_query(&target.rt, query)?;
     let (objects, rv) = store.list(&target.resource(), target.namespace.as_deref());
     let mut deleted = Vec::new();
     for obj in objects.iter().filter(|o| selectors.matches(o)) {

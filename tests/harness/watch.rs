@@ -84,10 +84,10 @@ pub fn serve(
     let scope = Scope {
         rt: target.rt.clone(),
         namespace: target.namespace.clone(),
-        selectors: Selectors::from_query(query)?,
+        selectors: Selectors::from_query(&target.rt, query)?,
     };
     let ender = faults.watch_ender();
-    let subscription = match store.subscribe(&target.rt.qualified(), params.since) {
+    let subscription = match store.subscribe(&target.rt.storage(), params.since) {
         Ok(subscription) => subscription,
         Err(gone) => {
             let line = to_line(&json!({"type": "ERROR", "object": gone.to_status()}));
@@ -143,7 +143,7 @@ impl Scope {
     /// moves an object into the selection is ADDED and one that moves it out is DELETED
     /// (carrying the previous object at the new resourceVersion).
     fn render(&self, event: &Event) -> Option<Bytes> {
-        if event.resource != self.rt.qualified() {
+        if event.resource != self.rt.storage() {
             return None;
         }
         let now_in = self.selects(&event.object);

@@ -1,0 +1,523 @@
+//! The user's commands, run with the real `kubectl` (1.37, from `tests/support/python-tools.txt`)
+//! against the harness: `kubectl apply -f examples/` and its re-apply, `kubectl get ec`,
+//! `get externalcontrols -A` and `get compliance` (server-side Table output, compared with the
+//! README's example), `kubectl describe ec` and the control's Events (`get events
+//! --field-selector`, `kubectl events --for`). The status comes the way it comes in a cluster:
+//! the real `extctl run` stores it when the independent Python checker sends a signed call.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use extctl::crd::{ControlStatus, ExternalControl};
+use regex::Regex;
+use serde_json::Value;
+use support::{Cluster, NAMESPACE, Operator, checker, pytools, wait_for};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// The real kubectl, configured for one harness only: its own kubeconfig, and a home of its own
+/// so that its discovery and HTTP caches never outlive the test.
+struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Kubectl {
+    async fn new(cluster: &Cluster) -> Self {
+        // The first use installs the tools (a pip install under a file lock): off the runtime.
+        let binary = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
+            .await
+            .expect("installing kubectl");
+        Self {
+            binary,
+            kubeconfig: cluster.kubeconfig.clone(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs `kubectl args`, feeding it `stdin`.
+    async fn run_with_input(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_clear()
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.home.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl starts");
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
+            .unwrap()
+    }
+
+    /// The standard output of `kubectl args`, which must succeed without a word on stderr
+    /// (no warning, no fallback notice).
+    async fn ok(&self, args: &[&str]) -> String {
+        self.ok_with_input(args, "").await
+    }
+
+    async fn ok_with_input(&self, args: &[&str], stdin: &str) -> String {
+        let output = self.run_with_input(args, stdin).await;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "kubectl {args:?} failed ({}):\n{stdout}{stderr}",
+            output.status
+        );
+        stdout
+    }
+}
+
+/// A harness with `examples/` applied by kubectl.
+async fn cluster_with_examples() -> (Cluster, Kubectl) {
+    let cluster = Cluster::start().await;
+    let kubectl = Kubectl::new(&cluster).await;
+    kubectl.ok(&["apply", "-f", "examples/"]).await;
+    (cluster, kubectl)
+}
+
+fn resource_version(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
+    let cluster = Cluster::start().await;
+    let kubectl = Kubectl::new(&cluster).await;
+
+    // kubectl asks /openapi/v3 whether the server validates fields, then creates each object
+    // with fieldValidation=Strict (in file order: controls.yaml, then secrets.yaml).
+    let created = kubectl.ok(&["apply", "-f", "examples/"]).await;
+    assert_eq!(
+        created,
+        "externalcontrol.extctl.dev/sast created\n\
+         externalcontrol.extctl.dev/dependency-scan created\n\
+         externalcontrol.extctl.dev/license-audit created\n\
+         secret/sast-token created\n\
+         secret/ci-token created\n\
+         secret/license-bot-token created\n"
+    );
+    let requests = cluster.api.requests();
+    assert!(requests.iter().any(|r| r.path == "/openapi/v3"));
+    let creates: Vec<_> = requests.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(creates.len(), 6);
+    assert!(
+        creates
+            .iter()
+            .all(|r| r.query.contains("fieldValidation=Strict")),
+        "{creates:?}"
+    );
+    let control = |name: &str| {
+        cluster
+            .api
+            .get_object(
+                "extctl.dev/v1alpha1",
+                "externalcontrols",
+                Some(NAMESPACE),
+                name,
+            )
+            .unwrap_or_else(|| panic!("{name} was not created"))
+    };
+    let sast = control("sast");
+    assert_eq!(sast["spec"]["projectId"], 42);
+    assert_eq!(sast["spec"]["controlId"], 7);
+    // The CRD's defaults, applied by the server.
+    assert_eq!(sast["spec"]["pingInterval"], "12h");
+    assert_eq!(sast["spec"]["secretRef"]["key"], "token");
+    assert_eq!(control("license-audit")["spec"]["pendingTimeout"], "10m");
+    assert_eq!(control("dependency-scan")["spec"]["pingEnabled"], false);
+    // stringData arrives base64-encoded in data, as kube-apiserver stores it.
+    let secret = cluster
+        .api
+        .get_object("v1", "secrets", Some(NAMESPACE), "license-bot-token")
+        .unwrap();
+    assert_eq!(secret["data"]["token"], "bGljZW5zZS1ib3QtMjAyNi0xMQ==");
+    assert_eq!(
+        secret["data"]["previousToken"],
+        "bGljZW5zZS1ib3QtMjAyNi0wNQ=="
+    );
+    assert!(secret.get("stringData").is_none());
+
+    let objects = |cluster: &Cluster| {
+        let mut all = cluster
+            .api
+            .list_objects("extctl.dev/v1alpha1", "externalcontrols", None);
+        all.extend(cluster.api.list_objects("v1", "secrets", None));
+        all
+    };
+    let before: Vec<String> = objects(&cluster).iter().map(resource_version).collect();
+    // Applying the same files again: nothing differs from the last-applied configuration, so
+    // kubectl sends nothing for the controls and the Secret written with `data`. The Secrets
+    // written with `stringData` are patched every time, because the server never returns
+    // `stringData` (kubectl then says "configured"), and the patch changes nothing.
+    let reapplied = kubectl.ok(&["apply", "-f", "examples/"]).await;
+    assert_eq!(
+        reapplied,
+        "externalcontrol.extctl.dev/sast unchanged\n\
+         externalcontrol.extctl.dev/dependency-scan unchanged\n\
+         externalcontrol.extctl.dev/license-audit unchanged\n\
+         secret/sast-token configured\n\
+         secret/ci-token unchanged\n\
+         secret/license-bot-token configured\n"
+    );
+    let after: Vec<String> = objects(&cluster).iter().map(resource_version).collect();
+    assert_eq!(before, after, "a re-apply changed an object");
+
+    // A changed manifest is a merge patch of the spec: a new generation.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let changed = std::fs::read_to_string(examples.join("controls.yaml"))
+        .unwrap()
+        .replace("pingInterval: 1h", "pingInterval: 2h");
+    let configured = kubectl.ok_with_input(&["apply", "-f", "-"], &changed).await;
+    assert_eq!(
+        configured,
+        "externalcontrol.extctl.dev/sast unchanged\n\
+         externalcontrol.extctl.dev/dependency-scan unchanged\n\
+         externalcontrol.extctl.dev/license-audit configured\n"
+    );
+    let audit = control("license-audit");
+    assert_eq!(audit["spec"]["pingInterval"], "2h");
+    assert_eq!(audit["metadata"]["generation"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_an_invalid_control_fails_with_the_servers_message() {
+    let cluster = Cluster::start().await;
+    let kubectl = Kubectl::new(&cluster).await;
+    let manifest = "apiVersion: extctl.dev/v1alpha1\n\
+                    kind: ExternalControl\n\
+                    metadata:\n  name: zero\n\
+                    spec:\n  projectId: 0\n  controlId: 7\n  secretRef:\n    name: sast-token\n";
+    let output = kubectl
+        .run_with_input(&["apply", "-f", "-"], manifest)
+        .await;
+    assert!(!output.status.success());
+    // kube-apiserver's wording for the schema's minimum (`02-create-invalid.json`), which
+    // kubectl prints after the kind and name the error's details give.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "The ExternalControl \"zero\" is invalid: spec.projectId: Invalid value: 0: spec.projectId in body should be greater than or equal to 1\n"
+    );
+    assert!(
+        cluster
+            .api
+            .list_objects("extctl.dev/v1alpha1", "externalcontrols", None)
+            .is_empty()
+    );
+}
+
+/// The cells of a kubectl table line, cut at the columns' starting offsets in the header
+/// (kubectl aligns every column; cells may be empty).
+fn cells(header: &str, line: &str) -> Vec<String> {
+    let starts = column_starts(header);
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = starts
+                .get(i + 1)
+                .copied()
+                .unwrap_or(line.len())
+                .min(line.len());
+            line.get(start.min(end)..end)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The columns' names and starting offsets in a header: a name ends where two spaces or more
+/// follow, since one space separates the words of `LAST UPDATE`.
+fn columns(header: &str) -> Vec<(usize, String)> {
+    let name = Regex::new(r"\S+( \S+)*").unwrap();
+    name.find_iter(header)
+        .map(|m| (m.start(), m.as_str().to_owned()))
+        .collect()
+}
+
+fn column_starts(header: &str) -> Vec<usize> {
+    columns(header)
+        .into_iter()
+        .map(|(start, _)| start)
+        .collect()
+}
+
+fn column_names(header: &str) -> Vec<String> {
+    columns(header).into_iter().map(|(_, name)| name).collect()
+}
+
+/// Whether every cell of `line` (none of them empty) starts where its column does, after
+/// padding.
+fn aligned(header: &str, line: &str) -> bool {
+    column_starts(header).iter().all(|&start| {
+        let (before, at) = (
+            line.as_bytes().get(start.wrapping_sub(1)),
+            line.as_bytes().get(start),
+        );
+        start == 0 || (before == Some(&b' ') && at.is_some_and(|c| *c != b' '))
+    })
+}
+
+/// The table kubectl printed, as `(header, rows)`.
+fn table(output: &str) -> (String, Vec<Vec<String>>) {
+    let mut lines = output.lines();
+    let header = lines.next().expect("a header line").to_owned();
+    let rows = lines.map(|line| cells(&header, line)).collect();
+    (header, rows)
+}
+
+/// The README's `kubectl get ec` example: its header line and its `sast` line.
+fn readme_example() -> (String, String) {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut lines = readme.lines().skip_while(|l| *l != "$ kubectl get ec");
+    assert!(
+        lines.next().is_some(),
+        "README.md has no `$ kubectl get ec` example"
+    );
+    let (header, row) = (lines.next().unwrap(), lines.next().unwrap());
+    (header.to_owned(), row.to_owned())
+}
+
+/// `line` with its indentation, and its words separated by one space.
+fn collapse(line: &str) -> String {
+    let words = line.trim_start();
+    let indent = &line[..line.len() - words.len()];
+    format!(
+        "{indent}{}",
+        words.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// An age as kubectl prints it (`0s`, `3m`, `2d`, `5h10m`).
+fn is_age(text: &str) -> bool {
+    Regex::new(r"^(\d+[smhdy])+$").unwrap().is_match(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_control_as_kubectl_gets_and_describes_it() {
+    let (cluster, kubectl) = cluster_with_examples().await;
+    let operator = Operator::start(&cluster, &[]).await;
+    for name in ["sast", "dependency-scan", "license-audit"] {
+        cluster.wait_ready_reason(name, "Ready").await;
+    }
+    let token = cluster.token_file("sast.token", "s3cr3t-t0ken");
+    let answer = checker(
+        &operator.url,
+        &[
+            "--project",
+            "42",
+            "--control",
+            "7",
+            "--status",
+            "pass",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{:?}", answer.body);
+    let note = "Changed compliance control status from 'pending' to 'pass'";
+    let published = wait_for(Duration::from_secs(10), || async {
+        cluster
+            .event_notes("sast")
+            .await
+            .iter()
+            .any(|n| n == note)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        published.is_some(),
+        "no Event: {:?}",
+        cluster.event_notes("sast").await
+    );
+    let sast: ExternalControl = cluster.control("sast").await;
+    let status = sast.status.clone().unwrap();
+    assert_eq!(status.status, Some(ControlStatus::Pass));
+    let next_ping = serde_json::to_value(&status.next_ping_time).unwrap();
+    let next_ping = next_ping.as_str().expect("ping is on: a next ping is due");
+
+    // `kubectl get ec sast` is what the README shows (it has only that control): the same
+    // columns, laid out the same, and the same values but for the times.
+    let output = kubectl.ok(&["get", "ec", "sast"]).await;
+    let (header, rows) = table(&output);
+    let (readme_header, readme_row) = readme_example();
+    assert_eq!(
+        header, readme_header,
+        "the README's header differs from kubectl's"
+    );
+    let readme_cells = cells(&readme_header, &readme_row);
+    let [row] = &rows[..] else {
+        panic!("one row expected:\n{output}")
+    };
+    assert_eq!(
+        column_names(&header),
+        [
+            "NAME",
+            "PROJECT",
+            "CONTROL",
+            "STATUS",
+            "READY",
+            "PING",
+            "LAST UPDATE",
+            "NEXT PING",
+            "AGE"
+        ]
+    );
+    assert_eq!(row[..6], ["sast", "42", "7", "pass", "True", "true"]);
+    assert_eq!(
+        row[..6],
+        readme_cells[..6],
+        "the README's values differ:\n{output}"
+    );
+    // LAST UPDATE and AGE are ages (the README's "3m" and "2d"); NEXT PING is the stored time,
+    // as text, in the README's format.
+    assert!(
+        is_age(&row[6]) && is_age(&readme_cells[6]),
+        "{row:?} / {readme_cells:?}"
+    );
+    assert!(
+        is_age(&row[8]) && is_age(&readme_cells[8]),
+        "{row:?} / {readme_cells:?}"
+    );
+    assert_eq!(row[7], next_ping);
+    let micro = Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$").unwrap();
+    assert!(micro.is_match(&row[7]) && micro.is_match(&readme_cells[7]));
+    // The README's line is laid out as kubectl lays out its own: every cell where its column
+    // starts (the header being the same, so are the columns' widths).
+    assert!(aligned(&header, output.lines().nth(1).unwrap()));
+    assert!(aligned(&readme_header, &readme_row), "{readme_row:?}");
+
+    // Every control, by short name, by plural across namespaces and by category.
+    let (header, rows) = table(&kubectl.ok(&["get", "ec"]).await);
+    assert_eq!(
+        column_names(&header),
+        [
+            "NAME",
+            "PROJECT",
+            "CONTROL",
+            "STATUS",
+            "READY",
+            "PING",
+            "LAST UPDATE",
+            "NEXT PING",
+            "AGE"
+        ]
+    );
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["dependency-scan", "license-audit", "sast"]);
+    let scan = &rows[0];
+    // Ping off: no NEXT PING.
+    assert_eq!(scan[1..6], ["42", "8", "pending", "True", "false"]);
+    assert_eq!(scan[7], "");
+    assert_eq!(rows[2][..6], ["sast", "42", "7", "pass", "True", "true"]);
+    let (header_all, rows_all) = table(&kubectl.ok(&["get", "externalcontrols", "-A"]).await);
+    assert_eq!(column_names(&header_all)[0], "NAMESPACE");
+    assert_eq!(column_names(&header_all)[1..], column_names(&header)[..]);
+    for (all, one) in rows_all.iter().zip(&rows) {
+        assert_eq!(all[0], NAMESPACE);
+        assert_eq!(all[1..7], one[..6]);
+    }
+    let (header_category, rows_category) = table(&kubectl.ok(&["get", "compliance"]).await);
+    assert_eq!(header_category, header);
+    let category_names: Vec<&str> = rows_category.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(category_names, names);
+
+    // describe: spec, status, conditions, history and the Event of the change (lines compared
+    // with their indentation, the alignment of values collapsed to one space).
+    let described = kubectl.ok(&["describe", "ec", "sast"]).await;
+    let lines: Vec<String> = described.lines().map(collapse).collect();
+    for expected in [
+        "Name: sast",
+        "Namespace: default",
+        "API Version: extctl.dev/v1alpha1",
+        "Kind: ExternalControl",
+        "Spec:",
+        "  Control Id: 7",
+        "  Display Name: SAST scan has no critical findings",
+        "  Ping Enabled: true",
+        "  Project Id: 42",
+        "  Secret Ref:",
+        "    Name: sast-token",
+        "Status:",
+        "  Conditions:",
+        "    Reason: Ready",
+        "    Status: True",
+        "    Type: Ready",
+        "  History:",
+        "    Cause: StatusReported",
+        &format!("  Next Ping Time: {next_ping}"),
+        "  Status: pass",
+        "Events:",
+        "  Type Reason Age From Message",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "no line {expected:?} in:\n{described}"
+        );
+    }
+    let events = described.split("Events:\n").nth(1).unwrap();
+    let event_line = Regex::new(&format!(
+        r"(?m)^  Normal +StatusReported +\d+s +extctl +{note}$"
+    ))
+    .unwrap();
+    assert!(event_line.is_match(events), "{events}");
+
+    // The Event through core v1, as `kubectl get events` and `kubectl events` list it.
+    let (header, rows) = table(
+        &kubectl
+            .ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=sast",
+            ])
+            .await,
+    );
+    assert_eq!(
+        column_names(&header),
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    let reported: Vec<&Vec<String>> = rows.iter().filter(|r| r[2] == "StatusReported").collect();
+    let [reported] = &reported[..] else {
+        panic!("one StatusReported Event expected: {rows:?}")
+    };
+    assert!(is_age(&reported[0]));
+    assert_eq!(
+        reported[1..],
+        ["Normal", "StatusReported", "externalcontrol/sast", note]
+    );
+    let (header, rows) = table(&kubectl.ok(&["events", "--for", "ec/sast"]).await);
+    assert_eq!(
+        column_names(&header),
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[1..] == ["Normal", "StatusReported", "ExternalControl/sast", note]),
+        "{rows:?}"
+    );
+    operator.stop().await;
+}
