@@ -93,7 +93,7 @@ impl PingResult {
 
 /// Every `result` of `extctl_status_calls_total`: `stored`, each refusal's label, and
 /// `bad_request` for a request that could not be read.
-const STATUS_CALL_RESULTS: [&str; 14] = [
+const STATUS_CALL_RESULTS: [&str; 15] = [
     "stored",
     "invalid_status",
     "control_not_found",
@@ -107,6 +107,7 @@ const STATUS_CALL_RESULTS: [&str; 14] = [
     "update_rejected",
     "token_unavailable",
     "unavailable",
+    "store_timeout",
     "bad_request",
 ];
 
@@ -457,6 +458,7 @@ mod tests {
             Rejection::UpdateRejected(String::new()),
             Rejection::TokenUnavailable,
             Rejection::Unavailable(String::new()),
+            Rejection::StoreTimeout,
         ];
         for rejection in all {
             assert!(

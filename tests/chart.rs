@@ -46,6 +46,7 @@ const METRICS: &[Metric] = &[
                 "update_rejected",
                 "token_unavailable",
                 "unavailable",
+                "store_timeout",
                 "bad_request",
             ],
         )],

@@ -300,10 +300,11 @@ async fn an_unavailable_api_server_gets_503_never_a_false_200() {
     cluster.api.faults().set_unavailable(true);
     let answer = checker(&operator.url, &call_args(&token, &["--status", "fail"])).await;
     assert_eq!(answer.code, 503, "{:?}", answer.body);
-    assert!(
-        answer.error().contains("nothing was stored"),
-        "{:?}",
-        answer.body
+    // kube's client retries the 503s until the request timeout: extctl cannot tell whether a
+    // write got through, and says so rather than claim nothing was stored.
+    assert_eq!(
+        answer.error(),
+        "Status store did not answer in time; the status may have been stored: retry"
     );
     cluster.api.faults().set_unavailable(false);
 

@@ -791,7 +791,8 @@ async fn cel_rules_are_enforced() {
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         status.message,
-        r#"Widget.test.example "bad" is invalid: spec.interval: Invalid value: "string": must be at least 1s"#
+        // The value quoted, as kube-apiserver does (fixture 04).
+        r#"Widget.test.example "bad" is invalid: spec.interval: Invalid value: "0s": must be at least 1s"#
     );
 
     let good = widget("good", json!({"size": 1, "interval": "5s", "serial": "a"}));

@@ -43,6 +43,10 @@ pub enum Rejection {
     /// Controls are still loading, or the status store could not be reached: nothing was stored.
     #[error("Status store unavailable, nothing was stored: {0}")]
     Unavailable(String),
+    /// The write was sent but not answered within the request timeout: it may still be stored,
+    /// so the answer says neither (extctl only). A retry with a fresh nonce is always safe.
+    #[error("Status store did not answer in time; the status may have been stored: retry")]
+    StoreTimeout,
 }
 
 impl Rejection {
@@ -57,7 +61,7 @@ impl Rejection {
             | Self::Expired => 401,
             Self::ControlNotFound | Self::ProjectNotFound => 404,
             Self::ControlAmbiguous => 409,
-            Self::TokenUnavailable | Self::Unavailable(_) => 503,
+            Self::TokenUnavailable | Self::Unavailable(_) | Self::StoreTimeout => 503,
         }
     }
 
@@ -76,6 +80,7 @@ impl Rejection {
             Self::UpdateRejected(_) => "update_rejected",
             Self::TokenUnavailable => "token_unavailable",
             Self::Unavailable(_) => "unavailable",
+            Self::StoreTimeout => "store_timeout",
         }
     }
 }
@@ -148,6 +153,7 @@ mod tests {
         }
         assert_eq!(Rejection::TokenUnavailable.http_status(), 503);
         assert_eq!(Rejection::Unavailable("x".into()).http_status(), 503);
+        assert_eq!(Rejection::StoreTimeout.http_status(), 503);
     }
 
     #[test]

@@ -27,11 +27,13 @@ pub async fn verify_and_record<R: ControlRegistry>(
 ) -> Result<ControlStatus, Rejection> {
     let status = call.reported_status()?;
     let control = registry.lookup(control_id(call.control)?)?;
-    let headers = SignatureHeaders::new(
+    let (timestamp, nonce, signature) = (
         call.header(TIMESTAMP_HEADER),
         call.header(NONCE_HEADER),
         call.header(SIGNATURE_HEADER),
-    )?;
+    );
+    let headers =
+        SignatureHeaders::new(timestamp.as_deref(), nonce.as_deref(), signature.as_deref())?;
     let signed_at = config.window.check(headers.timestamp, now)?;
 
     // The path is rebuilt from the route parameters, never taken from the request line.
@@ -57,7 +59,8 @@ pub async fn verify_and_record<R: ControlRegistry>(
     headers.check_nonce_format()?;
     // Cheap early refusal from the cached status; `record` checks again against fresh state.
     report::ensure_nonce_unused(control.status.as_ref(), headers.nonce, now)?;
-    if call.project != control.spec.project_id.to_string() {
+    // Read as the control id is (`042` is 42): the signature covers the path as sent.
+    if decimal_id(call.project) != Some(control.spec.project_id) {
         return Err(Rejection::ProjectNotFound);
     }
 
@@ -70,7 +73,7 @@ pub async fn verify_and_record<R: ControlRegistry>(
     let write = registry.record(&control, report);
     let recorded = tokio::time::timeout(config.request_timeout, write)
         .await
-        .map_err(|_| Rejection::Unavailable("the status store did not answer in time".into()))??;
+        .map_err(|_| Rejection::StoreTimeout)??;
     if let Some(change) = recorded.change() {
         metrics().transition(change);
     }
@@ -79,9 +82,13 @@ pub async fn verify_and_record<R: ControlRegistry>(
 
 /// A control id is plain decimal digits; anything else names no control.
 fn control_id(text: &str) -> Result<i64, Rejection> {
+    decimal_id(text).ok_or(Rejection::ControlNotFound)
+}
+
+/// An id in the path: plain decimal digits that fit an `i64`.
+fn decimal_id(text: &str) -> Option<i64> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    let id = digits.then(|| text.parse().ok()).flatten();
-    id.ok_or(Rejection::ControlNotFound)
+    digits.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! CEL validation rules (`x-kubernetes-validations`) of custom resources, evaluated with
 //! kube-cel, which implements the Kubernetes CEL libraries. As on the real server they run
-//! after the OpenAPI checks pass, transition rules see `oldSelf` on updates, and failures are
-//! reported as field errors in the 422 `Invalid` Status.
+//! alongside the OpenAPI checks, transition rules see `oldSelf` on updates, and failures are
+//! reported as field errors in the 422 `Invalid` Status, worded as the server words them.
 
 use kube_cel::{CompiledSchema, ErrorKind, RootContext, ValidationError, Validator};
 use serde_json::Value;
@@ -18,6 +18,8 @@ thread_local! {
 pub struct CelRules {
     compiled: CompiledSchema,
     root: RootContext,
+    /// Each rule's `message`, by its expression (the server names a rule by its message).
+    messages: std::collections::HashMap<String, String>,
 }
 
 impl CelRules {
@@ -31,9 +33,12 @@ impl CelRules {
             api_group: group.to_string(),
             kind: kind.to_string(),
         };
+        let mut messages = std::collections::HashMap::new();
+        collect_messages(schema, &mut messages);
         Some(Self {
             compiled: kube_cel::compile_schema(schema),
             root,
+            messages,
         })
     }
 
@@ -43,17 +48,34 @@ impl CelRules {
             .with(|v| v.validate_compiled_with_context(&self.compiled, obj, old, Some(&self.root)));
         match outcome {
             Ok(()) => Vec::new(),
-            Err(errors) => errors.iter().map(|e| field_error(obj, e)).collect(),
+            Err(errors) => errors
+                .iter()
+                .map(|e| field_error(obj, e, &self.messages))
+                .collect(),
         }
     }
 }
 
 /// A failed rule as the server reports it: by the rule's `reason` when it gives one, else as
-/// an invalid value quoting the field's type (not its value), e.g.
-/// `spec.interval: Invalid value: "string": must be at least 1s`.
-fn field_error(obj: &Value, error: &ValidationError) -> FieldError {
+/// an invalid value. A rule that evaluated to false quotes the value and says its message; one
+/// that could not be evaluated quotes the value's type and says why, then which rule (fixture
+/// 04: `Invalid value: "string": type conversion error from 'string' to
+/// 'google.protobuf.Duration' evaluating rule: must be at least 1s`).
+fn field_error(
+    obj: &Value,
+    error: &ValidationError,
+    messages: &std::collections::HashMap<String, String>,
+) -> FieldError {
+    let rule_message = || messages.get(&error.rule).unwrap_or(&error.rule).clone();
     let message = match error.kind {
         ErrorKind::ValidationFailure => error.message.clone(),
+        ErrorKind::EvaluationError => {
+            format!(
+                "{} evaluating rule: {}",
+                cel_go_error(&error.message),
+                rule_message()
+            )
+        }
         _ => format!(
             "rule {:?} could not be evaluated: {}",
             error.rule, error.message
@@ -74,7 +96,21 @@ fn field_error(obj: &Value, error: &ValidationError) -> FieldError {
             "FieldValueDuplicate",
             format!("Duplicate value: {message}"),
         ),
+        // A rule that evaluated to false quotes the value; one that could not be evaluated
+        // quotes the value's type (fixture 04: `"0s"`, `"500ms"`, but `"string"` for `12 hours`).
+        _ if error.kind == ErrorKind::ValidationFailure => {
+            let value = value_at(obj, path).map_or("null".to_owned(), Value::to_string);
+            FieldError::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {value}: {message}"),
+            )
+        }
         _ => {
+            eprintln!(
+                "CELPROBE {:?} {:?} {:?}",
+                error.kind, error.message, error.rule
+            );
             let type_name = value_at(obj, path).map_or("object", json_type_name);
             FieldError::new(
                 path,
@@ -113,5 +149,42 @@ fn json_type_name(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
+    }
+}
+
+/// cel-go's wording for what kube-cel reports as a failed conversion function (only the
+/// conversions the CRDs here use; anything else keeps kube-cel's text).
+fn cel_go_error(message: &str) -> String {
+    for (function, target) in [
+        ("duration", "google.protobuf.Duration"),
+        ("timestamp", "google.protobuf.Timestamp"),
+    ] {
+        if message.contains(&format!("Error executing function '{function}'")) {
+            return format!("type conversion error from 'string' to '{target}'");
+        }
+    }
+    message.to_owned()
+}
+
+/// Every `x-kubernetes-validations` rule's message in `schema`, by the rule's expression.
+fn collect_messages(schema: &Value, messages: &mut std::collections::HashMap<String, String>) {
+    match schema {
+        Value::Object(map) => {
+            for rule in map
+                .get("x-kubernetes-validations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(expression), Some(message)) =
+                    (rule["rule"].as_str(), rule["message"].as_str())
+                {
+                    messages.insert(expression.to_owned(), message.to_owned());
+                }
+            }
+            map.values().for_each(|v| collect_messages(v, messages));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_messages(v, messages)),
+        _ => {}
     }
 }

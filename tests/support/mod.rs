@@ -669,11 +669,11 @@ impl RawAnswer {
 
 /// Sends `request` (every byte as given: the caller writes `Connection: close`) to `url`
 /// (`http://HOST:PORT`) and reads the answer until the server closes the connection. `None`
-/// when the connection ended without an answer.
+/// when there was no answer (connection refused, or ended without an answer).
 pub async fn raw_request(url: &str, request: &[u8]) -> Option<RawAnswer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
     // The server may answer (413, 431) and close before reading everything sent.
     let _ = stream.write_all(request).await;
     let mut received = Vec::new();
