@@ -37,7 +37,11 @@ pub fn tool(name: &str) -> PathBuf {
 fn install(dir: &Path) {
     let requirements = dir.with_extension("txt");
     std::fs::write(&requirements, REQUIREMENTS).expect("writing the requirements file");
-    run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(dir));
+    run(Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg("--clear")
+        .arg(dir));
     run(Command::new(dir.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
         .arg(&requirements));
