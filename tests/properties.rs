@@ -1,14 +1,16 @@
 //! Properties of the pure core over generated inputs (proptest, in the normal test run):
 //! no signature made without the right token verifies, a nonce is never accepted twice while
-//! it is remembered, and the schedule never moves a reset backwards.
+//! it is remembered, concurrent accepted calls in any interleaving are all stored with the last
+//! one's status, and the schedule never moves a reset backwards.
 
 use std::time::Duration;
 
 use extctl::core::nonces::NonceSet;
 use extctl::core::protocol::Rejection;
+use extctl::core::report::{self, Report};
 use extctl::core::schedule::{PingFacts, PingPlan, plan};
 use extctl::core::signature::{sign, signed_string, status_path, verify};
-use extctl::crd::ControlStatus;
+use extctl::crd::{ControlStatus, ExternalControlStatus};
 use jiff::Timestamp;
 use proptest::prelude::*;
 
@@ -82,6 +84,65 @@ proptest! {
                 prop_assert_eq!(answer, Ok(()));
                 accepted.push((nonce, second));
             }
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_in_any_interleaving_are_all_stored_and_the_last_one_wins(
+        statuses in proptest::collection::vec(any::<bool>(), 1..8),
+        turns in proptest::collection::vec(0_usize..8, 0..64),
+    ) {
+        // Each call is a writer as the registry runs it: read the status and its version,
+        // compute the update with `report::apply`, write it only if the version is unchanged
+        // (the API server's precondition), else read again. `turns` interleaves the steps.
+        let reports: Vec<Report> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, pass)| Report {
+                status: if *pass { ControlStatus::Pass } else { ControlStatus::Fail },
+                nonce: format!("{i:032}"),
+                nonce_expires_at: at(15),
+                received_at: at(0),
+            })
+            .collect();
+        let mut stored = (ExternalControlStatus::default(), 0_u64);
+        let mut read: Vec<Option<(ExternalControlStatus, u64)>> = vec![None; reports.len()];
+        let mut done = vec![false; reports.len()];
+        let mut order = Vec::new();
+        // Then round robin: each round, at least the first writer to find the version
+        // unchanged succeeds, so every call is stored within 2n rounds.
+        let n = reports.len();
+        let schedule = turns.into_iter().chain((0..n).cycle().take(2 * n * n + 2 * n));
+        for turn in schedule.map(|t| t % reports.len()) {
+            if done[turn] {
+                continue;
+            }
+            match read[turn].take() {
+                None => read[turn] = Some(stored.clone()),
+                Some((snapshot, version)) if version == stored.1 => {
+                    let update = report::apply(Some(&snapshot), &reports[turn]);
+                    prop_assert!(update.is_ok(), "an unreplayed nonce was refused");
+                    let mut status = snapshot;
+                    update.unwrap().apply_to(&mut status);
+                    stored = (status, version + 1);
+                    done[turn] = true;
+                    order.push(turn);
+                }
+                Some(_) => read[turn] = Some(stored.clone()),
+            }
+        }
+        prop_assert!(done.iter().all(|d| *d), "every call is eventually stored");
+        let last = *order.last().unwrap();
+        prop_assert_eq!(stored.0.status, Some(reports[last].status));
+        for call in &reports {
+            prop_assert!(
+                stored.0.recent_nonces.iter().any(|seen| seen.nonce == call.nonce),
+                "the nonce of an accepted call was lost"
+            );
+            prop_assert_eq!(
+                report::apply(Some(&stored.0), call).unwrap_err(),
+                Rejection::InvalidNonce
+            );
         }
     }
 
