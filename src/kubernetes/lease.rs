@@ -122,11 +122,17 @@ impl Elector {
     /// down at once; failing to reach the API server, only at the renew deadline.
     async fn round(&mut self) {
         let now = Instant::now();
-        match self.try_hold().await {
-            Ok(true) => self.last_renewal = Some(now),
-            Ok(false) => self.last_renewal = None,
-            Err(error) => {
+        // Bounded, as client-go bounds each attempt: the client's own retries of a failing API
+        // server must not hold the step-down rule past the renew deadline.
+        let attempt = tokio::time::timeout(self.settings.timing.retry_period, self.try_hold());
+        match attempt.await {
+            Ok(Ok(true)) => self.last_renewal = Some(now),
+            Ok(Ok(false)) => self.last_renewal = None,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, lease = %self.settings.name, "reading or writing the Lease failed");
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.settings.name, "the Lease could not be read or written in time");
             }
         }
         let leading = self.last_renewal.is_some_and(|renewed| {
