@@ -1,10 +1,11 @@
 //! The harness, checked against reality: every request recorded against a genuine
-//! kube-apiserver v1.36 (`../shared/fixtures/kube-apiserver/`) is replayed against the harness
-//! by an independent Python program, which compares every path the recording marks
-//! significant. Where the harness does not (yet) behave as the real server did, the difference
-//! is listed, with its reason, in `tests/fixtures/harness-differences.txt`; this test fails
-//! both on a new difference and on a listed one that no longer occurs (so the list only
-//! shrinks).
+//! kube-apiserver v1.36 (`../shared/fixtures/kube-apiserver/`, then the cases 30+ recorded in
+//! this repository, `tests/fixtures/kube-apiserver/`, which follow the shared `00` setup) is
+//! replayed against the harness by an independent Python program, which compares every path
+//! the recording marks significant. Where the harness does not (yet) behave as the real server
+//! did, the difference is listed, with its reason, in `tests/fixtures/harness-differences.txt`;
+//! this test fails both on a new difference and on a listed one that no longer occurs (so the
+//! list only shrinks).
 
 mod support;
 
@@ -13,8 +14,13 @@ use std::path::{Path, PathBuf};
 
 use support::{ApiServer, python_json};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kube-apiserver/v1.36")
+/// The shared recording, then this repository's (cases 30+, replayed after the shared `00`).
+fn fixtures() -> [PathBuf; 2] {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        root.join("../shared/fixtures/kube-apiserver/v1.36"),
+        root.join("tests/fixtures/kube-apiserver/v1.36"),
+    ]
 }
 
 /// `case step path` for each listed difference (comment lines and reasons ignored).
@@ -31,8 +37,15 @@ fn listed_differences() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_answers_every_recorded_request_as_kube_apiserver_did() {
     let server = ApiServer::start().await;
-    let fixtures = fixtures().display().to_string();
-    let replay = ["--server", &server.url(), "--fixtures", &fixtures];
+    let [shared, local] = fixtures().map(|dir| dir.display().to_string());
+    let replay = [
+        "--server",
+        &server.url(),
+        "--fixtures",
+        &shared,
+        "--fixtures",
+        &local,
+    ];
     let differences = python_json("replay_fixtures.py", &replay).await;
     let differences = differences.as_array().expect("a list of differences");
     let found: BTreeSet<String> = differences

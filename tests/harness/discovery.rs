@@ -1,8 +1,11 @@
 //! `/version` and the discovery documents, which clients probe before using a resource:
 //! `kube::Discovery` (unaggregated), `kubectl` (aggregated, `apidiscovery.k8s.io/v2`, which it
 //! asks for in its `Accept` header and which kube-apiserver v1.36 answers), and
-//! `Client::apiserver_version`. No fixture records discovery yet; both forms follow
-//! kube-apiserver's types (`APIResourceList`, `APIGroupDiscoveryList`).
+//! `Client::apiserver_version`. Both forms are as kube-apiserver v1.36 answers them for the
+//! groups and kinds served here (`32-discovery.json` in `tests/fixtures/kube-apiserver/`):
+//! the verbs in the server's order (a CRD's differ from a built-in's), `storageVersionHash`,
+//! no `apiVersion` in the core `APIResourceList`, an empty group and version in the
+//! `responseKind` of built-in kinds in aggregated discovery.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,47 @@ const VERBS: [&str; 8] = [
     "update",
     "watch",
 ];
+
+/// A CRD's verbs, in the order kube-apiserver lists them.
+const CRD_VERBS: [&str; 8] = [
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "create",
+    "update",
+    "watch",
+];
+
+/// The verbs of `rt` as discovery lists them: Namespaces cannot be deleted as a collection.
+fn verbs(rt: &ResourceType) -> Vec<&'static str> {
+    if rt.custom {
+        CRD_VERBS.to_vec()
+    } else if rt.group.is_empty() && rt.plural == "namespaces" {
+        VERBS
+            .into_iter()
+            .filter(|v| *v != "deletecollection")
+            .collect()
+    } else {
+        VERBS.to_vec()
+    }
+}
+
+/// `storageVersionHash`: the first 8 bytes of the SHA-256 of the storage version's
+/// `group/version/kind`, in base64 (apiserver's `discovery.StorageVersionHash`). Both Event
+/// APIs are stored as core `v1` Events.
+fn storage_version_hash(rt: &ResourceType) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let gvk = if rt.is_event() {
+        "/v1/Event".to_string()
+    } else {
+        format!("{}/{}/{}", rt.group, rt.version, rt.kind)
+    };
+    let digest = sha2::Sha256::digest(gvk.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(&digest[..8])
+}
 
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
@@ -157,7 +201,12 @@ fn resource_list(registry: &Registry, group: &str, version: &str) -> Value {
     } else {
         format!("{group}/{version}")
     };
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+    let mut list = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources});
+    if group.is_empty() {
+        // The core group's list carries no apiVersion (recorded).
+        list.as_object_mut().unwrap().remove("apiVersion");
+    }
+    list
 }
 
 /// The resource and, if it has one, its status subresource.
@@ -167,9 +216,10 @@ fn api_resources(rt: &ResourceType) -> Vec<Value> {
         "singularName": rt.singular,
         "namespaced": rt.namespaced,
         "kind": rt.kind,
-        "verbs": VERBS,
+        "verbs": verbs(rt),
     });
     add_names(&mut resource, rt);
+    resource["storageVersionHash"] = json!(storage_version_hash(rt));
     let mut entries = vec![resource];
     if rt.status_subresource {
         entries.push(json!({
@@ -197,7 +247,7 @@ fn add_names(resource: &mut Value, rt: &ResourceType) {
 fn aggregated(registry: &Registry, core: bool) -> Value {
     let items: Vec<Value> = if core {
         vec![json!({
-            "metadata": {"creationTimestamp": null},
+            "metadata": {},
             "versions": [aggregated_version(registry, "", "v1")],
         })]
     } else {
@@ -208,7 +258,7 @@ fn aggregated(registry: &Registry, core: bool) -> Value {
                     .iter()
                     .map(|v| aggregated_version(registry, group, v))
                     .collect();
-                json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+                json!({"metadata": {"name": group}, "versions": versions})
             })
             .collect()
     };
@@ -223,13 +273,18 @@ fn aggregated(registry: &Registry, core: bool) -> Value {
 fn aggregated_version(registry: &Registry, group: &str, version: &str) -> Value {
     let resources: Vec<Value> = types_of(registry, group, version)
         .map(|rt| {
-            let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+            // kube-apiserver leaves group and version empty for its built-in kinds.
+            let kind = if rt.custom {
+                json!({"group": rt.group, "version": rt.version, "kind": rt.kind})
+            } else {
+                json!({"group": "", "version": "", "kind": rt.kind})
+            };
             let mut resource = json!({
                 "resource": rt.plural,
                 "responseKind": kind,
                 "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": rt.singular,
-                "verbs": VERBS,
+                "verbs": verbs(rt),
             });
             add_names(&mut resource, rt);
             if rt.status_subresource {

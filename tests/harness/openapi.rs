@@ -8,29 +8,40 @@
 //! told `--validate=false`.
 //!
 //! Only what that check reads is served: every resource's paths and operations with their
-//! query parameters and GVK extension, no schemas (`components` is empty, so `kubectl explain`
-//! finds nothing). `/openapi/v2` is not served. No fixture records these documents yet; their
-//! shape follows kube-apiserver's (kube-openapi's `spec3` types).
+//! query parameters and GVK extension, and, for custom resources, the CRD's schema under
+//! `components.schemas` with its `x-kubernetes-group-version-kind` marker (built-in kinds
+//! have no schema here, so `kubectl explain` finds nothing for them). `/openapi/v2` is not
+//! served. What is served is as recorded from kube-apiserver v1.36 in `33-openapi-v3.json`
+//! (`tests/fixtures/kube-apiserver/`): the index, served as `text/plain` like the real
+//! server's, names every group-version; per operation the GVK marker, the action and the
+//! write parameters (`dryRun`, `fieldManager`, `fieldValidation`, and `force` on PATCH). The
+//! rest (descriptions, response schemas, operation ids) only follows kube-openapi's shape.
 
 use serde_json::{Map, Value, json};
 
 use super::resources::{Registry, ResourceType};
 
-/// The document at `path` (`/openapi/v3` or `/openapi/v3/{api/v1|apis/GROUP/VERSION}`), or
-/// None when `path` is not one.
-pub fn document(registry: &Registry, path: &str) -> Option<Value> {
+/// How kube-apiserver labels the index (`http.ServeContent` sniffing JSON as text).
+const INDEX_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// The document at `path` (`/openapi/v3` or `/openapi/v3/{api/v1|apis/GROUP/VERSION}`) and
+/// its content type, or None when `path` is not one.
+pub fn document(registry: &Registry, path: &str) -> Option<(Value, &'static str)> {
     let rest = path.trim_matches('/').strip_prefix("openapi/v3")?;
     match rest.trim_start_matches('/') {
-        "" => Some(index(registry)),
+        "" => Some((index(registry), INDEX_CONTENT_TYPE)),
         group_version => {
             let (group, version) = match group_version.split('/').collect::<Vec<_>>()[..] {
                 ["api", "v1"] => ("", "v1"),
                 ["apis", group, version] => (group, version),
                 _ => return None,
             };
-            registry
-                .find_group_version(group, version)
-                .then(|| group_version_document(registry, group, version))
+            registry.find_group_version(group, version).then(|| {
+                (
+                    group_version_document(registry, group, version),
+                    "application/json",
+                )
+            })
         }
     }
 }
@@ -61,16 +72,39 @@ fn index(registry: &Registry) -> Value {
 
 fn group_version_document(registry: &Registry, group: &str, version: &str) -> Value {
     let mut paths = Map::new();
+    let mut schemas = Map::new();
     let types = registry.types().iter();
     for rt in types.filter(|t| t.group == group && t.version == version) {
         add_paths(&mut paths, rt);
+        if rt.custom {
+            schemas.insert(schema_name(rt), custom_schema(rt));
+        }
     }
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {},
+        "components": {"schemas": schemas},
     })
+}
+
+/// `dev.extctl.v1alpha1.ExternalControl`: kube-openapi names a CRD's schema by the reversed
+/// group, the version and the kind.
+fn schema_name(rt: &ResourceType) -> String {
+    let group: Vec<&str> = rt.group.split('.').rev().collect();
+    format!("{}.{}.{}", group.join("."), rt.version, rt.kind)
+}
+
+/// The version's `openAPIV3Schema` with the kind marker kube-apiserver adds (a list, unlike
+/// the operations' single object).
+fn custom_schema(rt: &ResourceType) -> Value {
+    let mut schema = rt
+        .schema
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": rt.group, "kind": rt.kind, "version": rt.version}]);
+    schema
 }
 
 /// The collection, object and (if served) `/status` paths of `rt`, with the list across

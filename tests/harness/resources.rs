@@ -86,6 +86,25 @@ impl ResourceType {
         }
     }
 
+    /// A `coordination.k8s.io` Lease.
+    pub fn is_lease(&self) -> bool {
+        self.group == "coordination.k8s.io" && self.kind == "Lease"
+    }
+
+    /// Whether an update must name the resourceVersion it was read at (the strategy's
+    /// `AllowUnconditionalUpdate` is false): custom resources (`09-put-without-rv.json`) and
+    /// Leases (`31-leases.json`). The other built-in kinds served here allow unconditional
+    /// updates in kube-apiserver's code (not recorded).
+    pub fn needs_resource_version_on_update(&self) -> bool {
+        self.custom || self.is_lease()
+    }
+
+    /// Whether a PUT of a missing object creates it (`AllowCreateOnUpdate`): Leases
+    /// (`31-leases.json`) and, in kube-apiserver's code (not recorded), Events.
+    pub fn creates_on_update(&self) -> bool {
+        self.is_lease() || self.is_event()
+    }
+
     /// An Event, core `v1` or `events.k8s.io/v1`.
     pub fn is_event(&self) -> bool {
         self.plural == "events" && (self.group.is_empty() || self.group == "events.k8s.io")

@@ -75,8 +75,8 @@ fn dispatch(
         {
             return Ok(([(CONTENT_TYPE, content_type)], Json(document)).into_response());
         }
-        if let Some(document) = openapi::document(registry, uri.path()) {
-            return Ok(Json(document).into_response());
+        if let Some((document, content_type)) = openapi::document(registry, uri.path()) {
+            return Ok(([(CONTENT_TYPE, content_type)], Json(document)).into_response());
         }
     }
     let target = parse_target(&app.registry, uri.path())?;
@@ -153,7 +153,15 @@ fn write(
             let created = verbs::create(store, target, json_body(body)?, &opts)?;
             reply(StatusCode::CREATED, created)
         }
-        (Method::PUT, _) => ok(verbs::replace(store, target, json_body(body)?, &opts)?),
+        (Method::PUT, _) => {
+            let (obj, created) = verbs::replace(store, target, json_body(body)?, &opts)?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            reply(code, obj)
+        }
         (Method::PATCH, _) => {
             let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
             let patch = Patch::parse(&target.rt, content_type.unwrap_or_default(), body)?;

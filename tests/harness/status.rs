@@ -146,8 +146,8 @@ impl ApiError {
     }
 
     /// Like the real server, `details.kind` is the resource (plural) for lookups and conflicts.
-    /// (The core group is left out, as the real server leaves it for Secrets in `18-secrets.json`;
-    /// other core kinds are assumed to follow, no fixture records them yet.)
+    /// (The core group is left out, as the real server leaves it for Secrets in `18-secrets.json`
+    /// and Events in `34-events.json`; Leases name theirs, `31-leases.json`.)
     fn with_resource_details(self, rt: &ResourceType, name: &str) -> Self {
         let mut details = json!({"name": name, "kind": rt.plural});
         if !rt.group.is_empty() {

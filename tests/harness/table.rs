@@ -1,15 +1,18 @@
 //! Server-side printing: a GET asking for `application/json;as=Table;v=v1;g=meta.k8s.io` (what
 //! `kubectl get` sends) is answered with a `meta.k8s.io` Table instead of the object or list.
 //!
-//! Custom resources are printed as kube-apiserver prints them (`17-table-output.json`): a
-//! `Name` column, then the version's `additionalPrinterColumns`, each cell found by its
+//! Custom resources are printed as kube-apiserver prints them (`17-table-output.json`, and
+//! with the current CRD's columns `30-table-output.json` in `tests/fixtures/kube-apiserver/`):
+//! a `Name` column, then the version's `additionalPrinterColumns`, each cell found by its
 //! JSONPath and converted by column type (`date` cells become an age such as `3m`, or
-//! `<invalid>` for a time in the future); rows carry a `PartialObjectMetadata` or nothing
-//! (`includeObject=None`); `v1beta1` is still served. `includeObject=Object` (the whole
-//! object), the defaults for a CRD without printer columns (`Name`, `Age`) and the built-in
-//! kinds' printers (Events, Secrets, Namespaces, Leases, and the `Name`/`Created At` default
-//! for CRDs) follow kube-apiserver's code: no fixture records them yet. Not modelled: Tables
-//! in watches (`kubectl get --watch` gets plain watch events) and `NoHeaders`.
+//! `<invalid>` for a time in the future; `string` cells are the value as stored); rows carry a
+//! `PartialObjectMetadata`, nothing (`includeObject=None`) or the whole object
+//! (`includeObject=Object`); `v1beta1` is still served. The built-in kinds' printers are
+//! recorded too: Namespaces and Secrets (`30-table-output.json`), Leases (`31-leases.json`),
+//! Events through both APIs (`34-events.json`). The defaults for a CRD without printer
+//! columns (`Name`, `Age`) and the `Name`/`Created At` default for CRDs follow
+//! kube-apiserver's code: no fixture records them yet. Not modelled: Tables in watches
+//! (`kubectl get --watch` gets plain watch events) and `NoHeaders`.
 
 use std::collections::HashMap;
 

@@ -170,27 +170,42 @@ fn commit(
     Ok(present(&target.rt, obj))
 }
 
-/// PUT: replaces the object (or its status); there is no create-on-update.
+/// PUT: replaces the object (or its status); returns it and whether it was created, which
+/// only kinds that allow create-on-update do (Leases, Events; a missing custom resource is a
+/// 404, `09-put-without-rv.json`).
 pub fn replace(
     store: &Store,
     target: &Target,
     body: Value,
     opts: &WriteOptions,
-) -> Result<Value, ApiError> {
+) -> Result<(Value, bool), ApiError> {
     check_body_name(target, &body)?;
-    commit(store, target, opts, false, |current| {
-        let old = current.ok_or_else(|| target.not_found())?;
-        // A custom resource is only replaced with the version it was read at (recorded in
-        // `09-put-without-rv.json`). Built-in kinds keep unconditional updates: no fixture
-        // records them yet.
-        if target.rt.custom && body["metadata"]["resourceVersion"].as_str().is_none() {
+    let mut created = false;
+    let stored = commit(store, target, opts, false, |current| {
+        let Some(old) = current else {
+            if !target.rt.creates_on_update() || target.subresource == Subresource::Status {
+                return Err(target.not_found());
+            }
+            created = true;
+            let mut body = events::decode(&target.rt, body)?;
+            body["metadata"]["name"] = json!(target.name());
+            let obj =
+                strategy::prepare_create(&target.rt, target.namespace.as_deref(), body, opts.mode)?;
+            return Ok(Outcome::Put(stored_form(&target.rt, obj, true)?));
+        };
+        // A custom resource or a Lease is only replaced with the version it was read at
+        // (`09-put-without-rv.json`, `31-leases.json`).
+        if target.rt.needs_resource_version_on_update()
+            && body["metadata"]["resourceVersion"].as_str().is_none()
+        {
             return Err(ApiError::resource_version_required(
                 &target.rt,
                 target.name(),
             ));
         }
         update(target, old, body, opts)
-    })
+    })?;
+    Ok((stored, created))
 }
 
 /// PATCH; returns the object and whether it was created (by server-side apply).
@@ -251,10 +266,9 @@ fn update(
     let new = events::decode(rt, new)?;
     let current = present(rt, old.clone());
     let prepared = strategy::prepare_update(rt, &current, new, target.subresource, opts.mode)?;
-    Ok(strategy::update_outcome(
-        old,
-        stored_form(rt, prepared, false)?,
-    ))
+    let stored = stored_form(rt, prepared, false)?;
+    events::validate_update(rt, old, &stored)?;
+    Ok(strategy::update_outcome(old, stored))
 }
 
 /// What a write stores of the prepared object: Events in the core shape, validated there.
@@ -264,21 +278,54 @@ fn stored_form(rt: &ResourceType, prepared: Value, create: bool) -> Result<Value
     Ok(obj)
 }
 
-/// DELETE: returns the object (its last state, or marked for deletion when it has finalizers).
-/// Dependents whose owners are all gone are then deleted too, unless `propagationPolicy` is
-/// `Orphan` (the garbage collector's background propagation, done at once).
+/// DELETE: as kube-apiserver answers (`19-delete.json`, `31-leases.json`, `34-events.json`), a
+/// `Status` of `Success` naming the object when it is gone (or would be, with `dryRun`); the
+/// object, marked for deletion, when finalizers keep it. Dependents whose owners are all gone
+/// are then deleted too, unless `propagationPolicy` is `Orphan` (the garbage collector's
+/// background propagation, done at once). `Foreground` is not modelled: the object goes at
+/// once like with `Background`, and the answer is its last state (the real server adds the
+/// `foregroundDeletion` finalizer and answers the object marked for deletion).
 pub fn delete(
     store: &Store,
     target: &Target,
     options: &Value,
     opts: &WriteOptions,
 ) -> Result<Value, ApiError> {
+    let (obj, removed) = remove(store, target, options, opts)?;
+    if !removed || options["propagationPolicy"] == "Foreground" {
+        return Ok(obj);
+    }
+    let mut details =
+        json!({"name": target.name(), "kind": target.rt.plural, "uid": obj["metadata"]["uid"]});
+    if !target.rt.group.is_empty() {
+        details["group"] = json!(target.rt.group);
+    }
+    Ok(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }))
+}
+
+/// Deletes (or marks for deletion) `target`'s object; returns it and whether it is gone.
+fn remove(
+    store: &Store,
+    target: &Target,
+    options: &Value,
+    opts: &WriteOptions,
+) -> Result<(Value, bool), ApiError> {
     let orphan = options["propagationPolicy"] == "Orphan";
-    commit(store, target, opts, orphan, |current| {
+    let mut removed = false;
+    let obj = commit(store, target, opts, orphan, |current| {
         let current = current.ok_or_else(|| target.not_found())?;
         check_preconditions(target, current, options)?;
-        Ok(strategy::deletion_outcome(current))
-    })
+        let outcome = strategy::deletion_outcome(current);
+        removed = matches!(outcome, Outcome::Remove(_));
+        Ok(outcome)
+    })?;
+    Ok((obj, removed))
 }
 
 /// DELETE on a collection: deletes every matching object, returns them as a list.
@@ -299,8 +346,8 @@ pub fn delete_collection(
             name: Some(name),
             ..target.clone()
         };
-        match delete(store, &one, options, opts) {
-            Ok(obj) => deleted.push(obj),
+        match remove(store, &one, options, opts) {
+            Ok((obj, _)) => deleted.push(obj),
             Err(e) if e.code == 404 => {} // deleted meanwhile
             Err(e) => return Err(e),
         }
@@ -315,11 +362,34 @@ pub fn delete_collection(
 /// `DeleteOptions.preconditions`: 409 when the object is not the version or uid expected.
 fn check_preconditions(target: &Target, current: &Value, options: &Value) -> Result<(), ApiError> {
     let expected = &options["preconditions"];
-    for field in ["resourceVersion", "uid"] {
+    // As `rest.BeforeDelete` words it (`19-delete.json` step 6), naming the kind.
+    let checks = [
+        ("uid", "UID", "deleted and then recreated"),
+        ("resourceVersion", "ResourceVersion", "modified"),
+    ];
+    for (field, what, why) in checks {
+        let stored = current["metadata"][field].as_str().unwrap_or_default();
         if let Some(want) = expected[field].as_str()
-            && current["metadata"][field].as_str() != Some(want)
+            && stored != want
         {
-            return Err(ApiError::conflict(&target.rt, target.name()));
+            let rt = &target.rt;
+            let kind = match rt.group.as_str() {
+                "" => rt.kind.clone(),
+                group => format!("{}.{group}", rt.kind),
+            };
+            let mut details = json!({"name": target.name(), "kind": rt.kind});
+            if !rt.group.is_empty() {
+                details["group"] = json!(rt.group);
+            }
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {kind} \"{}\": the {what} in the precondition ({want}) does not match the {what} in record ({stored}). The object might have been {why}",
+                    target.name()
+                ),
+            )
+            .with_details(details));
         }
     }
     Ok(())

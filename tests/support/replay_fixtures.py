@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Replays the requests recorded against a genuine kube-apiserver
-(../shared/fixtures/kube-apiserver/, format in its README.md) against another server (the
+(../shared/fixtures/kube-apiserver/, format in its README.md; tests/fixtures/kube-apiserver/ adds
+cases 30+ and `[key="value"]` path tokens, see its v1.36/README.md) against another server (the
 test harness), normalises the answers the same way, and prints, as one JSON list on stdout,
 every significant path whose value differs: {"case", "step", "path", "recorded", "got"}.
 
-Usage: replay_fixtures.py --server http://127.0.0.1:PORT --fixtures DIR [--only 05,10]
+Usage: replay_fixtures.py --server http://127.0.0.1:PORT --fixtures DIR [--fixtures DIR2 ...] [--only 05,10]
+(directories in the order given, each one's cases in its index's order; case numbers are unique across them)
 
 Standard library only; shares no code with the harness.
 """
@@ -21,7 +23,9 @@ import urllib.parse
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PLACEHOLDER_RE = re.compile(r"\{\{([a-z]+):([^}]*)\}\}")
-PATH_TOKEN_RE = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]')
+PATH_TOKEN_RE = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]'
+                           r'|\[([A-Za-z_][A-Za-z0-9_.\-]*)="((?:[^"\\]|\\.)*)"\]')
+OPENAPI_HASH_RE = re.compile(r"^(/openapi/v3/[^?]*\?hash=)[0-9A-Fa-f]+$")
 MISSING = {"<missing>": True}
 
 
@@ -34,8 +38,11 @@ def parse_path(path):
             out.append(t.group(1))
         elif t.group(2) is not None:
             out.append(int(t.group(2)))
-        else:
+        elif t.group(3) is not None:
             out.append(json.loads('"' + t.group(3) + '"'))
+        else:
+            # [key="value"]: the first list element whose (dotted) key is that string
+            out.append((t.group(4).split("."), json.loads('"' + t.group(5) + '"')))
         pos = t.end()
     return out
 
@@ -43,6 +50,18 @@ def parse_path(path):
 def get_path(root, path):
     cur = root
     for tok in parse_path(path):
+        if isinstance(tok, tuple):
+            keys, value = tok
+            for item in cur if isinstance(cur, list) else []:
+                v = item
+                for k in keys:
+                    v = v.get(k) if isinstance(v, dict) else None
+                if v == value:
+                    cur = item
+                    break
+            else:
+                return MISSING
+            continue
         if isinstance(tok, int):
             if not isinstance(cur, list) or tok >= len(cur):
                 return MISSING
@@ -53,6 +72,8 @@ def get_path(root, path):
 
 
 def normalise(obj, keep_managed_fields):
+    if isinstance(obj, str):
+        return OPENAPI_HASH_RE.sub(r"\1<hash>", obj)
     if isinstance(obj, list):
         return [normalise(v, keep_managed_fields) for v in obj]
     if not isinstance(obj, dict):
@@ -124,7 +145,9 @@ class Replay:
         else:
             raw = response.read()
             ctype = response.headers.get("Content-Type", "")
-            body = json.loads(raw) if raw and "json" in ctype else (raw.decode() if raw else None)
+            # (kube-apiserver serves the OpenAPI v3 index, JSON, as text/plain; the recorder parsed it)
+            parse = "json" in ctype or path.startswith("/openapi/")
+            body = json.loads(raw) if raw and parse else (raw.decode() if raw else None)
         conn.close()
         return answer, body
 
@@ -233,22 +256,23 @@ def replay_case(replay, name, case):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True)
-    parser.add_argument("--fixtures", required=True)
+    parser.add_argument("--fixtures", required=True, action="append")
     parser.add_argument("--only", default="")
     args = parser.parse_args()
-    with open(os.path.join(args.fixtures, "index.json")) as f:
-        index = json.load(f)
     only = {int(n) for n in args.only.split(",") if n}
     replay = Replay(args.server)
     differences = []
-    for name in index["cases"]:
-        if only and int(name[:2]) not in only and int(name[:2]) != 0:
-            continue
-        with open(os.path.join(args.fixtures, name)) as f:
-            case = json.load(f)
-        started = time.monotonic()
-        differences += replay_case(replay, name, case)
-        print(f"{name}: {time.monotonic() - started:.1f} s", file=sys.stderr)
+    for fixtures in args.fixtures:
+        with open(os.path.join(fixtures, "index.json")) as f:
+            index = json.load(f)
+        for name in index["cases"]:
+            if only and int(name[:2]) not in only and int(name[:2]) != 0:
+                continue
+            with open(os.path.join(fixtures, name)) as f:
+                case = json.load(f)
+            started = time.monotonic()
+            differences += replay_case(replay, name, case)
+            print(f"{name}: {time.monotonic() - started:.1f} s", file=sys.stderr)
     json.dump(differences, sys.stdout, indent=1, sort_keys=True)
 
 
