@@ -13,45 +13,56 @@ pub const PATTERN: &str = "^([0-9]+(h|m|s))+$";
 /// Longest duration string accepted by the schema (keeps CEL cost estimates bounded).
 pub const MAX_LENGTH: u32 = 32;
 
+/// The longest duration Go's `time.Duration` (what the API server's CEL `duration()` reads)
+/// can hold, in whole seconds: 2562047h47m16s. Longer ones fail the CRD's rule there.
+pub const MAX_SECONDS: u64 = (i64::MAX / 1_000_000_000) as u64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     #[error("duration {0:?} is empty")]
     Empty(String),
     #[error("duration {0:?} must be numbers with units h, m or s, such as 90s, 30m, 12h or 1h30m")]
     Syntax(String),
-    #[error("duration {0:?} is too large")]
+    #[error("duration {0:?} is too large: at most 2562047h47m16s")]
     Overflow(String),
 }
 
-/// Parses `12h`, `30m`, `90s`, `1h30m` into a [`Duration`].
+/// Parses `12h`, `30m`, `90s`, `1h30m` into a [`Duration`]: the text must match [`PATTERN`]
+/// (checked first, so a malformed text is a syntax error however large its numbers), and the
+/// sum must fit Go's `time.Duration` ([`MAX_SECONDS`]), as on the API server.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     if text.is_empty() {
         return Err(DurationError::Empty(text.to_owned()));
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
+    let syntax = || DurationError::Syntax(text.to_owned());
+    let overflow = || DurationError::Overflow(text.to_owned());
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, c) in text.char_indices() {
         let unit_seconds = match c {
+            '0'..='9' => continue,
             'h' => 3600,
             'm' => 60,
             's' => 1,
-            _ => return Err(DurationError::Syntax(text.to_owned())),
+            _ => return Err(syntax()),
         };
-        let amount: u64 = digits
-            .parse()
-            .map_err(|_| DurationError::Syntax(text.to_owned()))?;
+        if at == start {
+            return Err(syntax());
+        }
+        parts.push((&text[start..at], unit_seconds));
+        start = at + 1;
+    }
+    if start != text.len() {
+        return Err(syntax());
+    }
+    let mut total: u64 = 0;
+    for (digits, unit_seconds) in parts {
+        let amount: u64 = digits.parse().map_err(|_| overflow())?;
         total = amount
             .checked_mul(unit_seconds)
             .and_then(|seconds| total.checked_add(seconds))
-            .ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(DurationError::Syntax(text.to_owned()));
+            .filter(|total| *total <= MAX_SECONDS)
+            .ok_or_else(overflow)?;
     }
     Ok(Duration::from_secs(total))
 }
@@ -109,15 +120,25 @@ mod tests {
     }
 
     #[test]
-    fn reports_overflow_instead_of_wrapping() {
-        assert!(matches!(
-            parse("99999999999999999999h"),
-            Err(DurationError::Syntax(_) | DurationError::Overflow(_))
-        ));
+    fn reports_overflow_beyond_gos_range_instead_of_wrapping() {
+        let overflow = |text: &str| Err(DurationError::Overflow(text.into()));
         assert_eq!(
-            parse("5124095576030432h"),
-            Err(DurationError::Overflow("5124095576030432h".into()))
+            parse("99999999999999999999h"),
+            overflow("99999999999999999999h")
         );
+        assert_eq!(parse("5124095576030432h"), overflow("5124095576030432h"));
+        // Go's time.Duration ends at 2562047h47m16.854775807s: one second more fails there.
+        assert_eq!(
+            parse("2562047h47m16s"),
+            Ok(Duration::from_secs(MAX_SECONDS))
+        );
+        assert_eq!(parse("2562047h47m17s"), overflow("2562047h47m17s"));
+        assert_eq!(parse("2562048h"), overflow("2562048h"));
+        // Found by fuzzing: a malformed text is a syntax error, however large its numbers.
+        assert!(matches!(
+            parse("9999999999999999hx"),
+            Err(DurationError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
+use crate::core::duration;
 use crate::crd::ExternalControl;
 
 /// The namespace of objects whose manifest names none, as with `kubectl apply`.
@@ -325,10 +326,27 @@ fn parse_control(mut value: Value) -> Result<ExternalControl, String> {
                 .map(|error| format!("{}: {}", error.field_path, error.message)),
         );
     }
+    if problems.is_empty() {
+        problems.extend(durations_out_of_range(&value));
+    }
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
     serde_path_to_error::deserialize(value).map_err(|error| path_problem(&error))
+}
+
+/// The duration fields Go's `time.Duration` cannot hold. The API server's CEL rule refuses
+/// them (its `duration()` fails); kube-cel reads them as capped floats and would let them
+/// through, and extctl would then run the control with ping silently off.
+fn durations_out_of_range(value: &Value) -> Vec<String> {
+    ["pingInterval", "pendingTimeout"]
+        .into_iter()
+        .filter_map(|field| {
+            let text = value["spec"][field].as_str()?;
+            let error = duration::parse(text).err()?;
+            Some(format!("spec.{field}: {error}"))
+        })
+        .collect()
 }
 
 /// The fields of every Kubernetes object, absent from a CRD's schema.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -64,12 +65,20 @@ pub fn router<R: ControlRegistry>(registry: Arc<R>, config: EndpointConfig) -> R
 
 async fn set_status<R: ControlRegistry>(
     State(endpoint): State<Arc<Endpoint<R>>>,
-    Path((project, control)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
+    // Ids that are not UTF-8 (`%FF`): a JSON error like every other answer, not axum's text.
+    let (project, control) = match path {
+        Ok(Path(ids)) => ids,
+        Err(rejection) => {
+            metrics().status_call("bad_request", started.elapsed());
+            return error_response(rejection.status(), rejection.body_text());
+        }
+    };
     let config = endpoint.config;
     let body = match request::read_body(body, config.max_body_bytes, config.request_timeout).await {
         Ok(body) => body,
