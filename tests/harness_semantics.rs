@@ -717,8 +717,13 @@ async fn schema_validation_rejects_invalid_objects() {
         api.create(&pp, &widget("bad", json!({"color": "blue"})))
             .await,
     );
+    // A missing field blocks the CEL rules, and the server says so (fixture 13).
     assert!(
-        status.message.ends_with("spec.size: Required value"),
+        status.message.ends_with(
+            "spec.size: Required value, <nil>: Invalid value: null: some validation rules were \
+             not checked because the object was invalid; correct the existing errors to \
+             complete validation]"
+        ),
         "{}",
         status.message
     );

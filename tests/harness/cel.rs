@@ -107,10 +107,6 @@ fn field_error(
             )
         }
         _ => {
-            eprintln!(
-                "CELPROBE {:?} {:?} {:?}",
-                error.kind, error.message, error.rule
-            );
             let type_name = value_at(obj, path).map_or("object", json_type_name);
             FieldError::new(
                 path,

@@ -63,6 +63,7 @@ impl WriteOptions {
             field_manager: query.get("fieldManager").cloned(),
             mode: WriteMode {
                 strict: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
+                status_write: false,
             },
         }
     }
