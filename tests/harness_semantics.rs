@@ -781,6 +781,30 @@ async fn schema_validation_rejects_invalid_objects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duration_beyond_gos_range_fails_the_rule_as_cel_go_does() {
+    let (_server, client) = start().await;
+    let api = widgets(&client);
+    let pp = PostParams::default();
+    // 2562047h47m16s is Go's longest whole-second duration; an hour more cannot be converted.
+    let fits = widget("fits", json!({"size": 1, "interval": "2562047h"}));
+    api.create(&pp, &fits).await.unwrap();
+    let status = api_error(
+        api.create(
+            &pp,
+            &widget("big", json!({"size": 1, "interval": "2562048h"})),
+        )
+        .await,
+    );
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        "Widget.test.example \"big\" is invalid: spec.interval: Invalid value: \"string\": type \
+         conversion error from 'string' to 'google.protobuf.Duration' evaluating rule: must be \
+         at least 1s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cel_rules_are_enforced() {
     let (_server, client) = start().await;
     let api = widgets(&client);
