@@ -152,7 +152,8 @@ pub struct CommonArgs {
     #[arg(long, env = "EXTCTL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub max_body_bytes: u32,
 
-    /// Time allowed to receive a request body, and to store a status, before giving up.
+    /// Time allowed to receive a request's headers, then its body, and to store a status,
+    /// before giving up.
     #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 

@@ -305,7 +305,10 @@ impl BareServer {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = Url::parse(&format!("http://{}", listener.local_addr()?))?;
         let router = Router::new().route(STATUS_ROUTE, patch(bare_status));
-        let serve = crate::endpoint::serve(listener, router, std::future::pending());
+        // Served as extctl serves it, with its default request timeout for the headers.
+        let header_timeout = std::time::Duration::from_secs(10);
+        let serve =
+            crate::endpoint::serve(listener, router, header_timeout, std::future::pending());
         Ok(Self {
             url,
             task: tokio::spawn(serve),

@@ -115,7 +115,7 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
 
     let router = endpoint::router(Arc::new(store), settings.endpoint);
     tokio::select! {
-        () = endpoint::serve(listener, router, shutdown) => {},
+        () = endpoint::serve(listener, router, settings.endpoint.request_timeout, shutdown) => {},
         () = reconcile_forever(reconciler, changed) => {},
     }
     Ok(())

@@ -104,7 +104,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         history.clone(),
     ));
     let router = endpoint::router(registry, settings.endpoint);
-    let server = endpoint::serve(listener, router, shutdown_signal());
+    let header_timeout = settings.endpoint.request_timeout;
+    let server = endpoint::serve(listener, router, header_timeout, shutdown_signal());
 
     let (leadership, elector) = match &settings.election {
         Some(election) => {
