@@ -1203,16 +1203,36 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> Option<RawAnswer> {
     support::parse_raw_answer(&received)
 }
 
+/// A raw connection to `dev`'s endpoint, for writing a request byte by byte.
+async fn connect(dev: &Dev) -> tokio::net::TcpStream {
+    let address = dev.url.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(address).await.unwrap()
+}
+
+/// Asserts that the one change `dev` printed is the correct `fail` call's: whatever came
+/// before it stored nothing.
+async fn assert_only_the_correct_call_changed_anything(dev: &Dev) {
+    let changes = wait_for(Duration::from_secs(5), || async {
+        let changes = dev.changes("default/sast");
+        (!changes.is_empty()).then_some(changes)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(changes, dev.changes("default/sast"));
+    let only = ("StatusReported".into(), "pending".into(), "fail".into());
+    assert_eq!(changes, [only]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_by_the_client_stores_nothing() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(&dir, &["--request-timeout", "5s"]).await;
-    let address = dev.url.trim_start_matches("http://").to_owned();
     let full = rendered(call().framing(Framing::Declared(40))).await;
     // Everything but the last bytes of the body, then the client closes its side.
     let cut = &full[..full.len() - 3];
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut stream = connect(&dev).await;
     stream.write_all(cut).await.unwrap();
     stream.shutdown().await.unwrap();
     let answer = read_answer(&mut stream).await.map(|answer| answer.error());
@@ -1223,20 +1243,7 @@ async fn a_body_cut_short_by_the_client_stores_nothing() {
         vec![("after", call().status("fail"), Stored("fail"))],
     )
     .await;
-    let changes = wait_for(Duration::from_secs(5), || async {
-        let changes = dev.changes("default/sast");
-        (!changes.is_empty()).then_some(changes)
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        changes,
-        [(
-            "StatusReported".to_owned(),
-            "pending".to_owned(),
-            "fail".to_owned()
-        )]
-    );
+    assert_only_the_correct_call_changed_anything(&dev).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1244,10 +1251,9 @@ async fn a_dribbled_body_is_cut_off_at_the_request_timeout_and_holds_up_no_one()
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(&dir, &["--request-timeout", "1s"]).await;
-    let address = dev.url.trim_start_matches("http://").to_owned();
     let request = rendered(call()).await;
     let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut stream = connect(&dev).await;
     stream.write_all(&request[..body_at]).await.unwrap();
     let started = std::time::Instant::now();
     // One byte every 150 ms: the 17-byte body would take 2.5 s.
@@ -1274,23 +1280,7 @@ async fn a_dribbled_body_is_cut_off_at_the_request_timeout_and_holds_up_no_one()
         Some((408, "Request body not received in time".to_owned()))
     );
     assert!(took < Duration::from_secs(3), "cut off after {took:?}");
-    // Only the correct call changed anything.
-    let changes = wait_for(Duration::from_secs(5), || async {
-        let changes = dev.changes("default/sast");
-        (!changes.is_empty()).then_some(changes)
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(changes, dev.changes("default/sast"));
-    assert_eq!(
-        changes,
-        [(
-            "StatusReported".to_owned(),
-            "pending".to_owned(),
-            "fail".to_owned()
-        )]
-    );
+    assert_only_the_correct_call_changed_anything(&dev).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1298,9 +1288,8 @@ async fn dribbled_headers_are_cut_off_at_the_request_timeout() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(&dir, &["--request-timeout", "1s"]).await;
-    let address = dev.url.trim_start_matches("http://").to_owned();
     let request = rendered(call()).await;
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut stream = connect(&dev).await;
     let started = std::time::Instant::now();
     // One byte every 100 ms: the headers would take over 30 s.
     let mut closed_after = None;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use extctl::crd::{ControlStatus, ExternalControl};
 use regex::Regex;
 use serde_json::Value;
-use support::{Cluster, NAMESPACE, Operator, checker, pytools, wait_for};
+use support::{Cluster, NAMESPACE, Operator, checker, pytools};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -339,20 +339,9 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     .await;
     assert_eq!(answer.code, 200, "{:?}", answer.body);
     let note = "Changed compliance control status from 'pending' to 'pass'";
-    let published = wait_for(Duration::from_secs(10), || async {
-        cluster
-            .event_notes("sast")
-            .await
-            .iter()
-            .any(|n| n == note)
-            .then_some(())
-    })
-    .await;
-    assert!(
-        published.is_some(),
-        "no Event: {:?}",
-        cluster.event_notes("sast").await
-    );
+    cluster
+        .wait_event_note("sast", note, Duration::from_secs(10))
+        .await;
     let sast: ExternalControl = cluster.control("sast").await;
     let status = sast.status.clone().unwrap();
     assert_eq!(status.status, Some(ControlStatus::Pass));

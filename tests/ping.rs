@@ -122,21 +122,11 @@ async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
         2
     );
 
+    // The reset is an Event.
     let note = "Changed compliance control status from 'pass' to 'pending'";
-    let seen = wait_for(Duration::from_secs(5), || async {
-        cluster
-            .event_notes("sast")
-            .await
-            .iter()
-            .any(|n| n == note)
-            .then_some(())
-    })
-    .await;
-    assert!(
-        seen.is_some(),
-        "the reset is an Event: {:?}",
-        cluster.event_notes("sast").await
-    );
+    cluster
+        .wait_event_note("sast", note, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

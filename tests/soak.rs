@@ -18,7 +18,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
-use support::{Cluster, Operator, TOKEN};
+use support::{Cluster, Operator, TOKEN, python_json};
 
 const CONTROLS: i64 = 12;
 
@@ -32,29 +32,23 @@ fn soak_seconds() -> f64 {
 /// Runs the checkers for `seconds`; every call they made.
 async fn run_checkers(urls: &str, token_file: &str, seconds: f64) -> Vec<Value> {
     let controls: Vec<String> = (0..CONTROLS).map(|i| (100 + i).to_string()).collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/soak_checker.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .args([
-            "--urls",
-            urls,
-            "--token-file",
-            token_file,
-            "--project",
-            "42",
-        ])
-        .args(["--controls", &controls.join(","), "--threads", "4"])
-        .args(["--seconds", &seconds.to_string()])
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let (controls, seconds) = (controls.join(","), seconds.to_string());
+    let args = [
+        "--urls",
+        urls,
+        "--token-file",
+        token_file,
+        "--project",
+        "42",
+        "--controls",
+        &controls,
+        "--threads",
+        "4",
+        "--seconds",
+        &seconds,
+    ];
+    let calls = python_json("soak_checker.py", &args).await;
+    calls.as_array().expect("a list of calls").clone()
 }
 
 /// Faults, one every 700 ms in turn, until `stop` fires.

@@ -132,6 +132,23 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits up to `within` for an Event on control `name` with exactly `note`; panics with
+    /// the notes there are when none comes.
+    pub async fn wait_event_note(&self, name: &str, note: &str, within: Duration) {
+        let published = wait_for(within, || async {
+            let notes = self.event_notes(name).await;
+            notes.iter().any(|n| n == note).then_some(())
+        })
+        .await;
+        assert!(
+            published.is_some(),
+            "no Event {note:?} on {name}: {:?}",
+            self.event_notes(name).await
+        );
+    }
+}
+
 pub fn ready_reason(control: &ExternalControl) -> Option<String> {
     let status = control.status.as_ref()?;
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;

@@ -21,104 +21,15 @@ import sys
 import time
 import urllib.parse
 
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-PLACEHOLDER_RE = re.compile(r"\{\{([a-z]+):([^}]*)\}\}")
-PATH_TOKEN_RE = re.compile(r'\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]'
-                           r'|\[([A-Za-z_][A-Za-z0-9_.\-]*)="((?:[^"\\]|\\.)*)"\]')
-OPENAPI_HASH_RE = re.compile(r"^(/openapi/v3/[^?]*\?hash=)[0-9A-Fa-f]+$")
+from fixture_format import PLACEHOLDER_RE, get_path, micro, normalise
+
 MISSING = {"<missing>": True}
 
 
-def parse_path(path):
-    m = re.match(r"[A-Za-z_][A-Za-z0-9_\-]*", path)
-    out, pos = [m.group(0)], m.end()
-    while pos < len(path):
-        t = PATH_TOKEN_RE.match(path, pos)
-        if t.group(1) is not None:
-            out.append(t.group(1))
-        elif t.group(2) is not None:
-            out.append(int(t.group(2)))
-        elif t.group(3) is not None:
-            out.append(json.loads('"' + t.group(3) + '"'))
-        else:
-            # [key="value"]: the first list element whose (dotted) key is that string
-            out.append((t.group(4).split("."), json.loads('"' + t.group(5) + '"')))
-        pos = t.end()
-    return out
-
-
-def get_path(root, path):
-    cur = root
-    for tok in parse_path(path):
-        if isinstance(tok, tuple):
-            keys, value = tok
-            for item in cur if isinstance(cur, list) else []:
-                v = item
-                for k in keys:
-                    v = v.get(k) if isinstance(v, dict) else None
-                if v == value:
-                    cur = item
-                    break
-            else:
-                return MISSING
-            continue
-        if isinstance(tok, int):
-            if not isinstance(cur, list) or tok >= len(cur):
-                return MISSING
-        elif not isinstance(cur, dict) or tok not in cur:
-            return MISSING
-        cur = cur[tok]
-    return cur
-
-
-def normalise(obj, keep_managed_fields):
-    if isinstance(obj, str):
-        return OPENAPI_HASH_RE.sub(r"\1<hash>", obj)
-    if isinstance(obj, list):
-        return [normalise(v, keep_managed_fields) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {k: normalise(v, keep_managed_fields) for k, v in obj.items()}
-    md = out.get("metadata")
-    if isinstance(md, dict):
-        if md.get("uid"):
-            md["uid"] = "<uid>"
-        for k in ("creationTimestamp", "deletionTimestamp"):
-            if md.get(k):
-                md[k] = "<time>"
-        if md.get("resourceVersion"):
-            md["resourceVersion"] = "<rv>"
-        if md.get("continue"):
-            md["continue"] = "<continue>"
-        if "managedFields" in md:
-            if keep_managed_fields:
-                for mf in md["managedFields"]:
-                    if mf.get("time"):
-                        mf["time"] = "<time>"
-            else:
-                del md["managedFields"]
-    if out.get("kind") == "Status":
-        det = out.get("details")
-        if isinstance(det, dict) and det.get("uid"):
-            det["uid"] = "<uid>"
-        if isinstance(out.get("message"), str):
-            out["message"] = normalise_message(out["message"])
-        if isinstance(det, dict):
-            for cause in det.get("causes") or []:
-                if isinstance(cause.get("message"), str):
-                    cause["message"] = normalise_message(cause["message"])
-    return out
-
-
-def normalise_message(msg):
-    msg = UUID_RE.sub("<uid>", msg)
-    msg = re.sub(r"too old resource version: (\d+) \((\d+)\)", r"too old resource version: \1 (<rv>)", msg)
-    return re.sub(r'Invalid value: "\{.*\}": strict decoding error',
-                  'Invalid value: "<patched object>": strict decoding error', msg, flags=re.S)
-
-
-def micro(dt):
-    return dt.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def value_at(root, path):
+    """The value at a significant path, or MISSING."""
+    found, value = get_path(root, path)
+    return value if found else MISSING
 
 
 class Replay:
@@ -239,12 +150,12 @@ def replay_case(replay, name, case):
                     got["rv_changed_from_previous"] = md["resourceVersion"] != last_rv[key]
                 last_rv[key] = md["resourceVersion"]
         for path in step.get("significant", []):
-            want, have = get_path(recorded, path), get_path(got, path)
+            want, have = value_at(recorded, path), value_at(got, path)
             if want != have:
                 differences.append({"case": name, "step": number, "path": path,
                                     "recorded": want, "got": have})
         for path in step.get("significant_unordered", []):
-            want, have = get_path(recorded, path), get_path(got, path)
+            want, have = value_at(recorded, path), value_at(got, path)
             key = lambda v: json.dumps(v, sort_keys=True)
             if not (isinstance(want, list) and isinstance(have, list)
                     and sorted(map(key, want)) == sorted(map(key, have))):
