@@ -206,9 +206,11 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Address /metrics (Prometheus, OpenMetrics text) listens on.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub metrics_listen: SocketAddr,
+    /// Address /metrics (Prometheus, OpenMetrics text) listens on. Default: none of its own,
+    /// /metrics is served on the endpoint's address (--listen), so a port already taken (9090
+    /// is Prometheus's own) never stops the sandbox; an address given here must be free.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// ExternalControl and Secret manifests, as applied to a cluster: a YAML file (several
     /// documents allowed) or a directory of .yaml/.yml/.json files. Repeatable.

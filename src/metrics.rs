@@ -404,16 +404,21 @@ pub trait Census: Send + Sync + 'static {
     fn ready(&self) -> bool;
 }
 
+/// The `/metrics` route alone: served on a listener of its own ([`serve`]), or merged into the
+/// endpoint's router (`extctl dev` without `--metrics-listen`).
+pub fn router(census: Arc<dyn Census>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(census)
+}
+
 /// Serves `/metrics` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     census: Arc<dyn Census>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(census);
-    axum::serve(listener, router)
+    axum::serve(listener, router(census))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -428,3 +428,45 @@ async fn bad_flags_are_refused_precisely() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("the token is empty"), "{stderr}");
 }
+
+/// The README's first command must start whatever holds 9090 (Prometheus's own port): by
+/// default `/metrics` is on the endpoint's address. An address given with `--metrics-listen`
+/// must be free, and extctl dev says so when it is not.
+#[tokio::test]
+async fn a_taken_metrics_port_never_stops_dev_and_a_chosen_one_must_be_free() {
+    // Held for the whole test; if something else holds 9090 already, so much the better.
+    let _prometheus = std::net::TcpListener::bind("127.0.0.1:9090");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let token = token.to_str().unwrap();
+
+    let dev = Dev::start(&["--control", "42:7", "--token-file", token]).await;
+    assert_eq!(dev.metrics_url, format!("{}/metrics", dev.url));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scrape = reqwest::get(&dev.metrics_url).await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.unwrap();
+    assert!(text.contains("extctl_controls"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(dev.stop().await.success());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = extctl(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &address,
+        "--control",
+        "42:7",
+        "--token-file",
+        token,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let expected = format!("extctl dev: cannot listen on {address} (--metrics-listen): ");
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}

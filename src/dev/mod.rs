@@ -51,7 +51,8 @@ pub struct ControlIds {
 #[derive(Debug, Clone)]
 pub struct DevSettings {
     pub listen: SocketAddr,
-    pub metrics_listen: SocketAddr,
+    /// `/metrics` on a listener of its own; None: on the endpoint's listener.
+    pub metrics_listen: Option<SocketAddr>,
     pub manifests: Vec<PathBuf>,
     pub controls: Vec<ControlIds>,
     pub token_file: Option<PathBuf>,
@@ -87,16 +88,19 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(settings.metrics_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--metrics-listen)",
-                settings.metrics_listen
-            )
-        })?;
+    let metrics_listener = match settings.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     let url = local_url(listener.local_addr()?);
-    let metrics_url = format!("{}/metrics", local_url(metrics_listener.local_addr()?));
+    let metrics_url = match &metrics_listener {
+        Some(own) => format!("{}/metrics", local_url(own.local_addr()?)),
+        None => format!("{url}/metrics"),
+    };
     tracing::debug!(%url, %metrics_url, "extctl dev starting");
     let reconciler = Arc::new(Reconciler {
         store: store.clone(),
@@ -107,13 +111,18 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     });
     metrics().set_leader(true);
     let census: Arc<dyn Census> = Arc::new(store.clone());
-    tokio::spawn(metrics::serve(metrics_listener, census, shutdown_signal()));
     // Token files for the printed `extctl send` lines: owner-only, removed on exit.
     let token_dir = private_dir()?;
     let urls = (url.as_str(), metrics_url.as_str());
     introduce(&store, console, urls, &settings, token_dir.path()).await?;
 
-    let router = endpoint::router(Arc::new(store), settings.endpoint);
+    let mut router = endpoint::router(Arc::new(store), settings.endpoint);
+    match metrics_listener {
+        Some(own) => {
+            tokio::spawn(metrics::serve(own, census, shutdown_signal()));
+        }
+        None => router = router.merge(metrics::router(census)),
+    }
     tokio::select! {
         () = endpoint::serve(listener, router, settings.endpoint.request_timeout, shutdown) => {},
         () = reconcile_forever(reconciler, changed) => {},

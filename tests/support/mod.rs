@@ -359,21 +359,15 @@ pub struct Dev {
 }
 
 impl Dev {
-    /// Starts `extctl dev --json --listen 127.0.0.1:0` with `args`; waits for its endpoint.
+    /// Starts `extctl dev --json --listen 127.0.0.1:0` with `args` (`/metrics` on the same
+    /// address, the default); waits for its endpoint.
     pub async fn start(args: &[&str]) -> Self {
-        let mut child = extctl_command(&[
-            "dev",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("extctl binary starts");
+        let mut child = extctl_command(&["dev", "--json", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("extctl binary starts");
         let (lines, logs) = (
             Arc::new(Mutex::new(Vec::new())),
             Arc::new(Mutex::new(Vec::new())),
