@@ -1,4 +1,4 @@
-//! The committed CRD, served by the API harness: bad manifests are refused with a message that
+//! The committed CRD, served by the genuine kube-apiserver: bad manifests are refused with a message that
 //! names the field, and omitted fields get the documented defaults.
 
 mod support;
@@ -6,28 +6,28 @@ mod support;
 use extctl::crd::ExternalControl;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
-use support::{ApiServer, NAMESPACE};
+use support::Cluster;
 
 fn manifest(spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "extctl.dev/v1alpha1",
         "kind": "ExternalControl",
-        "metadata": {"name": "c", "namespace": NAMESPACE},
+        "metadata": {"name": "c"},
         "spec": spec
     }))
     .unwrap()
 }
 
-fn api(server: &ApiServer) -> Api<DynamicObject> {
+fn api(cluster: &Cluster) -> Api<DynamicObject> {
     let resource = ApiResource::erase::<ExternalControl>(&());
-    Api::namespaced_with(server.client(), NAMESPACE, &resource)
+    Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &resource)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn omitted_fields_get_the_documented_defaults() {
-    let server = ApiServer::start().await;
+    let cluster = Cluster::start().await;
     let spec = json!({"projectId": 42, "controlId": 7, "secretRef": {"name": "t"}});
-    let created = api(&server)
+    let created = api(&cluster)
         .create(&PostParams::default(), &manifest(spec))
         .await
         .unwrap();
@@ -40,7 +40,7 @@ async fn omitted_fields_get_the_documented_defaults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_are_refused_naming_the_field() {
-    let server = ApiServer::start().await;
+    let cluster = Cluster::start().await;
     let base = json!({"projectId": 42, "controlId": 7, "secretRef": {"name": "t"}});
     let with = |field: &str, value: Value| {
         let mut spec = base.clone();
@@ -104,7 +104,7 @@ async fn bad_manifests_are_refused_naming_the_field() {
         ),
     ];
     for (case, spec, expected) in cases {
-        let error = api(&server)
+        let error = api(&cluster)
             .create(&PostParams::default(), &manifest(spec))
             .await
             .expect_err(case);

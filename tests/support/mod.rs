@@ -1,5 +1,5 @@
-//! Shared pieces of the integration tests: the Kubernetes API harness, the real `extctl run`
-//! process, the independent Python checker, and fixtures.
+//! Shared pieces of the integration tests: the genuine Kubernetes API server and the proxy in
+//! front of it, the real `extctl run` process, the independent Python checker, and fixtures.
 
 // Each test crate includes this module and uses a different subset of it.
 #![allow(dead_code)]
@@ -19,44 +19,76 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-#[path = "../harness/mod.rs"]
-pub mod harness;
+pub mod apiserver;
 pub mod pytools;
 pub mod scrape;
 
-pub use harness::ApiServer;
+pub use apiserver::{ADMIN_TOKEN, Proxy, Server};
 
-pub const NAMESPACE: &str = "default";
 pub const TOKEN: &str = "s3cr3t-t0ken";
 
-/// A harness, a kubeconfig pointing at it, and a scratch directory.
+/// A namespace of its own on the test binary's genuine API server, the fault-injecting proxy
+/// in front of the server, a kubeconfig through that proxy, and a scratch directory.
 pub struct Cluster {
-    pub api: ApiServer,
+    /// Between `extctl` (and kubectl) and the server: faults and request counts.
+    pub proxy: Proxy,
+    /// The administrator's client, directly to the server (never through the proxy, so the
+    /// test's own requests are neither counted nor broken by the faults).
     pub client: Client,
+    /// The test's namespace: every control, Secret and Event of the test is in it.
+    pub namespace: String,
     pub dir: tempfile::TempDir,
+    /// Through the proxy, with the admin token and `namespace` as the default.
     pub kubeconfig: PathBuf,
 }
 
 impl Cluster {
+    /// A fresh namespace on the server (started on first use), named after the test.
     pub async fn start() -> Self {
-        let api = ApiServer::start().await;
+        let server = Self::server().await;
+        let namespace = test_namespace();
+        let client = server.admin_client(&namespace).await;
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        let proxy = Proxy::start(server).await;
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        let client = api.client();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            server.kubeconfig(&proxy.url(), ADMIN_TOKEN, &namespace),
+        )
+        .unwrap();
         Self {
-            api,
+            proxy,
             client,
+            namespace,
             dir,
             kubeconfig,
         }
     }
 
+    /// The test binary's server, started (or built, the first time) as needed.
+    pub async fn server() -> &'static Server {
+        tokio::task::spawn_blocking(apiserver::server)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     pub fn controls(&self) -> Api<ExternalControl> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     pub fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// `NAMESPACE/name`, as extctl names a control.
+    pub fn qualified(&self, name: &str) -> String {
+        format!("{}/{name}", self.namespace)
     }
 
     /// Writes `token` to a file for the checker (tokens never go on a command line).
@@ -67,7 +99,7 @@ impl Cluster {
     }
 
     pub async fn create_secret(&self, name: &str, pairs: &[(&str, &str)]) {
-        let secret = secret(name, pairs);
+        let secret = secret(&self.namespace, name, pairs);
         self.secrets()
             .create(&PostParams::default(), &secret)
             .await
@@ -75,7 +107,7 @@ impl Cluster {
     }
 
     pub async fn replace_secret(&self, name: &str, pairs: &[(&str, &str)]) {
-        let mut secret = secret(name, pairs);
+        let mut secret = secret(&self.namespace, name, pairs);
         let current = self.secrets().get(name).await.unwrap();
         secret.metadata.resource_version = current.metadata.resource_version;
         self.secrets()
@@ -88,7 +120,7 @@ impl Cluster {
         self.create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1",
             "kind": "ExternalControl",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "metadata": {"name": name, "namespace": self.namespace},
             "spec": {"projectId": project, "controlId": control, "secretRef": {"name": secret}}
         }))
         .await;
@@ -124,7 +156,7 @@ impl Cluster {
 
     /// The notes of the status-change Events about `name`, oldest first.
     pub async fn event_notes(&self, name: &str) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut events = events.list(&ListParams::default()).await.unwrap().items;
         events.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
         events.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
@@ -155,11 +187,28 @@ pub fn ready_reason(control: &ExternalControl) -> Option<String> {
     Some(ready.reason.clone())
 }
 
-fn secret(name: &str, pairs: &[(&str, &str)]) -> Secret {
+/// A namespace name for the running test: its name (the test thread's), made a DNS label,
+/// and a number no other test of this process gets.
+fn test_namespace() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("test");
+    let test = test.rsplit("::").next().unwrap_or(test);
+    let mut label: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(48)
+        .collect();
+    label = label.trim_matches('-').to_owned();
+    format!("{label}-{}", COUNT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn secret(namespace: &str, name: &str, pairs: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            namespace: Some(NAMESPACE.into()),
+            namespace: Some(namespace.into()),
             ..Default::default()
         },
         data: Some(
@@ -190,7 +239,7 @@ where
     }
 }
 
-/// The real `extctl run` binary, talking to the harness.
+/// The real `extctl run` binary, talking to the API server through the cluster's proxy.
 pub struct Operator {
     child: Child,
     pub url: String,
@@ -200,7 +249,16 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// `extctl run --namespace NAMESPACE` with `extra_args`: other tests' controls, on the same
+    /// server, are not its business.
     pub async fn start(cluster: &Cluster, extra_args: &[&str]) -> Self {
+        let mut args = vec!["--namespace", cluster.namespace.as_str()];
+        args.extend_from_slice(extra_args);
+        Self::start_with(&cluster.kubeconfig, &args).await
+    }
+
+    /// `extctl run` with `args` and this kubeconfig, serving what its permissions let it see.
+    pub async fn start_with(kubeconfig: &Path, args: &[&str]) -> Self {
         let mut child = extctl_command(&[
             "run",
             "--listen",
@@ -208,8 +266,8 @@ impl Operator {
             "--metrics-listen",
             "127.0.0.1:0",
         ])
-        .args(extra_args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -60,7 +60,7 @@ fn run(command: &mut Command) {
 }
 
 /// A stable hash of the requirements, so a changed pin gets a fresh environment.
-fn fnv1a(text: &str) -> u64 {
+pub fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
