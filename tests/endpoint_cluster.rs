@@ -90,10 +90,10 @@ async fn concurrent_calls_for_one_control_are_all_stored() {
     }
 }
 
-/// GET requests for the Secret `sast-token` the harness has answered so far.
+/// GET requests for the Secret `sast-token` extctl has made so far (through the proxy).
 fn secret_reads(cluster: &Cluster) -> usize {
     cluster
-        .api
+        .proxy
         .requests()
         .iter()
         .filter(|r| r.method == "GET" && r.path.ends_with("/secrets/sast-token"))
@@ -202,7 +202,7 @@ async fn only_referenced_secrets_are_read_never_listed() {
             .create_secret(&format!("unrelated-{i}"), &[("release", "x")])
             .await;
     }
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     let operator = Operator::start(&cluster, &[]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     assert_eq!(
@@ -210,17 +210,16 @@ async fn only_referenced_secrets_are_read_never_listed() {
         200
     );
     let secret_requests: Vec<String> = cluster
-        .api
+        .proxy
         .requests()
         .iter()
         .filter(|r| r.path.contains("/secrets"))
         .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
         .collect();
     assert!(!secret_requests.is_empty());
+    let only_read = format!("GET /api/v1/namespaces/{}/secrets/sast-token?", cluster.namespace);
     assert!(
-        secret_requests
-            .iter()
-            .all(|r| r.starts_with("GET /api/v1/namespaces/default/secrets/sast-token?")),
+        secret_requests.iter().all(|r| r.starts_with(&only_read)),
         "{secret_requests:?}"
     );
 }
@@ -271,10 +270,8 @@ async fn duplicate_control_ids_are_refused_until_resolved() {
     for name in ["sast", "sast-copy"] {
         let control = cluster.wait_ready_reason(name, "DuplicateControl").await;
         let message = &control.status.unwrap().conditions[0].message;
-        assert!(
-            message.contains("controlId 7 is also used by default/"),
-            "{message}"
-        );
+        let other = format!("controlId 7 is also used by {}/", cluster.namespace);
+        assert!(message.contains(&other), "{message}");
     }
     let answer = checker(&operator.url, &call_args(&token, &[])).await;
     assert_eq!((answer.code, answer.error()), (409, "Control is ambiguous"));
@@ -297,7 +294,7 @@ async fn an_unavailable_api_server_gets_503_never_a_false_200() {
     let operator = Operator::start(&cluster, &[]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
 
-    cluster.api.faults().set_unavailable(true);
+    cluster.proxy.faults().set_unavailable(true);
     let answer = checker(&operator.url, &call_args(&token, &["--status", "fail"])).await;
     assert_eq!(answer.code, 503, "{:?}", answer.body);
     // kube's client retries the 503s until the request timeout: extctl cannot tell whether a
@@ -306,7 +303,7 @@ async fn an_unavailable_api_server_gets_503_never_a_false_200() {
         answer.error(),
         "Status store did not answer in time; the status may have been stored: retry"
     );
-    cluster.api.faults().set_unavailable(false);
+    cluster.proxy.faults().set_unavailable(false);
 
     assert_eq!(
         cluster.control("sast").await.status.unwrap().status,

@@ -484,7 +484,7 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         unreachable!()
     };
     cluster
-        .api
+        .proxy
         .faults()
         .fail_next(1, Some(axum::http::Method::PATCH), "/status", 422);
     let answer = env.call(&["--status", "pass"]).await;

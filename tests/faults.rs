@@ -208,7 +208,7 @@ fn write_faults() -> Vec<WriteFault> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_or_slow_status_writes_get_an_error_store_nothing_and_a_fresh_call_succeeds() {
     let (cluster, operator) = cluster_with_sast(&["--request-timeout", "1s"]).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let mut current = "pending";
     for fault in write_faults() {
         let case = fault.case;
@@ -266,7 +266,7 @@ async fn failed_or_slow_status_writes_get_an_error_store_nothing_and_a_fresh_cal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
     let (cluster, operator) = cluster_with_sast(&["--request-timeout", "1s"]).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let call = report(7, "fail").await;
     faults.delay_next_answer(1, Some(Method::PATCH), &status_path("sast"), HOLD);
     let (code, message) = send(&operator.url, &call).await.unwrap();
@@ -293,22 +293,22 @@ async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
     let (cluster, operator) = cluster_with_sast(&[]).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let path = status_path("sast");
 
     // A few conflicts: each is followed by a re-read and another attempt, then stored.
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     faults.fail_next(3, Some(Method::PATCH), &path, 409);
     let call = report(7, "pass").await;
     assert_eq!(send(&operator.url, &call).await, Some((200, String::new())));
-    let requests = cluster.api.requests();
+    let requests = cluster.proxy.requests();
     assert_eq!(codes(&requests, Method::PATCH, &path), [409, 409, 409, 200]);
     assert_eq!(codes(&requests, Method::GET, &path), [200, 200, 200]);
     let stored = cluster.control("sast").await;
     assert!(stored_nonces(&stored).contains(&call.nonce));
 
     // Conflicts without end: a bounded number of attempts, then 503; nothing stored.
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     faults.fail_next(1000, Some(Method::PATCH), &path, 409);
     let call = report(7, "fail").await;
     assert_eq!(
@@ -318,7 +318,7 @@ async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
             "Status store unavailable, nothing was stored: the control kept changing; retry".into()
         ))
     );
-    let attempts = codes(&cluster.api.requests(), Method::PATCH, &path).len();
+    let attempts = codes(&cluster.proxy.requests(), Method::PATCH, &path).len();
     assert!((2..=100).contains(&attempts), "{attempts} attempts");
     faults.clear();
     let after = cluster.control("sast").await;
@@ -379,7 +379,7 @@ async fn concurrent_calls_under_conflicts_and_errors_are_stored_exactly_when_ans
         .map(|i| (7, if i % 3 == 0 { "fail" } else { "pass" }))
         .collect();
     let calls = reports(&statuses).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let path = status_path("sast");
     // Besides the conflicts the calls cause each other: injected ones, and three writes that
     // fail outright (each fails its call).
@@ -456,7 +456,7 @@ async fn sigkill_mid_burst_loses_no_accepted_call_and_keeps_the_schedule() {
     .expect("scheduled");
 
     // Every API request a little slow, so that the kill finds writes in flight.
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     faults.set_latency(Duration::from_millis(30));
     let statuses: Vec<(i64, &'static str)> = (0..60)
         .map(|i| (7, if i % 2 == 0 { "fail" } else { "pass" }))
@@ -558,7 +558,7 @@ async fn call_control(url: &str, id: i64) -> Option<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_changed_while_the_watch_is_down_are_served_once_it_is_back() {
     let (cluster, operator) = cluster_with_sast(&[]).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let ok = Some((200, String::new()));
     let not_found = Some((404, "Control not found".to_owned()));
 
@@ -596,7 +596,7 @@ async fn controls_changed_while_the_watch_is_down_are_served_once_it_is_back() {
     // Not seen yet: the endpoint answers from what it last knew.
     assert_eq!(call_control(&operator.url, 10).await, not_found);
     assert_eq!(call_control(&operator.url, 9).await, ok);
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     faults.compact();
     faults.clear();
 
@@ -621,7 +621,7 @@ async fn controls_changed_while_the_watch_is_down_are_served_once_it_is_back() {
     assert!(caught_up.is_some(), "after the watch came back: {last:?}");
     // Resuming from a compacted version gets 410 Gone (an ERROR event, as on a real server),
     // and the watcher lists the controls again.
-    let relisted = cluster.api.requests().iter().any(|r| {
+    let relisted = cluster.proxy.requests().iter().any(|r| {
         r.method == Method::GET
             && r.path == "/apis/extctl.dev/v1alpha1/externalcontrols"
             && !r.is_watch()
@@ -675,7 +675,7 @@ fn last_ping(control: &ExternalControl) -> Option<Timestamp> {
 
 /// Successful status writes of `name` recorded by the harness.
 fn status_writes(cluster: &Cluster, name: &str) -> usize {
-    codes(&cluster.api.requests(), Method::PATCH, &status_path(name))
+    codes(&cluster.proxy.requests(), Method::PATCH, &status_path(name))
         .iter()
         .filter(|code| **code == 200)
         .count()
@@ -690,7 +690,7 @@ async fn resets_are_neither_missed_nor_repeated_while_watches_drop_and_compact()
     let first_due = wait_for(Duration::from_secs(15), || async {
         let before = cluster.control("pinged").await;
         last_ping(&before)?;
-        cluster.api.reset_requests();
+        cluster.proxy.reset_requests();
         let after = cluster.control("pinged").await;
         (next_ping(&before) == next_ping(&after)).then(|| next_ping(&after))?
     })
@@ -698,7 +698,7 @@ async fn resets_are_neither_missed_nor_repeated_while_watches_drop_and_compact()
     .expect("a first reset");
 
     // Six seconds of watches ending, every other time after a compaction.
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let started = std::time::Instant::now();
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(6) {
@@ -757,9 +757,9 @@ async fn a_failed_reset_write_is_retried_and_the_reset_happens_once() {
     .expect("scheduled");
     assert_eq!(last_ping(&scheduled), None);
     let due = next_ping(&scheduled).unwrap();
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     cluster
-        .api
+        .proxy
         .faults()
         .fail_next(1, Some(Method::PATCH), &path, 500);
 
@@ -791,7 +791,7 @@ async fn a_failed_reset_write_is_retried_and_the_reset_happens_once() {
     let mut expected = vec![500, 200];
     expected.extend(std::iter::repeat_n(200, later));
     assert_eq!(
-        codes(&cluster.api.requests(), Method::PATCH, &path),
+        codes(&cluster.proxy.requests(), Method::PATCH, &path),
         expected
     );
     assert_eq!(stored_status(&control), Some(ControlStatus::Pending));

@@ -117,7 +117,7 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
          secret/ci-token created\n\
          secret/license-bot-token created\n"
     );
-    let requests = cluster.api.requests();
+    let requests = cluster.proxy.requests();
     assert!(requests.iter().any(|r| r.path == "/openapi/v3"));
     let creates: Vec<_> = requests.iter().filter(|r| r.method == "POST").collect();
     assert_eq!(creates.len(), 6);

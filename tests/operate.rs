@@ -148,7 +148,7 @@ async fn run_metrics_count_resets_pings_api_requests_and_conflicts() {
 
     // A conflict on the status write: retried, stored, and counted once as a conflict.
     let before = Scrape::of(&operator.metrics_url).await;
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     faults.fail_next(
         1,
         Some(axum::http::Method::PATCH),
@@ -189,10 +189,10 @@ async fn writes_and_resets(
         times
     };
     let start = last_pings().await;
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     tokio::time::sleep(run).await;
     let writes: Vec<_> = cluster
-        .api
+        .proxy
         .requests()
         .into_iter()
         .filter(|r| r.is_write() && r.path.ends_with("/status"))
@@ -327,7 +327,7 @@ async fn a_leader_that_cannot_renew_stops_reconciling_before_its_lease_could_pas
         .expect("leading");
 
     // The API server refuses every Lease write (kube's client retries the 503s itself).
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     faults.fail_next(100_000, Some(axum::http::Method::PUT), "/leases/", 503);
     let cut = Instant::now();
     wait_for(Duration::from_secs(6), || leading(0))
@@ -338,10 +338,10 @@ async fn a_leader_that_cannot_renew_stops_reconciling_before_its_lease_could_pas
     // 3 s (the lease duration) after the cut: it must have stopped by then. (It stops at the
     // renew deadline, 2 s after its last renewal, noticed within a retry period or two.)
     assert!(stepped_down < Duration::from_secs(3), "{stepped_down:?}");
-    cluster.api.reset_requests();
+    cluster.proxy.reset_requests();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes: Vec<_> = cluster
-        .api
+        .proxy
         .requests()
         .into_iter()
         .filter(|r| r.is_write() && r.path.ends_with("/status"))

@@ -504,7 +504,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
 
     // Any other refusal, a 422 among them, is an error, not a superseded outcome.
     cluster
-        .api
+        .proxy
         .faults()
         .fail_next(1, Some(axum::http::Method::PATCH), "/sast/status", 422);
     let refused = store.write_last_ping(&control, &outcome(later)).await;

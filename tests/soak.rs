@@ -53,7 +53,7 @@ async fn run_checkers(urls: &str, token_file: &str, seconds: f64) -> Vec<Value> 
 
 /// Faults, one every 700 ms in turn, until `stop` fires.
 async fn inject_faults(cluster: &Cluster, mut stop: tokio::sync::oneshot::Receiver<()>) -> usize {
-    let faults = cluster.api.faults();
+    let faults = cluster.proxy.faults();
     let mut injected = 0;
     loop {
         tokio::select! {
@@ -114,7 +114,7 @@ async fn accepted_answers_equal_stored_statuses_and_events_under_faults() {
         warm,
         inject_faults(&cluster, faults_stop),
     );
-    cluster.api.faults().set_latency(Duration::ZERO);
+    cluster.proxy.faults().set_latency(Duration::ZERO);
     assert!(injected >= 3, "{injected} faults injected");
 
     // Only 200 (stored, with the status sent) or 503 (nothing stored) are right answers.

@@ -1,6 +1,9 @@
 //! The genuine Kubernetes API server the tests run against (`server`), how its binaries are
 //! found or built (`binaries`), and the fault-injecting proxy in front of it (`proxy`).
 
+// Each test crate uses a different part of what is re-exported here.
+#![allow(unused_imports)]
+
 mod binaries;
 pub mod proxy;
 mod server;
