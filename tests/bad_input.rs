@@ -4,8 +4,8 @@
 //! non-ASCII) and signed by the independent Python checker's own `sign` (Python's `hmac`), never
 //! by extctl.
 //!
-//! The request matrix runs against `extctl dev` and against `extctl run` with the API harness
-//! (same endpoint, other store); replicas, restarts and Secrets need the cluster, and run there.
+//! The request matrix runs against `extctl dev` and against `extctl run` on a genuine
+//! kube-apiserver (same endpoint, other store); replicas, restarts and Secrets need the cluster, and run there.
 //!
 //! Rows that live elsewhere, and are not repeated here:
 //! - `tests/endpoint_protocol.rs` (both commands): status missing, `pending`, `PASS`; each header
@@ -19,7 +19,7 @@
 //!   `Invalid nonce`); a missing Secret and a missing key on `extctl run`; duplicate control ids
 //!   on `extctl run`; token rotation.
 //! - `tests/crd_schema.rs`: `pingInterval: 1d`, `0s`, `pendingTimeout: 0m` and the other schema
-//!   rules refused by the harness; `tests/dev.rs`: the same refused by `extctl dev`'s manifest
+//!   rules refused by the API server; `tests/dev.rs`: the same refused by `extctl dev`'s manifest
 //!   reader, with file, document and line.
 //!
 //! Answers the protocol document does not fix, decided here (each asserted below):
@@ -1606,11 +1606,9 @@ fn bad_durations() -> Vec<(&'static str, Refusal)> {
     ]
 }
 
-/// The harness answers as kube-apiserver v1.36 does (`04-duration-validation.json`): 422
-/// `Invalid`, the object named, every cause on `spec.pingInterval`, and the pattern's message
-/// to the letter. Two known differences, listed in `tests/fixtures/harness-differences.txt`,
-/// are not asserted: the real server also runs the CEL rule beside a pattern error, and quotes
-/// the value rather than its type in the CEL rule's message.
+/// The genuine kube-apiserver refuses every bad duration with 422 `Invalid`, the object named,
+/// every cause on `spec.pingInterval`, and the pattern's message to the letter (the CEL rule's
+/// message quotes the value; it may run beside a pattern error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_durations_are_refused_on_create_with_the_api_servers_answer() {
     let cluster = Cluster::start().await;
@@ -1619,7 +1617,7 @@ async fn bad_durations_are_refused_on_create_with_the_api_servers_answer() {
         let name = format!("d{i}");
         let manifest: extctl::crd::ExternalControl = serde_json::from_value(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name},
             "spec": {"projectId": 1, "controlId": 1, "secretRef": {"name": "t"}, "pingInterval": duration}
         }))
         .unwrap();

@@ -198,7 +198,7 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         control(
             "unreachable",
             8,
-            json!({"pingInterval": "2s", "externalUrl": "http://127.0.0.1:1/ping"}),
+            json!({"pingInterval": "2s", "pendingTimeout": "1s", "externalUrl": "http://127.0.0.1:1/ping"}),
         ),
         control("quiet", 9, json!({"pingEnabled": false})),
     ];
@@ -223,13 +223,14 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
     );
     assert_eq!(pings[0]["body"]["control"]["id"], 7, "{pings:?}");
 
-    // A ping nobody answers leaves the status pending and is told as a warning.
-    let warnings = wait_for(Duration::from_secs(5), || async {
+    // A ping nobody answers leaves the status pending and is told as a warning; the pending
+    // timeout (1 s) starts only on an accepted ping, so two rounds (2 s apart) pass without one.
+    let warnings = wait_for(Duration::from_secs(8), || async {
         let warnings = dev.events("warning");
-        (!warnings.is_empty()).then_some(warnings)
+        (warnings.len() >= 2).then_some(warnings)
     })
     .await
-    .expect("a warning for the unreachable checker");
+    .expect("a warning for each of two rounds of the unreachable checker");
     assert_eq!(warnings[0]["control"], "default/unreachable");
     assert_eq!(warnings[0]["reason"], "PingFailed");
     assert_eq!(dev.status("default/unreachable"), "pending");

@@ -1,5 +1,5 @@
 //! Every row of the protocol document, with calls signed and sent by an independent Python
-//! checker, through the real binary twice: `extctl run` against the Kubernetes API harness, and
+//! checker, through the real binary twice: `extctl run` against a genuine kube-apiserver, and
 //! `extctl dev` with the same control and Secret as manifests (same endpoint, other store).
 
 mod support;
@@ -153,6 +153,55 @@ impl Env {
             matched.is_some(),
             "{case}: stored {stored:?}, expected {expected:?}"
         );
+    }
+
+    /// What the store holds of the calls accepted so far: in a cluster, the nonces recorded
+    /// and the last update time (every stored call, whatever its status, changes both); in
+    /// dev, the status changes printed.
+    async fn mark(&self) -> String {
+        match &self.backend {
+            Backend::Run { cluster, .. } => {
+                let status = cluster.control("sast").await.status.unwrap_or_default();
+                let nonces: Vec<&str> = status
+                    .recent_nonces
+                    .iter()
+                    .map(|n| n.nonce.as_str())
+                    .collect();
+                format!(
+                    "nonces {nonces:?}, lastUpdateTime {:?}",
+                    status.last_update_time
+                )
+            }
+            Backend::Dev(dev) => format!("changes {:?}", dev.changes("default/sast")),
+        }
+    }
+
+    /// Asserts that nothing was stored since `before` (a [`Self::mark`]), then that the store
+    /// still takes a call: a sentinel `sentinel` call (a status other than the current one) is
+    /// stored and is then the only change. In dev, where changes print asynchronously, a
+    /// refused call stored late would print before the sentinel's line.
+    async fn assert_nothing_stored_since(&self, before: &str, sentinel: &str, case: &str) {
+        if let Backend::Run { .. } = self.backend {
+            assert_eq!(self.mark().await, before, "{case}: something was stored");
+        }
+        let answer = self.call(&["--status", sentinel]).await;
+        assert_eq!(
+            answer.code, 200,
+            "{case}: the sentinel call: {:?}",
+            answer.body
+        );
+        let expected: ControlStatus = serde_json::from_value(serde_json::json!(sentinel)).unwrap();
+        self.assert_stored(expected, case).await;
+        if let Backend::Dev(dev) = &self.backend {
+            let mut changes = dev.changes("default/sast");
+            let sentinel_change = changes.pop().expect("the sentinel's change");
+            assert_eq!(sentinel_change.2, sentinel, "{case}");
+            assert_eq!(
+                format!("changes {changes:?}"),
+                before,
+                "{case}: something was stored"
+            );
+        }
     }
 
     /// The audit messages of status changes: Events in a cluster, printed lines in dev.
@@ -327,8 +376,9 @@ async fn every_error_row_of_the_protocol_table(kind: Kind) {
             "Request has expired",
         ),
     ];
+    let before = env.mark().await;
     env.assert_rows(rows).await;
-    env.assert_stored(ControlStatus::Pending, "nothing was stored")
+    env.assert_nothing_stored_since(&before, "fail", "the refused rows")
         .await;
 
     // The checker takes the last of a repeated flag, so these override project 42 / control 7.
@@ -411,9 +461,12 @@ async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind) {
     let genuine = env.call(&["--nonce", nonce, "--status", "pass"]).await;
     assert_eq!(genuine.code, 200, "{:?}", genuine.body);
 
+    env.assert_stored(ControlStatus::Pass, "the genuine call")
+        .await;
+    let before = env.mark().await;
     let replay = env.call(&["--nonce", nonce, "--status", "fail"]).await;
     assert_answer(&replay, 401, "Invalid nonce", "replayed nonce");
-    env.assert_stored(ControlStatus::Pass, "the replay changed nothing")
+    env.assert_nothing_stored_since(&before, "fail", "the replay")
         .await;
 }
 
@@ -487,6 +540,7 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         .proxy
         .faults()
         .fail_next(1, Some(axum::http::Method::PATCH), "/status", 422);
+    let before = env.mark().await;
     let answer = env.call(&["--status", "pass"]).await;
     assert_eq!(answer.code, 400, "{:?}", answer.body);
     assert!(
@@ -496,7 +550,7 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         "{:?}",
         answer.body
     );
-    env.assert_stored(ControlStatus::Pending, "the refused write")
+    env.assert_nothing_stored_since(&before, "pass", "the refused write")
         .await;
 }
 

@@ -177,6 +177,28 @@ proptest! {
         if let PingPlan::Reset { due, next } | PingPlan::KeepReport { due, next } = decided {
             prop_assert!(due <= now && next > due, "{decided:?}");
         }
+        let unchanged_interval = scheduled.is_none_or(|old| old == interval);
+        if let (Some(stored), true) = (facts.next_ping, unchanged_interval) {
+            // A stored due time is never brought forward...
+            prop_assert!(decided.next().is_some_and(|next| next >= stored), "{decided:?}");
+            if let PingPlan::Reset { due, next } | PingPlan::KeepReport { due, next } = decided {
+                // ...the reset carried out is the stored one, and the next stays on its grid.
+                prop_assert_eq!(due, stored);
+                let step = i128::from(interval) * 1_000_000_000;
+                prop_assert_eq!((next.as_nanosecond() - due.as_nanosecond()) % step, 0);
+            }
+        }
+        // Once the plan's next due time is stored, planning again at the same instant waits
+        // for it: a reset is never carried out twice.
+        if let Some(next) = decided.next() {
+            let stored = PingFacts {
+                next_ping: Some(next),
+                scheduled_interval: Some(facts.interval),
+                seen_before: true,
+                ..facts
+            };
+            prop_assert_eq!(plan(&stored, now), PingPlan::Wait { next });
+        }
     }
 }
 
