@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn next_ping_is_shown_as_text_not_as_a_relative_date() {
         // The API server prints a `date` column that lies in the future as `<invalid>`
-        // (recorded: ../shared/fixtures/kube-apiserver/v1.36/17-table-output.json).
+        // (kube-apiserver v1.36; `tests/kubectl.rs` reads the column through the real one).
         let crd = serde_json::to_value(ExternalControl::crd()).unwrap();
         let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"].clone();
         let next = columns

@@ -217,7 +217,10 @@ async fn only_referenced_secrets_are_read_never_listed() {
         .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
         .collect();
     assert!(!secret_requests.is_empty());
-    let only_read = format!("GET /api/v1/namespaces/{}/secrets/sast-token?", cluster.namespace);
+    let only_read = format!(
+        "GET /api/v1/namespaces/{}/secrets/sast-token?",
+        cluster.namespace
+    );
     assert!(
         secret_requests.iter().all(|r| r.starts_with(&only_read)),
         "{secret_requests:?}"

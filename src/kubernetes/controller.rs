@@ -173,7 +173,7 @@ impl ControlStore for KubeStore {
 
 /// kube-apiserver's answer to a JSON patch whose operation failed (here only the `test` can):
 /// 422 with this message and no causes, unlike a schema refusal, which names the object and
-/// its fields (`../shared/fixtures/kube-apiserver/v1.36/10-jsonpatch-test.json`).
+/// its fields (kube-apiserver v1.36; the late-ping-outcome test in `tests/ping.rs` meets it).
 pub const JSON_PATCH_FAILED: &str =
     "the server rejected our request due to an error in our request";
 

@@ -126,8 +126,8 @@ fn audit(control: &ExternalControl, record: &StatusChangeRecord) {
     );
 }
 
-/// The API server refuses an Event whose note is longer than this many bytes (422, recorded in
-/// `../shared/fixtures/kube-apiserver/v1.36/16-events.json`).
+/// The API server refuses an Event whose note is longer than this many bytes (422; the
+/// longest-URL warning test in `tests/ping.rs` sends one past it to a real kube-apiserver).
 pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// `note`, cut to [`MAX_NOTE_BYTES`] on a character boundary (ending in `…`) when longer: a
