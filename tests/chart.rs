@@ -1352,8 +1352,8 @@ fn values_yaml_has_a_comment_above_every_key() {
     );
 }
 
-/// `# TYPE` lines of a real `extctl run`'s `/metrics` (on the API harness, with one control):
-/// every family.
+/// `# TYPE` lines of a real `extctl run`'s `/metrics` (on the genuine API server, with one
+/// control): every family.
 async fn exported_families() -> BTreeSet<(String, String)> {
     let cluster = support::Cluster::start().await;
     cluster

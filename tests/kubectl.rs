@@ -1,5 +1,5 @@
 //! The user's commands, run with the real `kubectl` (1.37, from `tests/support/python-tools.txt`)
-//! against the harness: `kubectl apply -f examples/` and its re-apply, `kubectl get ec`,
+//! against the genuine kube-apiserver: `kubectl apply -f examples/` and its re-apply, `kubectl get ec`,
 //! `get externalcontrols -A` and `get compliance` (server-side Table output, compared with the
 //! README's example), `kubectl describe ec` and the control's Events (`get events
 //! --field-selector`, `kubectl events --for`). The status comes the way it comes in a cluster:
@@ -12,14 +12,17 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use extctl::crd::{ControlStatus, ExternalControl};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use regex::Regex;
 use serde_json::Value;
-use support::{Cluster, NAMESPACE, Operator, checker, pytools};
+use support::{ADMIN_TOKEN, Cluster, Operator, checker, pytools};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-/// The real kubectl, configured for one harness only: its own kubeconfig, and a home of its own
-/// so that its discovery and HTTP caches never outlive the test.
+/// The real kubectl, configured for one test's namespace only: its own kubeconfig (the admin
+/// token, the namespace as the default), and a home of its own so that its discovery and HTTP
+/// caches never outlive the test.
 struct Kubectl {
     binary: PathBuf,
     kubeconfig: PathBuf,
@@ -27,15 +30,24 @@ struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl talking to the server directly, over https with the server's CA: kubectl
+    /// (client-go) sends a kubeconfig's token only over TLS, so it cannot authenticate through
+    /// the plain-http proxy; its requests are counted from its own log instead
+    /// ([`Self::requests`]).
     async fn new(cluster: &Cluster) -> Self {
         // The first use installs the tools (a pip install under a file lock): off the runtime.
         let binary = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
             .await
             .expect("installing kubectl");
+        let home = tempfile::tempdir().unwrap();
+        let kubeconfig = home.path().join("kubeconfig");
+        let server = Cluster::server().await;
+        let text = server.kubeconfig(&server.url, ADMIN_TOKEN, &cluster.namespace);
+        std::fs::write(&kubeconfig, text).unwrap();
         Self {
             binary,
-            kubeconfig: cluster.kubeconfig.clone(),
-            home: tempfile::tempdir().unwrap(),
+            kubeconfig,
+            home,
         }
     }
 
@@ -70,6 +82,35 @@ impl Kubectl {
         self.ok_with_input(args, "").await
     }
 
+    /// The standard output of `kubectl -v=6 args` and the requests kubectl says it made, as
+    /// `(method, path?query, code)` from its `Response` log lines. It must succeed, and every
+    /// line on stderr must be one of klog's info lines (no warning, no error, no notice).
+    async fn requests(&self, args: &[&str]) -> (String, Vec<(String, String, u16)>) {
+        let mut all = vec!["-v=6"];
+        all.extend_from_slice(args);
+        let output = self.run_with_input(&all, "").await;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        let info = Regex::new(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] ").unwrap();
+        let others: Vec<&str> = stderr.lines().filter(|l| !info.is_match(l)).collect();
+        assert!(
+            output.status.success() && others.is_empty(),
+            "kubectl {args:?} failed ({}) or said more than its requests:\n{stdout}{stderr}",
+            output.status
+        );
+        let response =
+            Regex::new(r#""Response" verb="(\w+)" url="https://[^/"]+([^"]*)" status="(\d+)"#)
+                .unwrap();
+        let requests = stderr
+            .lines()
+            .filter_map(|line| response.captures(line))
+            .map(|c| (c[1].to_owned(), c[2].to_owned(), c[3].parse().unwrap()))
+            .collect();
+        (stdout, requests)
+    }
+
     async fn ok_with_input(&self, args: &[&str], stdin: &str) -> String {
         let output = self.run_with_input(args, stdin).await;
         let (stdout, stderr) = (
@@ -85,7 +126,7 @@ impl Kubectl {
     }
 }
 
-/// A harness with `examples/` applied by kubectl.
+/// A namespace with `examples/` applied by kubectl.
 async fn cluster_with_examples() -> (Cluster, Kubectl) {
     let cluster = Cluster::start().await;
     let kubectl = Kubectl::new(&cluster).await;
@@ -100,6 +141,32 @@ fn resource_version(obj: &Value) -> String {
         .to_owned()
 }
 
+/// The controls and the Secrets of the test's namespace as the server returns them (JSON, every
+/// field as stored), read with the admin client.
+fn dynamic<K: kube::Resource<DynamicType = ()>>(cluster: &Cluster) -> Api<DynamicObject> {
+    let resource = ApiResource::erase::<K>(&());
+    Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &resource)
+}
+
+async fn get_object<K: kube::Resource<DynamicType = ()>>(
+    cluster: &Cluster,
+    name: &str,
+) -> Option<Value> {
+    let object = dynamic::<K>(cluster).get_opt(name).await.unwrap()?;
+    Some(serde_json::to_value(object).unwrap())
+}
+
+async fn list_objects<K: kube::Resource<DynamicType = ()>>(cluster: &Cluster) -> Vec<Value> {
+    let list = dynamic::<K>(cluster)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
     let cluster = Cluster::start().await;
@@ -107,7 +174,7 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
 
     // kubectl asks /openapi/v3 whether the server validates fields, then creates each object
     // with fieldValidation=Strict (in file order: controls.yaml, then secrets.yaml).
-    let created = kubectl.ok(&["apply", "-f", "examples/"]).await;
+    let (created, requests) = kubectl.requests(&["apply", "-f", "examples/"]).await;
     assert_eq!(
         created,
         "externalcontrol.extctl.dev/sast created\n\
@@ -117,39 +184,42 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
          secret/ci-token created\n\
          secret/license-bot-token created\n"
     );
-    let requests = cluster.proxy.requests();
-    assert!(requests.iter().any(|r| r.path == "/openapi/v3"));
-    let creates: Vec<_> = requests.iter().filter(|r| r.method == "POST").collect();
-    assert_eq!(creates.len(), 6);
+    assert!(
+        requests.iter().any(|(method, target, code)| method == "GET"
+            && target.split('?').next() == Some("/openapi/v3")
+            && *code == 200),
+        "{requests:?}"
+    );
+    let creates: Vec<_> = requests.iter().filter(|r| r.0 == "POST").collect();
+    assert_eq!(creates.len(), 6, "{requests:?}");
     assert!(
         creates
             .iter()
-            .all(|r| r.query.contains("fieldValidation=Strict")),
+            .all(|(_, target, code)| target.contains("fieldValidation=Strict") && *code == 201),
         "{creates:?}"
     );
-    let control = |name: &str| {
-        cluster
-            .api
-            .get_object(
-                "extctl.dev/v1alpha1",
-                "externalcontrols",
-                Some(NAMESPACE),
-                name,
-            )
+    let control = async |name: &str| {
+        get_object::<ExternalControl>(&cluster, name)
+            .await
             .unwrap_or_else(|| panic!("{name} was not created"))
     };
-    let sast = control("sast");
+    let sast = control("sast").await;
     assert_eq!(sast["spec"]["projectId"], 42);
     assert_eq!(sast["spec"]["controlId"], 7);
     // The CRD's defaults, applied by the server.
     assert_eq!(sast["spec"]["pingInterval"], "12h");
     assert_eq!(sast["spec"]["secretRef"]["key"], "token");
-    assert_eq!(control("license-audit")["spec"]["pendingTimeout"], "10m");
-    assert_eq!(control("dependency-scan")["spec"]["pingEnabled"], false);
+    assert_eq!(
+        control("license-audit").await["spec"]["pendingTimeout"],
+        "10m"
+    );
+    assert_eq!(
+        control("dependency-scan").await["spec"]["pingEnabled"],
+        false
+    );
     // stringData arrives base64-encoded in data, as kube-apiserver stores it.
-    let secret = cluster
-        .api
-        .get_object("v1", "secrets", Some(NAMESPACE), "license-bot-token")
+    let secret = get_object::<Secret>(&cluster, "license-bot-token")
+        .await
         .unwrap();
     assert_eq!(secret["data"]["token"], "bGljZW5zZS1ib3QtMjAyNi0xMQ==");
     assert_eq!(
@@ -158,19 +228,21 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
     );
     assert!(secret.get("stringData").is_none());
 
-    let objects = |cluster: &Cluster| {
-        let mut all = cluster
-            .api
-            .list_objects("extctl.dev/v1alpha1", "externalcontrols", None);
-        all.extend(cluster.api.list_objects("v1", "secrets", None));
+    let objects = async |cluster: &Cluster| {
+        let mut all = list_objects::<ExternalControl>(cluster).await;
+        all.extend(list_objects::<Secret>(cluster).await);
         all
     };
-    let before: Vec<String> = objects(&cluster).iter().map(resource_version).collect();
+    let before: Vec<String> = objects(&cluster)
+        .await
+        .iter()
+        .map(resource_version)
+        .collect();
     // Applying the same files again: nothing differs from the last-applied configuration, so
     // kubectl sends nothing for the controls and the Secret written with `data`. The Secrets
     // written with `stringData` are patched every time, because the server never returns
     // `stringData` (kubectl then says "configured"), and the patch changes nothing.
-    let reapplied = kubectl.ok(&["apply", "-f", "examples/"]).await;
+    let (reapplied, requests) = kubectl.requests(&["apply", "-f", "examples/"]).await;
     assert_eq!(
         reapplied,
         "externalcontrol.extctl.dev/sast unchanged\n\
@@ -180,7 +252,27 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
          secret/ci-token unchanged\n\
          secret/license-bot-token configured\n"
     );
-    let after: Vec<String> = objects(&cluster).iter().map(resource_version).collect();
+    let writes: Vec<String> = requests
+        .iter()
+        .filter(|(method, _, _)| method != "GET")
+        .map(|(method, target, code)| {
+            let path = target.split('?').next().unwrap();
+            format!("{method} {path} {code}")
+        })
+        .collect();
+    let secrets = format!("/api/v1/namespaces/{}/secrets", cluster.namespace);
+    assert_eq!(
+        writes,
+        [
+            format!("PATCH {secrets}/sast-token 200"),
+            format!("PATCH {secrets}/license-bot-token 200"),
+        ]
+    );
+    let after: Vec<String> = objects(&cluster)
+        .await
+        .iter()
+        .map(resource_version)
+        .collect();
     assert_eq!(before, after, "a re-apply changed an object");
 
     // A changed manifest is a merge patch of the spec: a new generation.
@@ -195,7 +287,7 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
          externalcontrol.extctl.dev/dependency-scan unchanged\n\
          externalcontrol.extctl.dev/license-audit configured\n"
     );
-    let audit = control("license-audit");
+    let audit = control("license-audit").await;
     assert_eq!(audit["spec"]["pingInterval"], "2h");
     assert_eq!(audit["metadata"]["generation"], 2);
 }
@@ -218,12 +310,7 @@ async fn apply_of_an_invalid_control_fails_with_the_servers_message() {
         String::from_utf8_lossy(&output.stderr),
         "The ExternalControl \"zero\" is invalid: spec.projectId: Invalid value: 0: spec.projectId in body should be greater than or equal to 1\n"
     );
-    assert!(
-        cluster
-            .api
-            .list_objects("extctl.dev/v1alpha1", "externalcontrols", None)
-            .is_empty()
-    );
+    assert!(list_objects::<ExternalControl>(&cluster).await.is_empty());
 }
 
 /// The cells of a kubectl table line, cut at the columns' starting offsets in the header
@@ -425,8 +512,14 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     let (header_all, rows_all) = table(&kubectl.ok(&["get", "externalcontrols", "-A"]).await);
     assert_eq!(column_names(&header_all)[0], "NAMESPACE");
     assert_eq!(column_names(&header_all)[1..], column_names(&header)[..]);
-    for (all, one) in rows_all.iter().zip(&rows) {
-        assert_eq!(all[0], NAMESPACE);
+    // Every namespace of the server: other tests' controls too; this namespace's rows are the
+    // same, in the same order.
+    let ours: Vec<&Vec<String>> = rows_all
+        .iter()
+        .filter(|r| r[0] == cluster.namespace)
+        .collect();
+    assert_eq!(ours.len(), rows.len(), "{rows_all:?}");
+    for (all, one) in ours.iter().zip(&rows) {
         assert_eq!(all[1..7], one[..6]);
     }
     let (header_category, rows_category) = table(&kubectl.ok(&["get", "compliance"]).await);
@@ -440,7 +533,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     let lines: Vec<String> = described.lines().map(collapse).collect();
     for expected in [
         "Name: sast",
-        "Namespace: default",
+        &format!("Namespace: {}", cluster.namespace),
         "API Version: extctl.dev/v1alpha1",
         "Kind: ExternalControl",
         "Spec:",

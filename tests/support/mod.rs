@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod apiserver;
+pub mod chart_rbac;
 pub mod pytools;
 pub mod scrape;
 
@@ -197,7 +198,13 @@ fn test_namespace() -> String {
     let test = test.rsplit("::").next().unwrap_or(test);
     let mut label: String = test
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(48)
         .collect();
     label = label.trim_matches('-').to_owned();

@@ -47,14 +47,21 @@ fn existing(path: PathBuf, variable: &str) -> PathBuf {
         path.is_file(),
         "{variable}={} is not a file: point it at a {} binary",
         path.display(),
-        if variable == "ETCD_BIN" { "etcd" } else { "kube-apiserver" }
+        if variable == "ETCD_BIN" {
+            "etcd"
+        } else {
+            "kube-apiserver"
+        }
     );
     path
 }
 
 fn build() -> Binaries {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kube");
-    let dir = target.join(format!("{KUBERNETES_VERSION}-{:016x}", fnv1a(&PINS.concat())));
+    let dir = target.join(format!(
+        "{KUBERNETES_VERSION}-{:016x}",
+        fnv1a(&PINS.concat())
+    ));
     let binaries = Binaries {
         kube_apiserver: dir.join("kube-apiserver"),
         etcd: dir.join("etcd"),
@@ -71,7 +78,8 @@ fn build() -> Binaries {
          (once; minutes on a cold machine)",
         dir.display()
     );
-    let version = |name: &str, value: &str| format!("-X k8s.io/component-base/version.{name}={value}");
+    let version =
+        |name: &str, value: &str| format!("-X k8s.io/component-base/version.{name}={value}");
     let ldflags = [
         "-s -w".to_owned(),
         version("gitVersion", KUBERNETES_VERSION),
@@ -80,7 +88,11 @@ fn build() -> Binaries {
         version("gitTreeState", "clean"),
     ]
     .join(" ");
-    go_build(&ldflags, "k8s.io/kubernetes/cmd/kube-apiserver", &binaries.kube_apiserver);
+    go_build(
+        &ldflags,
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        &binaries.kube_apiserver,
+    );
     go_build("-s -w", "./etcd", &binaries.etcd);
     binaries
 }
@@ -104,13 +116,24 @@ fn go_build(ldflags: &str, package: &str, output: &Path) {
     let partial = output.with_extension("partial");
     let status = Command::new("go")
         .current_dir(&module)
-        .args(["build", "-mod=readonly", "-trimpath", "-ldflags", ldflags, "-o"])
+        .args([
+            "build",
+            "-mod=readonly",
+            "-trimpath",
+            "-ldflags",
+            ldflags,
+            "-o",
+        ])
         .arg(&partial)
         .arg(package)
         // The go.mod's own Go release, not a newer one fetched behind the tests' back.
         .env("GOTOOLCHAIN", "local")
         .status()
         .unwrap_or_else(|e| panic!("running go build: {e}"));
-    assert!(status.success(), "go build {package} in {} failed", module.display());
+    assert!(
+        status.success(),
+        "go build {package} in {} failed",
+        module.display()
+    );
     std::fs::rename(&partial, output).expect("moving the built binary into place");
 }

@@ -51,7 +51,9 @@ impl RequestRecord {
 }
 
 fn is_watch(query: &str) -> bool {
-    query.split('&').any(|p| p == "watch=true" || p == "watch=1")
+    query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
 }
 
 /// An armed `fail_next`.
@@ -401,27 +403,30 @@ async fn send(upstream: &Upstream, request: Request, target: &str) -> Result<Res
     let answer = outgoing.send().await.map_err(|e| e.to_string())?;
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
-        if !NOT_FORWARDED.contains(&name.as_str()) && name != HeaderName::from_static("content-length") {
+        if !NOT_FORWARDED.contains(&name.as_str())
+            && name != HeaderName::from_static("content-length")
+        {
             response = response.header(name, value);
         }
     }
     let ended = upstream.faults.watch_generation.subscribe();
     let watching = parts.uri.query().is_some_and(is_watch);
-    let chunks = futures::stream::unfold((answer, ended), move |(mut answer, mut ended)| async move {
-        let chunk = if watching {
-            tokio::select! {
-                chunk = answer.chunk() => chunk,
-                _ = ended.changed() => return None,
+    let chunks =
+        futures::stream::unfold((answer, ended), move |(mut answer, mut ended)| async move {
+            let chunk = if watching {
+                tokio::select! {
+                    chunk = answer.chunk() => chunk,
+                    _ = ended.changed() => return None,
+                }
+            } else {
+                answer.chunk().await
+            };
+            match chunk {
+                Ok(Some(bytes)) => Some((Ok::<Bytes, reqwest::Error>(bytes), (answer, ended))),
+                Ok(None) => None,
+                Err(error) => Some((Err(error), (answer, ended))),
             }
-        } else {
-            answer.chunk().await
-        };
-        match chunk {
-            Ok(Some(bytes)) => Some((Ok::<Bytes, reqwest::Error>(bytes), (answer, ended))),
-            Ok(None) => None,
-            Err(error) => Some((Err(error), (answer, ended))),
-        }
-    });
+        });
     response
         .body(Body::from_stream(chunks))
         .map_err(|e| e.to_string())

@@ -112,13 +112,21 @@ fn start() -> Server {
         .arg("--data-dir")
         .arg(dir.join("etcd"))
         .args(["--listen-client-urls", &etcd_url])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{etcd_peer}")]);
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{etcd_peer}"),
+        ]);
     let etcd_exit = keep(etcd_command, &dir.join("etcd.log"));
 
     let mut apiserver = Command::new(kube_apiserver);
     apiserver
         .args(["--etcd-servers", &etcd_url])
-        .args(["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+        ])
         .args(["--secure-port", &secure.to_string()])
         .arg("--tls-cert-file")
         .arg(dir.join("server.crt"))
@@ -192,11 +200,7 @@ async fn become_ready(server: &Server, exits: &[Exit]) {
 }
 
 /// Waits until CRD `name` is Established (its kinds are served).
-pub async fn wait_established(
-    crds: &Api<CustomResourceDefinition>,
-    name: &str,
-    deadline: Instant,
-) {
+pub async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str, deadline: Instant) {
     loop {
         let crd = crds.get(name).await.expect("reading a CRD");
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
@@ -224,7 +228,9 @@ fn run_dir() -> PathBuf {
     }
     let dir = runs.join(std::process::id().to_string());
     std::fs::create_dir_all(&dir).expect("creating the run directory");
-    RUN_DIR.set(dir.clone()).expect("one run directory per process");
+    RUN_DIR
+        .set(dir.clone())
+        .expect("one run directory per process");
     if std::env::var_os("EXTCTL_KEEP_KUBE_RUN").is_none() {
         // SAFETY: `remove_run_dir` is an `extern "C" fn()` that touches only a static.
         unsafe { libc::atexit(remove_run_dir) };
