@@ -438,7 +438,7 @@ fn serving_rules() -> BTreeSet<Rule> {
             &["extctl.dev"],
             &["externalcontrols"],
             &[],
-            &["get", "list", "watch"],
+            &["list", "watch"],
         ),
         rule(
             &["extctl.dev"],

@@ -1,21 +1,35 @@
 //! Every row of the protocol document, with calls signed and sent by an independent Python
-//! checker, through the real binary twice: `extctl run` against a genuine kube-apiserver, and
-//! `extctl dev` with the same control and Secret as manifests (same endpoint, other store).
+//! checker, through the real binary four times: `extctl run` against a genuine kube-apiserver
+//! (as its administrator, and as the Helm chart's ServiceAccount with only the chart's RBAC,
+//! cluster-wide and with `watchNamespace`: nothing it does may be forbidden), and `extctl dev`
+//! with the same control and Secret as manifests (same endpoint, other store).
+//!
+//! A cluster-wide operator sees every namespace of the server: its tests hold
+//! [`whole_server`], every other cluster test [`own_namespace`], and each cluster test's control
+//! has a controlId of its own.
 
 mod support;
 
 use std::time::Duration;
 
 use extctl::crd::ControlStatus;
+use serde_json::json;
+use support::chart_rbac::{Chart, own_namespace, whole_server};
 use support::{Cluster, Dev, Operator, TOKEN, checker, wait_for};
 
 const PROJECT: &str = "42";
-const CONTROL: &str = "7";
+/// The control id of `extctl dev`'s manifest; a cluster test's control takes [`fresh_id`].
+const DEV_CONTROL: &str = "7";
 
-/// Which command serves the endpoint.
+/// Which command serves the endpoint, with which permissions.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
+    /// `extctl run --namespace NS` as the server's administrator.
     Run,
+    /// `extctl run` as the chart's ServiceAccount, with the chart's RBAC only.
+    Chart {
+        cluster_wide: bool,
+    },
     Dev,
 }
 
@@ -27,10 +41,30 @@ enum Backend {
     Dev(Dev),
 }
 
+/// Held while a cluster test runs: alone on the server (a cluster-wide operator) or beside
+/// the others (one namespace each).
+#[allow(dead_code)] // held for its Drop only
+enum ServerShare {
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+}
+
 struct Env {
     backend: Backend,
     dir: tempfile::TempDir,
     token: String,
+    /// The control's id, as the checker sends it.
+    control: String,
+    /// Whether the operator runs with the chart's RBAC (then it must never be forbidden).
+    as_chart: bool,
+    _share: Option<ServerShare>,
+}
+
+/// A controlId no other test of this binary uses (a cluster-wide operator sees them all).
+fn fresh_id() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: AtomicI64 = AtomicI64::new(100);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Control `sast` (project 42, control 7) and its Secret, as `kubectl apply` would get them.
@@ -61,34 +95,82 @@ async fn env_with(kind: Kind, args: &[&str]) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let backend = match kind {
-        Kind::Run => {
-            let cluster = Cluster::start().await;
-            cluster
-                .create_secret("sast-token", &[("token", TOKEN)])
-                .await;
-            cluster.create_control("sast", 42, 7, "sast-token").await;
-            let operator = Operator::start(&cluster, args).await;
-            cluster.wait_ready_reason("sast", "Ready").await;
-            Backend::Run {
-                cluster: Box::new(cluster),
-                operator,
-            }
-        }
-        Kind::Dev => {
-            let manifests = dir.path().join("sast.yaml");
-            std::fs::write(&manifests, MANIFESTS).unwrap();
-            let mut dev_args = vec!["--manifests", manifests.to_str().unwrap()];
-            dev_args.extend_from_slice(args);
-            let dev = Dev::start(&dev_args).await;
-            assert_eq!(dev.control("default/sast")["ready"], true);
-            Backend::Dev(dev)
-        }
+    let token = token.display().to_string();
+    if let Kind::Dev = kind {
+        let manifests = dir.path().join("sast.yaml");
+        std::fs::write(&manifests, MANIFESTS).unwrap();
+        let mut dev_args = vec!["--manifests", manifests.to_str().unwrap()];
+        dev_args.extend_from_slice(args);
+        let dev = Dev::start(&dev_args).await;
+        assert_eq!(dev.control("default/sast")["ready"], true);
+        return Env {
+            backend: Backend::Dev(dev),
+            dir,
+            token,
+            control: DEV_CONTROL.to_owned(),
+            as_chart: false,
+            _share: None,
+        };
+    }
+    let share = match kind {
+        Kind::Chart { cluster_wide: true } => ServerShare::Alone(whole_server().await),
+        _ => ServerShare::Shared(own_namespace().await),
     };
+    let cluster = Cluster::start().await;
+    let control = fresh_id();
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster
+        .create_control("sast", 42, control, "sast-token")
+        .await;
+    let operator = match kind {
+        Kind::Chart { cluster_wide } => {
+            let values = if cluster_wide {
+                json!({})
+            } else {
+                json!({"watchNamespace": cluster.namespace})
+            };
+            let install = Chart::new(&cluster)
+                .release_namespace(&format!("{}-system", cluster.namespace))
+                .values(values)
+                .install(&cluster)
+                .await;
+            install.start(args).await
+        }
+        _ => Operator::start(&cluster, args).await,
+    };
+    cluster.wait_ready_reason("sast", "Ready").await;
     Env {
-        backend,
-        token: token.display().to_string(),
+        backend: Backend::Run {
+            cluster: Box::new(cluster),
+            operator,
+        },
         dir,
+        token,
+        control: control.to_string(),
+        as_chart: matches!(kind, Kind::Chart { .. }),
+        _share: Some(share),
+    }
+}
+
+impl Drop for Env {
+    /// With the chart's RBAC, a test that passed must also have had nothing forbidden.
+    fn drop(&mut self) {
+        if !self.as_chart || std::thread::panicking() {
+            return;
+        }
+        if let Backend::Run { operator, .. } = &self.backend {
+            let logs = operator.logs();
+            let forbidden: Vec<&str> = logs
+                .lines()
+                .filter(|line| line.to_ascii_lowercase().contains("forbidden"))
+                .collect();
+            assert!(
+                forbidden.is_empty(),
+                "forbidden with the chart's RBAC: {forbidden:#?}"
+            );
+        }
     }
 }
 
@@ -106,7 +188,7 @@ impl Env {
             "--project",
             PROJECT,
             "--control",
-            CONTROL,
+            &self.control,
             "--token-file",
             &self.token,
         ];
@@ -507,8 +589,9 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind) {
     let client = reqwest::Client::new();
     let get = client
         .get(format!(
-            "{}/api/v4/projects/42/compliance_external_controls/7/status",
-            env.url()
+            "{}/api/v4/projects/42/compliance_external_controls/{}/status",
+            env.url(),
+            env.control
         ))
         .send()
         .await
@@ -556,9 +639,10 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
 
 async fn stops_cleanly_on_sigterm(kind: Kind) {
     let env = env(kind).await;
-    let status = match env.backend {
-        Backend::Run { operator, .. } => operator.stop().await,
-        Backend::Dev(dev) => dev.stop().await,
+    let mut env = env;
+    let status = match &mut env.backend {
+        Backend::Run { operator, .. } => operator.sigterm().await,
+        Backend::Dev(dev) => dev.sigterm().await,
     };
     assert!(status.success(), "exit status {status:?}");
 }
@@ -569,8 +653,11 @@ async fn a_client_that_never_finishes_its_body_times_out(kind: Kind) {
     let env = env_with(kind, &["--request-timeout", "1s"]).await;
     let address = env.url().trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head = "PATCH /api/v4/projects/42/compliance_external_controls/7/status HTTP/1.1\r\n\
-                Host: extctl\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sta";
+    let head = format!(
+        "PATCH /api/v4/projects/42/compliance_external_controls/{}/status HTTP/1.1\r\n\
+         Host: extctl\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"sta",
+        env.control
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
 
     let mut answer = Vec::new();
@@ -584,7 +671,7 @@ async fn a_client_that_never_finishes_its_body_times_out(kind: Kind) {
     );
 }
 
-/// Each test above that takes a [`Kind`], once per command.
+/// Each test above that takes a [`Kind`], once per command and set of permissions.
 macro_rules! on_run_and_dev {
     ($($test:ident),* $(,)?) => {
         mod run {
@@ -600,6 +687,22 @@ macro_rules! on_run_and_dev {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Kind::Dev).await
+                }
+            )*
+        }
+        mod chart_one_namespace {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Kind::Chart { cluster_wide: false }).await
+                }
+            )*
+        }
+        mod chart_cluster_wide {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Kind::Chart { cluster_wide: true }).await
                 }
             )*
         }

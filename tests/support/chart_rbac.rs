@@ -267,10 +267,28 @@ impl Install {
     }
 
     /// Starts one more replica (`RELEASE-N`, N from 0) with the Deployment's flags and
-    /// `extra_args` after them; waits until it is ready.
+    /// `extra_args` after them (a flag in `extra_args` replaces the Deployment's, as a value
+    /// set at `helm install` would); waits until it is ready.
     pub async fn start(&self, extra_args: &[&str]) -> Operator {
         let replica = self.replicas.fetch_add(1, Ordering::Relaxed);
-        let mut args = self.args(&self.instance_name(replica));
+        let overridden: Vec<&str> = extra_args
+            .iter()
+            .filter(|a| a.starts_with("--"))
+            .map(|a| a.split('=').next().unwrap_or(a))
+            .collect();
+        let mut args = Vec::new();
+        let mut deployment = self
+            .args(&self.instance_name(replica))
+            .into_iter()
+            .peekable();
+        while let Some(arg) = deployment.next() {
+            if overridden.contains(&arg.split('=').next().unwrap_or(&arg)) {
+                // Its value too, when given apart.
+                deployment.next_if(|value| !value.starts_with("--"));
+                continue;
+            }
+            args.push(arg);
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Operator::start_with(&self.kubeconfig, &args).await

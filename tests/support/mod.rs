@@ -331,6 +331,11 @@ impl Operator {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.sigterm().await
+    }
+
+    /// Sends SIGTERM and waits for the exit, keeping the handle (and the logs).
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child).await
     }
 }
@@ -517,6 +522,11 @@ impl Dev {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.sigterm().await
+    }
+
+    /// Sends SIGTERM and waits for the exit, keeping the handle (and the logs).
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child).await
     }
 }
