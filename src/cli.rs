@@ -23,7 +23,7 @@ use crate::kubernetes::{Election, RunSettings};
     about = "GitLab-compatible external compliance controls on Kubernetes",
     long_about = "GitLab-compatible external compliance controls on Kubernetes.\n\n\
         ExternalControl resources hold a project id, a control id and a reference to the Secret \
-        with the signing token; external checkers set their status (pass or fail) with the same \
+        with the signing token; external checkers set their status (pass, fail or not_applicable) with the same \
         signed call they send to GitLab."
 )]
 pub struct Cli {

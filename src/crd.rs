@@ -29,7 +29,7 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     status = "ExternalControlStatus",
     shortname = "ec",
     category = "compliance",
-    doc = "An external compliance control whose status (pending, pass or fail) is set by a signed call from an external checker, GitLab-compatible.",
+    doc = "An external compliance control whose status (pending, pass, fail or not_applicable) is set by a signed call from an external checker, GitLab-compatible.",
     printcolumn = r#"{"name":"Project","type":"integer","jsonPath":".spec.projectId"}"#,
     printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
@@ -99,28 +99,36 @@ pub const PREVIOUS_TOKEN_KEY: &str = "previousToken";
 
 /// The status of a control, as GitLab names it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ControlStatus {
     Pending,
     Pass,
     Fail,
+    /// The control does not apply to the project (GitLab's `not_applicable`).
+    NotApplicable,
 }
 
 impl ControlStatus {
-    /// The lowercase name GitLab uses on the wire and in audit events.
+    /// Every status, in the order documented.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Pass, Self::Fail, Self::NotApplicable];
+
+    /// The name GitLab uses on the wire and in audit events.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Pass => "pass",
             Self::Fail => "fail",
+            Self::NotApplicable => "not_applicable",
         }
     }
 
-    /// A status a checker may report: exactly `pass` or `fail` (GitLab rejects anything else).
+    /// A status a checker may report: exactly `pass`, `fail` or `not_applicable` (GitLab
+    /// rejects anything else, `pending` included).
     pub fn from_report(value: &str) -> Option<Self> {
         match value {
             "pass" => Some(Self::Pass),
             "fail" => Some(Self::Fail),
+            "not_applicable" => Some(Self::NotApplicable),
             _ => None,
         }
     }
@@ -286,8 +294,8 @@ impl JsonSchema for DurationString {
 fn status_value_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
-        "enum": ["pending", "pass", "fail"],
-        "description": "`pending`, `pass` or `fail`; a new control starts `pending`."
+        "enum": ["pending", "pass", "fail", "not_applicable"],
+        "description": "`pending`, `pass`, `fail` or `not_applicable`; a new control starts `pending`."
     })
 }
 
@@ -460,7 +468,10 @@ mod tests {
     #[test]
     fn status_schema_enumerates_the_gitlab_values() {
         let status = &schema()["properties"]["status"]["properties"]["status"];
-        assert_eq!(status["enum"], json!(["pending", "pass", "fail"]));
+        assert_eq!(
+            status["enum"],
+            json!(["pending", "pass", "fail", "not_applicable"])
+        );
     }
 
     #[test]
@@ -498,16 +509,27 @@ mod tests {
     }
 
     #[test]
-    fn only_pass_and_fail_can_be_reported() {
-        assert_eq!(
-            ControlStatus::from_report("pass"),
-            Some(ControlStatus::Pass)
-        );
-        assert_eq!(
-            ControlStatus::from_report("fail"),
-            Some(ControlStatus::Fail)
-        );
-        for bad in ["pending", "PASS", "Pass", " pass", "", "passed"] {
+    fn only_pass_fail_and_not_applicable_can_be_reported() {
+        for status in ControlStatus::ALL {
+            let reportable = status != ControlStatus::Pending;
+            let read = ControlStatus::from_report(status.as_str());
+            assert_eq!(read, reportable.then_some(status), "{status:?}");
+            let wire = serde_json::to_value(status).unwrap();
+            assert_eq!(wire, json!(status.as_str()), "serialised as named");
+        }
+        let bad = [
+            "pending",
+            "PASS",
+            "Pass",
+            " pass",
+            "",
+            "passed",
+            "not-applicable",
+        ];
+        for bad in bad
+            .into_iter()
+            .chain(["NOT_APPLICABLE", "notapplicable", "n/a"])
+        {
             assert_eq!(ControlStatus::from_report(bad), None, "{bad:?}");
         }
     }

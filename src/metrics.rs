@@ -111,17 +111,24 @@ const STATUS_CALL_RESULTS: [&str; 15] = [
     "bad_request",
 ];
 
-/// The status changes that can happen, by cause: a report sets `pass` or `fail`, a reset sets
-/// `pending`, a timeout turns `pending` into `fail`.
-const TRANSITIONS: [(&str, &str, &str); 7] = [
-    ("reported", "pending", "pass"),
-    ("reported", "pending", "fail"),
-    ("reported", "pass", "fail"),
-    ("reported", "fail", "pass"),
-    ("ping_reset", "pass", "pending"),
-    ("ping_reset", "fail", "pending"),
-    ("pending_timeout", "pending", "fail"),
-];
+/// The status changes that can happen, by cause: a report sets `pass`, `fail` or
+/// `not_applicable` (from any other status), a reset sets `pending` (from any reported one), a
+/// timeout turns `pending` into `fail`.
+fn transitions() -> Vec<(&'static str, &'static str, &'static str)> {
+    let reportable = || {
+        ControlStatus::ALL
+            .into_iter()
+            .filter(|s| *s != ControlStatus::Pending)
+    };
+    let reported = ControlStatus::ALL.into_iter().flat_map(|from| {
+        reportable()
+            .filter(move |to| *to != from)
+            .map(move |to| ("reported", from.as_str(), to.as_str()))
+    });
+    let resets = reportable().map(|from| ("ping_reset", from.as_str(), "pending"));
+    let timeout = std::iter::once(("pending_timeout", "pending", "fail"));
+    reported.chain(resets).chain(timeout).collect()
+}
 
 /// Every series extctl exports.
 pub struct Metrics {
@@ -197,7 +204,7 @@ impl Metrics {
             let outcome = result.label();
             self.pings.get_or_create_owned(&OutcomeLabel { outcome });
         }
-        for (cause, from, to) in TRANSITIONS {
+        for (cause, from, to) in transitions() {
             self.transitions
                 .get_or_create_owned(&TransitionLabels { cause, from, to });
         }

@@ -61,14 +61,17 @@ const METRICS: &[Metric] = &[
         kind: Kind::Counter,
         labels: &[
             ("cause", &["reported", "ping_reset", "pending_timeout"]),
-            ("from", &["pending", "pass", "fail"]),
-            ("to", &["pending", "pass", "fail"]),
+            ("from", &["pending", "pass", "fail", "not_applicable"]),
+            ("to", &["pending", "pass", "fail", "not_applicable"]),
         ],
     },
     Metric {
         name: "extctl_controls",
         kind: Kind::Gauge,
-        labels: &[("namespace", &[]), ("status", &["pending", "pass", "fail"])],
+        labels: &[
+            ("namespace", &[]),
+            ("status", &["pending", "pass", "fail", "not_applicable"]),
+        ],
     },
     Metric {
         name: "extctl_controls_ready",

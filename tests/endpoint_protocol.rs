@@ -314,7 +314,7 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
     env.assert_stored(ControlStatus::Pending, "a new control is pending")
         .await;
 
-    let cases: [(&str, &[&str], ControlStatus); 5] = [
+    let cases: [(&str, &[&str], ControlStatus); 7] = [
         (
             "PATCH with JSON body",
             &["--status", "pass"],
@@ -339,6 +339,23 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
             "extra query string is not signed",
             &["--status", "pass", "--query", "ref=main"],
             ControlStatus::Pass,
+        ),
+        (
+            "not_applicable (newer GitLab), JSON body",
+            &["--status", "not_applicable"],
+            ControlStatus::NotApplicable,
+        ),
+        (
+            "not_applicable as a form body",
+            &[
+                "--status",
+                "not_applicable",
+                "--method",
+                "POST",
+                "--body",
+                "form",
+            ],
+            ControlStatus::NotApplicable,
         ),
     ];
     for (case, knobs, expected) in cases {
@@ -376,6 +393,18 @@ async fn every_error_row_of_the_protocol_table(kind: Kind) {
         (
             "status PASS",
             vec!["--status", "PASS"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "status NOT_APPLICABLE (GraphQL's name, not the API's)",
+            vec!["--status", "NOT_APPLICABLE"],
+            400,
+            "status does not have a valid value",
+        ),
+        (
+            "status not-applicable",
+            vec!["--status", "not-applicable"],
             400,
             "status does not have a valid value",
         ),
@@ -554,12 +583,23 @@ async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind) {
 
 async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none(kind: Kind) {
     let env = env(kind).await;
-    for status in ["pass", "pass", "fail", "fail"] {
+    let statuses = [
+        "pass",
+        "pass",
+        "fail",
+        "fail",
+        "not_applicable",
+        "not_applicable",
+        "pass",
+    ];
+    for status in statuses {
         assert_eq!(env.call(&["--status", status]).await.code, 200);
     }
     let expected = [
         "Changed compliance control status from 'pending' to 'pass'",
         "Changed compliance control status from 'pass' to 'fail'",
+        "Changed compliance control status from 'fail' to 'not_applicable'",
+        "Changed compliance control status from 'not_applicable' to 'pass'",
     ];
     let notes = wait_for(Duration::from_secs(10), || async {
         let notes = env.change_messages().await;

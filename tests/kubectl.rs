@@ -601,5 +601,28 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             .any(|r| r[1..] == ["Normal", "StatusReported", "ExternalControl/sast", note]),
         "{rows:?}"
     );
+
+    // GitLab's newer `not_applicable`, reported the same way, is what kubectl shows.
+    let answer = checker(
+        &operator.url,
+        &[
+            "--project",
+            "42",
+            "--control",
+            "7",
+            "--status",
+            "not_applicable",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{:?}", answer.body);
+    let (_, rows) = table(&kubectl.ok(&["get", "ec", "sast"]).await);
+    assert_eq!(rows[0][..4], ["sast", "42", "7", "not_applicable"]);
+    let note = "Changed compliance control status from 'pass' to 'not_applicable'";
+    cluster
+        .wait_event_note("sast", note, Duration::from_secs(10))
+        .await;
     operator.stop().await;
 }

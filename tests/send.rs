@@ -157,7 +157,7 @@ async fn an_unreachable_server_and_bad_flags_are_told_precisely() {
     let (code, _, stderr) = setup.send("http://x", "pending", &[]).await;
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("\"pending\" is not pass or fail"),
+        stderr.contains("\"pending\" is not pass, fail or not_applicable"),
         "{stderr}"
     );
 }

@@ -158,7 +158,7 @@ fn bad_input_gets_a_precise_error() {
     let cases = [
         (
             flags(&from_file, ("1", "2", "pending"), &[]),
-            "\"pending\" is not pass or fail",
+            "\"pending\" is not pass, fail or not_applicable",
         ),
         (
             flags(&from_file, VECTOR_1, &["--nonce", "short"]),

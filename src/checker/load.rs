@@ -73,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
 
-    /// The status every call reports: pass or fail.
+    /// The status every call reports: pass, fail or not_applicable.
     #[arg(long, default_value = "pass", value_parser = super::parse_status)]
     pub status: ControlStatus,
 

@@ -38,7 +38,7 @@ pub struct CallArgs {
     /// Control id (the `:control_id` in the path).
     #[arg(long)]
     pub control: u64,
-    /// The status to report: pass or fail.
+    /// The status to report: pass, fail or not_applicable.
     #[arg(long, value_parser = parse_status)]
     pub status: ControlStatus,
 
@@ -165,7 +165,8 @@ fn read_token(file: Option<&Path>, var: Option<&str>) -> anyhow::Result<Vec<u8>>
 }
 
 fn parse_status(text: &str) -> Result<ControlStatus, String> {
-    ControlStatus::from_report(text).ok_or_else(|| format!("{text:?} is not pass or fail"))
+    ControlStatus::from_report(text)
+        .ok_or_else(|| format!("{text:?} is not pass, fail or not_applicable"))
 }
 
 /// Now, as a call's timestamp: Unix seconds, decimal.

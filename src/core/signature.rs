@@ -92,7 +92,9 @@ mod tests {
     use super::*;
 
     /// The protocol document's test vectors, computed independently with Python's `hmac`.
-    const VECTORS: [(&str, &str, &str, &str, &str, &str, &str); 2] = [
+    /// The protocol document's vectors, and one for `not_applicable` computed with Python's
+    /// `hmac` (the same token, time and nonce as the second).
+    const VECTORS: [(&str, &str, &str, &str, &str, &str, &str); 3] = [
         (
             "foo",
             "1700000000",
@@ -110,6 +112,15 @@ mod tests {
             "7",
             "fail",
             "df2a5ddb4dfb05f4a77e28b89fef12ab824b522a07773b7b4d09e67e68fbd65f",
+        ),
+        (
+            "s3cr3t-t0ken",
+            "1700000000",
+            "fedcba9876543210fedcba9876543210",
+            "42",
+            "7",
+            "not_applicable",
+            "8be349f89d36541e36ff0726c2639351b18e941028c6ba5311cab931409e7af8",
         ),
     ];
 

@@ -152,6 +152,7 @@ fn pascal(status: ControlStatus) -> &'static str {
         ControlStatus::Pending => "Pending",
         ControlStatus::Pass => "Pass",
         ControlStatus::Fail => "Fail",
+        ControlStatus::NotApplicable => "NotApplicable",
     }
 }
 
