@@ -33,6 +33,7 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     printcolumn = r#"{"name":"Project","type":"integer","jsonPath":".spec.projectId"}"#,
     printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
+    printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Ping","type":"boolean","jsonPath":".spec.pingEnabled"}"#,
     printcolumn = r#"{"name":"Last Update","type":"date","jsonPath":".status.lastUpdateTime"}"#,
@@ -77,6 +78,35 @@ pub struct ExternalControlSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
     pub display_name: Option<String>,
+
+    /// How the `Compliant` condition, which deploys are gated on, treats a re-check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSpec>,
+}
+
+/// Gating deploys on the control (the `Compliant` condition).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateSpec {
+    /// How long after the last result (`pass`, `fail` or `not_applicable`) `Compliant` keeps it
+    /// while the status is `pending` awaiting a re-check, before it turns `Unknown`. Default:
+    /// `pingInterval` plus `pendingTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness: Option<DurationString>,
+}
+
+impl ExternalControlSpec {
+    /// `gate.maxStaleness`, or its default; None when a duration does not parse (the schema
+    /// refuses such a control).
+    pub fn max_staleness(&self) -> Option<std::time::Duration> {
+        match self.gate.as_ref().and_then(|g| g.max_staleness.as_ref()) {
+            Some(given) => given.parse().ok(),
+            None => Some(crate::core::compliance::default_max_staleness(
+                self.ping_interval.parse().ok()?,
+                self.pending_timeout.parse().ok()?,
+            )),
+        }
+    }
 }
 
 /// Reference to the key of a Secret in the control's namespace holding the signing token.
@@ -155,6 +185,11 @@ pub struct ExternalControlStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<MicroTime>,
 
+    /// When the last result (`pass`, `fail` or `not_applicable`: a report, or a pending
+    /// timeout) was stored; `Compliant` keeps it through a re-check for `gate.maxStaleness`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result_time: Option<MicroTime>,
+
     /// When the control was last reset to `pending` by ping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_time: Option<MicroTime>,
@@ -178,7 +213,10 @@ pub struct ExternalControlStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Standard conditions; `Ready` says whether calls for this control can succeed, and why not.
+    /// Standard conditions: `Ready` says whether calls for this control can succeed, and why
+    /// not; `Compliant` whether its last result lets a deploy through; `Stalled` (a failing
+    /// control) and `Reconciling` (no result yet) are kstatus's, so tools read a failing
+    /// control as Failed and a passing one as Current.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -379,6 +417,7 @@ mod tests {
                 "Project",
                 "Control",
                 "Status",
+                "Compliant",
                 "Ready",
                 "Ping",
                 "Last Update",

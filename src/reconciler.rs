@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
+use crate::core::compliance::{Compliance, GateFacts};
 use crate::core::history::HistoryPolicy;
 use crate::core::ping::{self, PingSubject};
 use crate::core::readiness::{READY, Readiness};
@@ -141,7 +142,8 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             _ => None,
         };
         let readiness = self.store.readiness(control).await?;
-        let mut desired = desired_status(control, &current, &readiness, plan, change, now);
+        let (mut desired, gate_expires) =
+            desired_status(control, &current, &readiness, plan, change, now);
         let (from, to) = (
             current_status(Some(&current)),
             current_status(Some(&desired)),
@@ -177,7 +179,12 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             .then(|| self.store.recheck_not_ready())
             .flatten()
             .and_then(|after| now.checked_add(after).ok());
-        let wake = [plan.next(), deadline.filter(|d| *d > now), recheck];
+        let wake = [
+            plan.next(),
+            deadline.filter(|d| *d > now),
+            recheck,
+            gate_expires,
+        ];
         Ok(Reconciled {
             wake: wake.into_iter().flatten().min(),
             ping,
@@ -283,7 +290,8 @@ fn spread_seed(control: &ExternalControl) -> u64 {
     )
 }
 
-/// The status the reconciler wants, from the current one; equal to it when nothing is to do.
+/// The status the reconciler wants, from the current one (equal to it when nothing is to do),
+/// and when the gate it holds changes by itself (a result kept through a re-check expiring).
 fn desired_status(
     control: &ExternalControl,
     current: &ExternalControlStatus,
@@ -291,7 +299,7 @@ fn desired_status(
     plan: PingPlan,
     change: Option<Cause>,
     now: Timestamp,
-) -> ExternalControlStatus {
+) -> (ExternalControlStatus, Option<Timestamp>) {
     let generation = control.metadata.generation;
     let mut desired = current.clone();
     desired.status = Some(current.status.unwrap_or(INITIAL_STATUS));
@@ -316,10 +324,24 @@ fn desired_status(
         Some(Cause::PendingTimeout) => {
             desired.status = Some(ControlStatus::Fail);
             desired.last_update_time = Some(MicroTime(now));
+            desired.last_result_time = Some(MicroTime(now));
         }
         Some(Cause::Reported) | None => {}
     }
-    desired
+    let status = current_status(Some(&desired));
+    let facts = GateFacts {
+        status,
+        last_result_time: desired.last_result_time.as_ref().map(|t| t.0),
+        // The schema guarantees valid durations; should one slip past it, a kept result
+        // expires at once rather than never.
+        max_staleness: control.spec.max_staleness().unwrap_or_default(),
+        previous: &desired.conditions,
+        timed_out: change == Some(Cause::PendingTimeout),
+        reported: false,
+    };
+    let (gate, expires) = Compliance::assess(&facts, now);
+    desired.conditions = gate.conditions(status, &desired.conditions, generation, now);
+    (desired, expires)
 }
 
 fn replace_ready(conditions: &[Condition], ready: Condition) -> Vec<Condition> {

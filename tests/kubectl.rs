@@ -455,6 +455,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             "PROJECT",
             "CONTROL",
             "STATUS",
+            "COMPLIANT",
             "READY",
             "PING",
             "LAST UPDATE",
@@ -462,25 +463,28 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             "AGE"
         ]
     );
-    assert_eq!(row[..6], ["sast", "42", "7", "pass", "True", "true"]);
     assert_eq!(
-        row[..6],
-        readme_cells[..6],
+        row[..7],
+        ["sast", "42", "7", "pass", "True", "True", "true"]
+    );
+    assert_eq!(
+        row[..7],
+        readme_cells[..7],
         "the README's values differ:\n{output}"
     );
     // LAST UPDATE and AGE are ages (the README's "3m" and "2d"); NEXT PING is the stored time,
     // as text, in the README's format.
     assert!(
-        is_age(&row[6]) && is_age(&readme_cells[6]),
+        is_age(&row[7]) && is_age(&readme_cells[7]),
         "{row:?} / {readme_cells:?}"
     );
     assert!(
-        is_age(&row[8]) && is_age(&readme_cells[8]),
+        is_age(&row[9]) && is_age(&readme_cells[9]),
         "{row:?} / {readme_cells:?}"
     );
-    assert_eq!(row[7], next_ping);
+    assert_eq!(row[8], next_ping);
     let micro = Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$").unwrap();
-    assert!(micro.is_match(&row[7]) && micro.is_match(&readme_cells[7]));
+    assert!(micro.is_match(&row[8]) && micro.is_match(&readme_cells[8]));
     // The README's line is laid out as kubectl lays out its own: every cell where its column
     // starts (the header being the same, so are the columns' widths).
     assert!(aligned(&header, output.lines().nth(1).unwrap()));
@@ -495,6 +499,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             "PROJECT",
             "CONTROL",
             "STATUS",
+            "COMPLIANT",
             "READY",
             "PING",
             "LAST UPDATE",
@@ -506,9 +511,16 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     assert_eq!(names, ["dependency-scan", "license-audit", "sast"]);
     let scan = &rows[0];
     // Ping off: no NEXT PING.
-    assert_eq!(scan[1..6], ["42", "8", "pending", "True", "false"]);
-    assert_eq!(scan[7], "");
-    assert_eq!(rows[2][..6], ["sast", "42", "7", "pass", "True", "true"]);
+    // Never decided: Compliant is Unknown.
+    assert_eq!(
+        scan[1..7],
+        ["42", "8", "pending", "Unknown", "True", "false"]
+    );
+    assert_eq!(scan[8], "");
+    assert_eq!(
+        rows[2][..7],
+        ["sast", "42", "7", "pass", "True", "True", "true"]
+    );
     let (header_all, rows_all) = table(&kubectl.ok(&["get", "externalcontrols", "-A"]).await);
     assert_eq!(column_names(&header_all)[0], "NAMESPACE");
     assert_eq!(column_names(&header_all)[1..], column_names(&header)[..]);
@@ -520,7 +532,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         .collect();
     assert_eq!(ours.len(), rows.len(), "{rows_all:?}");
     for (all, one) in ours.iter().zip(&rows) {
-        assert_eq!(all[1..7], one[..6]);
+        assert_eq!(all[1..8], one[..7]);
     }
     let (header_category, rows_category) = table(&kubectl.ok(&["get", "compliance"]).await);
     assert_eq!(header_category, header);
@@ -619,7 +631,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     .await;
     assert_eq!(answer.code, 200, "{:?}", answer.body);
     let (_, rows) = table(&kubectl.ok(&["get", "ec", "sast"]).await);
-    assert_eq!(rows[0][..4], ["sast", "42", "7", "not_applicable"]);
+    assert_eq!(rows[0][..5], ["sast", "42", "7", "not_applicable", "True"]);
     let note = "Changed compliance control status from 'pass' to 'not_applicable'";
     cluster
         .wait_event_note("sast", note, Duration::from_secs(10))

@@ -123,7 +123,7 @@ proptest! {
                     let update = report::apply(Some(&snapshot), &reports[turn]);
                     prop_assert!(update.is_ok(), "an unreplayed nonce was refused");
                     let mut status = snapshot;
-                    update.unwrap().apply_to(&mut status);
+                    update.unwrap().apply_to(&mut status, Some(1));
                     stored = (status, version + 1);
                     done[turn] = true;
                     order.push(turn);

@@ -1,6 +1,7 @@
 //! The pure core: protocol rules and state arithmetic, with no I/O. Everything here is unit
 //! tested exhaustively; the adapters (HTTP, Kubernetes) only move data in and out.
 
+pub mod compliance;
 pub mod duration;
 pub mod freshness;
 pub mod history;

@@ -6,6 +6,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
+use super::compliance::{Compliance, GateFacts};
 use super::protocol::Rejection;
 use crate::crd::{ControlStatus, ExternalControlStatus, RecentNonce};
 
@@ -30,12 +31,36 @@ pub struct ReportUpdate {
 }
 
 impl ReportUpdate {
-    /// Writes these fields into a status (used by stores that keep typed objects).
-    pub fn apply_to(&self, status: &mut ExternalControlStatus) {
-        status.status = Some(self.status);
-        status.last_update_time = Some(self.last_update_time.clone());
+    /// Writes these fields into a status, and the gate's conditions for the result;
+    /// `generation` is the control's, as read.
+    pub fn apply_to(&self, status: &mut ExternalControlStatus, generation: Option<i64>) {
+        record_result(status, self.status, self.last_update_time.0, generation);
         status.recent_nonces = self.recent_nonces.clone();
     }
+}
+
+/// Stores a result (`pass`, `fail`, `not_applicable`) reported at `at`: the status, its times,
+/// and the `Compliant` condition (with kstatus's) it decides.
+pub fn record_result(
+    status: &mut ExternalControlStatus,
+    result: ControlStatus,
+    at: Timestamp,
+    generation: Option<i64>,
+) {
+    status.status = Some(result);
+    status.last_update_time = Some(MicroTime(at));
+    status.last_result_time = Some(MicroTime(at));
+    let facts = GateFacts {
+        status: result,
+        last_result_time: Some(at),
+        // A result is never stale.
+        max_staleness: std::time::Duration::MAX,
+        previous: &status.conditions,
+        timed_out: false,
+        reported: true,
+    };
+    let (gate, _) = Compliance::assess(&facts, at);
+    status.conditions = gate.conditions(result, &status.conditions, generation, at);
 }
 
 /// Refuses a nonce that an earlier accepted call used and that has not expired yet.
@@ -158,7 +183,7 @@ mod tests {
 
     fn stored(update: &ReportUpdate) -> ExternalControlStatus {
         let mut status = ExternalControlStatus::default();
-        update.apply_to(&mut status);
+        update.apply_to(&mut status, Some(1));
         status
     }
 
@@ -214,10 +239,27 @@ mod tests {
         };
         apply(None, &report(ControlStatus::Fail, NONCE, 0))
             .unwrap()
-            .apply_to(&mut status);
+            .apply_to(&mut status, Some(3));
         assert_eq!(status.status, Some(ControlStatus::Fail));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.next_ping_time, Some(MicroTime(at(100))));
+        // The result decides the gate, at once: not compliant, Failed for kstatus.
+        assert_eq!(status.last_result_time, Some(MicroTime(at(0))));
+        let compliant = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Compliant")
+            .unwrap();
+        assert_eq!(
+            (compliant.status.as_str(), compliant.reason.as_str()),
+            ("False", "CheckFailed")
+        );
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True")
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::core::index::{ControlIndex, Entry};
 use crate::core::nonces::NonceSet;
 use crate::core::protocol::Rejection;
 use crate::core::readiness::Readiness;
-use crate::core::report::{Report, current_status};
+use crate::core::report::{Report, current_status, record_result};
 use crate::core::schedule::to_microsecond;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
@@ -86,9 +86,9 @@ impl Cell {
         if self.reported.is_some() || self.object.metadata.resource_version != revision {
             let object = Arc::make_mut(&mut self.object);
             if let Some((status, at)) = self.reported.take() {
+                let generation = object.metadata.generation;
                 let stored = object.status.get_or_insert_default();
-                stored.status = Some(status);
-                stored.last_update_time = Some(at);
+                record_result(stored, status, at.0, generation);
             }
             object.metadata.resource_version = revision;
         }

@@ -120,19 +120,23 @@ impl ControlRegistry for KubeRegistry {
     }
 }
 
-/// The endpoint's fields only, conditioned on the resourceVersion they were computed from;
-/// `history` when the status changed.
+/// The endpoint's fields only (with the gate's conditions the result decides), conditioned on
+/// the resourceVersion they were computed from; `history` when the status changed.
 fn status_patch(
     current: &ExternalControl,
     update: &ReportUpdate,
     history: Option<Vec<StatusChangeRecord>>,
 ) -> serde_json::Value {
+    let mut next = current.status.clone().unwrap_or_default();
+    update.apply_to(&mut next, current.metadata.generation);
     let mut patch = json!({
         "metadata": { "resourceVersion": current.resource_version() },
         "status": {
-            "status": update.status,
-            "lastUpdateTime": update.last_update_time,
-            "recentNonces": update.recent_nonces,
+            "status": next.status,
+            "lastUpdateTime": next.last_update_time,
+            "lastResultTime": next.last_result_time,
+            "recentNonces": next.recent_nonces,
+            "conditions": next.conditions,
         }
     });
     if let Some(history) = history {

@@ -1,0 +1,397 @@
+//! Whether a control's last result lets a deploy through: the `Compliant` condition, and the
+//! `Stalled` / `Reconciling` conditions that make kstatus (sigs.k8s.io/cli-utils, used by Flux,
+//! kubectl-based tools and Argo CD's generic checks) read a failing control as *Failed* and an
+//! undecided one as *InProgress*, and a passing one as *Current*.
+//!
+//! A ping resets the status to `pending` every interval; a gate that followed the status would
+//! flap with it. So `Compliant` keeps the last decided value (`pass`, `not_applicable`: True;
+//! `fail`: False) through a `pending` until `maxStaleness` has passed since that result without
+//! a new one, and only then turns `Unknown`.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::ControlStatus;
+
+pub const COMPLIANT: &str = "Compliant";
+/// kstatus: True means the resource is *Failed*.
+pub const STALLED: &str = "Stalled";
+/// kstatus: True means the resource is *InProgress*.
+pub const RECONCILING: &str = "Reconciling";
+
+/// What the gate says, and why (the reason is the condition's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compliance {
+    /// `pass` (reason `CheckPassed`) or `not_applicable` (reason `NotApplicable`).
+    Compliant { reason: &'static str },
+    /// `fail`: reported (`CheckFailed`) or a notified checker that never answered
+    /// (`PendingTimeout`).
+    NotCompliant { reason: &'static str },
+    /// No result yet (`AwaitingResult`), or the last one is older than `maxStaleness`
+    /// (`ResultExpired`).
+    Unknown { reason: &'static str },
+}
+
+pub const CHECK_PASSED: &str = "CheckPassed";
+pub const NOT_APPLICABLE: &str = "NotApplicable";
+pub const CHECK_FAILED: &str = "CheckFailed";
+pub const PENDING_TIMEOUT: &str = "PendingTimeout";
+pub const AWAITING_RESULT: &str = "AwaitingResult";
+pub const RESULT_EXPIRED: &str = "ResultExpired";
+
+/// The facts the gate is judged from.
+#[derive(Debug, Clone)]
+pub struct GateFacts<'a> {
+    pub status: ControlStatus,
+    /// When the last `pass`, `fail` or `not_applicable` was stored.
+    pub last_result_time: Option<Timestamp>,
+    pub max_staleness: Duration,
+    /// The conditions stored now (the previous `Compliant` among them).
+    pub previous: &'a [Condition],
+    /// Set when this very write stores `fail` because of the pending timeout.
+    pub timed_out: bool,
+    /// Set when this very write stores a checker's report (its result replaces any other).
+    pub reported: bool,
+}
+
+impl Compliance {
+    /// The gate as of `now`, and when it will change by itself (a kept result expiring).
+    pub fn assess(facts: &GateFacts, now: Timestamp) -> (Self, Option<Timestamp>) {
+        let previous = facts.previous.iter().find(|c| c.type_ == COMPLIANT);
+        match facts.status {
+            ControlStatus::Pass => (Self::compliant(CHECK_PASSED), None),
+            ControlStatus::NotApplicable => (Self::compliant(NOT_APPLICABLE), None),
+            ControlStatus::Fail => {
+                // A fail kept since the timeout keeps that reason until a report replaces it.
+                let kept_timeout =
+                    previous.is_some_and(|c| c.status == "False" && c.reason == PENDING_TIMEOUT);
+                let timed_out = facts.timed_out || (kept_timeout && !facts.reported);
+                let reason = if timed_out {
+                    PENDING_TIMEOUT
+                } else {
+                    CHECK_FAILED
+                };
+                (Self::NotCompliant { reason }, None)
+            }
+            ControlStatus::Pending => Self::through_pending(facts, previous, now),
+        }
+    }
+
+    fn compliant(reason: &'static str) -> Self {
+        Self::Compliant { reason }
+    }
+
+    /// While `pending`: the last decided value, until it is `maxStaleness` old.
+    fn through_pending(
+        facts: &GateFacts,
+        previous: Option<&Condition>,
+        now: Timestamp,
+    ) -> (Self, Option<Timestamp>) {
+        let decided = previous.and_then(Self::decided_from);
+        let expires = facts
+            .last_result_time
+            .and_then(|at| at.checked_add(facts.max_staleness).ok());
+        match (decided, expires) {
+            (Some(kept), Some(expires)) if now < expires => (kept, Some(expires)),
+            (Some(_), _) => (
+                Self::Unknown {
+                    reason: RESULT_EXPIRED,
+                },
+                None,
+            ),
+            // Never decided, or already expired (and stored so).
+            (None, _) => match previous {
+                Some(c) if c.reason == RESULT_EXPIRED => (
+                    Self::Unknown {
+                        reason: RESULT_EXPIRED,
+                    },
+                    None,
+                ),
+                _ => (
+                    Self::Unknown {
+                        reason: AWAITING_RESULT,
+                    },
+                    None,
+                ),
+            },
+        }
+    }
+
+    /// A stored `Compliant` condition read back, when it holds a decided value.
+    fn decided_from(condition: &Condition) -> Option<Self> {
+        let reason = [CHECK_PASSED, NOT_APPLICABLE, CHECK_FAILED, PENDING_TIMEOUT]
+            .into_iter()
+            .find(|r| *r == condition.reason)?;
+        match condition.status.as_str() {
+            "True" => Some(Self::Compliant { reason }),
+            "False" => Some(Self::NotCompliant { reason }),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> &'static str {
+        match self {
+            Self::Compliant { .. } => "True",
+            Self::NotCompliant { .. } => "False",
+            Self::Unknown { .. } => "Unknown",
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Compliant { reason }
+            | Self::NotCompliant { reason }
+            | Self::Unknown { reason } => reason,
+        }
+    }
+
+    fn message(&self, kept: bool) -> String {
+        let message = match self.reason() {
+            CHECK_PASSED => "The checker reported pass",
+            NOT_APPLICABLE => "The checker reported not_applicable: the control does not apply",
+            CHECK_FAILED => "The checker reported fail",
+            PENDING_TIMEOUT => "The checker was notified and did not report within pendingTimeout",
+            RESULT_EXPIRED => {
+                "No result within maxStaleness of the last one: the checker must report again"
+            }
+            _ => "No result yet: waiting for the checker's first report",
+        };
+        if kept {
+            format!("{message}; kept while a re-check is pending")
+        } else {
+            message.to_owned()
+        }
+    }
+
+    /// `conditions` with `Compliant`, `Stalled` and `Reconciling` as this gate says, every other
+    /// condition as it was. A condition keeps its `lastTransitionTime` unless its status moved.
+    pub fn conditions(
+        &self,
+        status: ControlStatus,
+        conditions: &[Condition],
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Vec<Condition> {
+        let kept = status == ControlStatus::Pending && !matches!(self, Self::Unknown { .. });
+        let mut next: Vec<Condition> = conditions
+            .iter()
+            .filter(|c| ![COMPLIANT, STALLED, RECONCILING].contains(&c.type_.as_str()))
+            .cloned()
+            .collect();
+        let condition = |type_: &str, status: &str, reason: &str, message: String| Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or(Time(now), |c| c.last_transition_time.clone()),
+        };
+        next.push(condition(
+            COMPLIANT,
+            self.status(),
+            self.reason(),
+            self.message(kept),
+        ));
+        match self {
+            Self::NotCompliant { reason } => next.push(condition(
+                STALLED,
+                "True",
+                reason,
+                "The control is not compliant: see the Compliant condition".to_owned(),
+            )),
+            Self::Unknown { reason } => next.push(condition(
+                RECONCILING,
+                "True",
+                reason,
+                "Waiting for the checker's result".to_owned(),
+            )),
+            Self::Compliant { .. } => {}
+        }
+        next
+    }
+}
+
+/// The default `maxStaleness`: one ping interval plus the pending timeout, the longest a
+/// working checker leaves a control without a result.
+pub fn default_max_staleness(ping_interval: Duration, pending_timeout: Duration) -> Duration {
+    ping_interval.saturating_add(pending_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).unwrap()
+    }
+
+    fn facts(status: ControlStatus, previous: &[Condition]) -> GateFacts<'_> {
+        GateFacts {
+            status,
+            last_result_time: Some(at(0)),
+            max_staleness: Duration::from_secs(100),
+            previous,
+            timed_out: false,
+            reported: false,
+        }
+    }
+
+    fn stored(status: ControlStatus, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+        let (gate, _) = Compliance::assess(&facts(status, previous), now);
+        gate.conditions(status, previous, Some(3), now)
+    }
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+        conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn results_decide_the_gate_and_kstatus() {
+        for (status, value, reason, stalled, reconciling) in [
+            (ControlStatus::Pass, "True", CHECK_PASSED, false, false),
+            (
+                ControlStatus::NotApplicable,
+                "True",
+                NOT_APPLICABLE,
+                false,
+                false,
+            ),
+            (ControlStatus::Fail, "False", CHECK_FAILED, true, false),
+            (
+                ControlStatus::Pending,
+                "Unknown",
+                AWAITING_RESULT,
+                false,
+                true,
+            ),
+        ] {
+            let conditions = stored(status, &[], at(1));
+            let compliant = find(&conditions, COMPLIANT).unwrap();
+            assert_eq!(
+                (compliant.status.as_str(), compliant.reason.as_str()),
+                (value, reason)
+            );
+            assert_eq!(compliant.observed_generation, Some(3));
+            assert_eq!(find(&conditions, STALLED).is_some(), stalled, "{status:?}");
+            assert_eq!(
+                find(&conditions, RECONCILING).is_some(),
+                reconciling,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_re_check_keeps_the_last_result_until_it_is_stale() {
+        for (result, value) in [
+            (ControlStatus::Pass, "True"),
+            (ControlStatus::Fail, "False"),
+        ] {
+            let decided = stored(result, &[], at(0));
+            let (gate, expires) =
+                Compliance::assess(&facts(ControlStatus::Pending, &decided), at(99));
+            assert_eq!(expires, Some(at(100)));
+            let kept = gate.conditions(ControlStatus::Pending, &decided, Some(3), at(99));
+            let compliant = find(&kept, COMPLIANT).unwrap();
+            assert_eq!(compliant.status, value);
+            assert!(
+                compliant
+                    .message
+                    .ends_with("kept while a re-check is pending")
+            );
+            // Unmoved: the transition time is the result's.
+            assert_eq!(compliant.last_transition_time, Time(at(0)));
+
+            let (gate, expires) =
+                Compliance::assess(&facts(ControlStatus::Pending, &kept), at(100));
+            assert_eq!(
+                (gate.clone(), expires),
+                (
+                    Compliance::Unknown {
+                        reason: RESULT_EXPIRED
+                    },
+                    None
+                )
+            );
+            let stale = gate.conditions(ControlStatus::Pending, &kept, Some(3), at(100));
+            assert_eq!(find(&stale, COMPLIANT).unwrap().status, "Unknown");
+            assert_eq!(
+                find(&stale, COMPLIANT).unwrap().last_transition_time,
+                Time(at(100))
+            );
+            assert!(find(&stale, RECONCILING).is_some() && find(&stale, STALLED).is_none());
+            // Once stale, it stays so until a result comes.
+            let (again, _) = Compliance::assess(&facts(ControlStatus::Pending, &stale), at(200));
+            assert_eq!(
+                again,
+                Compliance::Unknown {
+                    reason: RESULT_EXPIRED
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_fail_keeps_its_reason_until_a_report() {
+        let mut timed_out = facts(ControlStatus::Fail, &[]);
+        timed_out.timed_out = true;
+        let (gate, _) = Compliance::assess(&timed_out, at(1));
+        let conditions = gate.conditions(ControlStatus::Fail, &[], None, at(1));
+        assert_eq!(
+            find(&conditions, COMPLIANT).unwrap().reason,
+            PENDING_TIMEOUT
+        );
+        assert_eq!(find(&conditions, STALLED).unwrap().reason, PENDING_TIMEOUT);
+        // A later reconcile of the same fail keeps it...
+        let (later, _) = Compliance::assess(&facts(ControlStatus::Fail, &conditions), at(2));
+        assert_eq!(
+            later,
+            Compliance::NotCompliant {
+                reason: PENDING_TIMEOUT
+            }
+        );
+        // ...a reported fail replaces its reason...
+        let mut reported = facts(ControlStatus::Fail, &conditions);
+        reported.reported = true;
+        let (fresh, _) = Compliance::assess(&reported, at(2));
+        assert_eq!(
+            fresh,
+            Compliance::NotCompliant {
+                reason: CHECK_FAILED
+            }
+        );
+        // ...a pass replaces it, and Stalled goes.
+        let passed = stored(ControlStatus::Pass, &conditions, at(3));
+        assert_eq!(find(&passed, COMPLIANT).unwrap().reason, CHECK_PASSED);
+        assert!(find(&passed, STALLED).is_none());
+    }
+
+    #[test]
+    fn other_conditions_are_kept_as_they_are() {
+        let ready = Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Ready".into(),
+            message: "m".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(at(-5)),
+        };
+        let conditions = stored(ControlStatus::Pass, std::slice::from_ref(&ready), at(1));
+        assert_eq!(conditions[0], ready);
+        assert_eq!(conditions.len(), 2);
+    }
+
+    #[test]
+    fn the_default_staleness_is_an_interval_and_the_timeout() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            default_max_staleness(12 * hour, hour / 2),
+            12 * hour + hour / 2
+        );
+    }
+}
