@@ -1,8 +1,10 @@
-//! Faults of the Kubernetes API, through the real `extctl run` against the harness's switches
-//! (`tests/harness/faults.rs`): failing and slow status writes, conflicts, dropped and compacted
-//! watches, a failing reset, concurrent calls, and SIGKILL mid-burst. In every case a call
-//! answered 200 is stored, a call answered with an error stores nothing, and no reset is lost
-//! or repeated. Calls are signed by the independent Python checker's `sign` (Python's `hmac`).
+//! Faults of the Kubernetes API, through the real `extctl run` against a genuine
+//! kube-apiserver, with the faults injected by the proxy in front of it
+//! (`tests/support/apiserver/proxy.rs`): failing and slow status writes, conflicts, dropped and
+//! compacted watches, a failing reset, concurrent calls, and SIGKILL mid-burst. In every case a
+//! call answered 200 is stored, a call answered with an error stores nothing, and no reset is
+//! lost or repeated. Calls are signed by the independent Python checker's `sign` (Python's
+//! `hmac`); what is stored is read straight from the server, not through the proxy.
 //!
 //! Elsewhere: an API server unavailable during one call, and a write it refuses as invalid
 //! (`tests/endpoint_cluster.rs`, `tests/endpoint_protocol.rs`); a leader killed while
@@ -17,15 +19,15 @@ use axum::http::Method;
 use extctl::crd::{ControlStatus, ExternalControl};
 use jiff::Timestamp;
 use serde_json::json;
-use support::harness::RequestRecord;
+use support::apiserver::{Faults, RequestRecord};
 use support::{
     Cluster, Operator, RawAnswer, Signing, TOKEN, fresh_nonce, python_signatures, raw_request,
     wait_for,
 };
 
-/// The status subresource of control `name`, as the API harness serves it.
-fn status_path(name: &str) -> String {
-    format!("/apis/extctl.dev/v1alpha1/namespaces/default/externalcontrols/{name}/status")
+/// The status subresource of control `name` in `namespace`.
+fn status_path(namespace: &str, name: &str) -> String {
+    format!("/apis/extctl.dev/v1alpha1/namespaces/{namespace}/externalcontrols/{name}/status")
 }
 
 /// One signed call for project 42, reporting `status`: its nonce and its bytes.
@@ -114,7 +116,7 @@ fn as_status(status: &str) -> ControlStatus {
     serde_json::from_value(json!(status)).unwrap()
 }
 
-/// The harness's requests matching `method` and `path`, their codes in order.
+/// The requests through the proxy matching `method` and `path`, their codes in order.
 fn codes(requests: &[RequestRecord], method: Method, path: &str) -> Vec<u16> {
     requests
         .iter()
@@ -129,14 +131,20 @@ fn codes(requests: &[RequestRecord], method: Method, path: &str) -> Vec<u16> {
 /// How the API server breaks the next status write, and what the caller must be told.
 struct WriteFault {
     case: &'static str,
-    arm: fn(&support::harness::Faults),
+    arm: fn(&Faults, &str),
     /// The answer: code and error message (empty for 200).
     code: u16,
     message: &'static str,
 }
 
-/// The operator runs with `--request-timeout 1s`; a held write is released after 2 s.
-const HOLD: Duration = Duration::from_secs(2);
+/// `--request-timeout` of the operator in the write-fault tests. Longer than one retried 503
+/// or 429: the server's answer carries `Retry-After: 1`, which kube's client honours, so one
+/// such answer costs a second before the retry (under a 1 s timeout even a single 503 would
+/// time out).
+const REQUEST_TIMEOUT: &str = "3s";
+
+/// How long a held write is held: past the request timeout.
+const HOLD: Duration = Duration::from_secs(4);
 
 fn write_faults() -> Vec<WriteFault> {
     fn patch() -> Option<Method> {
@@ -145,60 +153,60 @@ fn write_faults() -> Vec<WriteFault> {
     vec![
         WriteFault {
             case: "500 on the write",
-            arm: |f| f.fail_next(1, patch(), &status_path("sast"), 500),
+            arm: |f, p| f.fail_next(1, patch(), p, 500),
             code: 503,
             message: "Status store unavailable, nothing was stored: injected failure (500)",
         },
         WriteFault {
             case: "502 on the write",
-            arm: |f| f.fail_next(1, patch(), &status_path("sast"), 502),
+            arm: |f, p| f.fail_next(1, patch(), p, 502),
             code: 503,
             message: "Status store unavailable, nothing was stored: injected failure (502)",
         },
         WriteFault {
             // kube's client retries a 503 by itself: the write it then makes is a true 200.
             case: "one 503 on the write",
-            arm: |f| f.fail_next(1, patch(), &status_path("sast"), 503),
+            arm: |f, p| f.fail_next(1, patch(), p, 503),
             code: 200,
             message: "",
         },
         WriteFault {
             // ...and keeps retrying past the request timeout when the 503s go on.
             case: "503 on every attempt",
-            arm: |f| f.fail_next(1000, patch(), &status_path("sast"), 503),
+            arm: |f, p| f.fail_next(1000, patch(), p, 503),
             code: 503,
             message: "Status store did not answer in time; the status may have been stored: retry",
         },
         WriteFault {
             case: "429 on every attempt",
-            arm: |f| f.fail_next(1000, patch(), &status_path("sast"), 429),
+            arm: |f, p| f.fail_next(1000, patch(), p, 429),
             code: 503,
             message: "Status store did not answer in time; the status may have been stored: retry",
         },
         WriteFault {
             case: "404: the control deleted meanwhile",
-            arm: |f| f.fail_next(1, patch(), &status_path("sast"), 404),
+            arm: |f, p| f.fail_next(1, patch(), p, 404),
             code: 404,
             message: "Control not found",
         },
         WriteFault {
             case: "a conflict, then the re-read fails",
-            arm: |f| {
-                f.fail_next(1, patch(), &status_path("sast"), 409);
-                f.fail_next(1, Some(Method::GET), &status_path("sast"), 500);
+            arm: |f, p| {
+                f.fail_next(1, patch(), p, 409);
+                f.fail_next(1, Some(Method::GET), p, 500);
             },
             code: 503,
             message: "Status store unavailable, nothing was stored: injected failure (500)",
         },
         WriteFault {
             case: "the write held past the request timeout before it is handled",
-            arm: |f| f.delay_next_request(1, patch(), &status_path("sast"), HOLD),
+            arm: |f, p| f.delay_next_request(1, patch(), p, HOLD),
             code: 503,
             message: "Status store did not answer in time; the status may have been stored: retry",
         },
         WriteFault {
             case: "every request 300 ms slow (within the request timeout)",
-            arm: |f| f.set_latency(Duration::from_millis(300)),
+            arm: |f, _| f.set_latency(Duration::from_millis(300)),
             code: 200,
             message: "",
         },
@@ -207,15 +215,16 @@ fn write_faults() -> Vec<WriteFault> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_or_slow_status_writes_get_an_error_store_nothing_and_a_fresh_call_succeeds() {
-    let (cluster, operator) = cluster_with_sast(&["--request-timeout", "1s"]).await;
+    let (cluster, operator) = cluster_with_sast(&["--request-timeout", REQUEST_TIMEOUT]).await;
     let faults = cluster.proxy.faults();
+    let sast_path = status_path(&cluster.namespace, "sast");
     let mut current = "pending";
     for fault in write_faults() {
         let case = fault.case;
         let before = cluster.control("sast").await;
         let wanted = if current == "pass" { "fail" } else { "pass" };
         let call = report(7, wanted).await;
-        (fault.arm)(faults);
+        (fault.arm)(faults, &sast_path);
         let sent_at = std::time::Instant::now();
         let answer = send(&operator.url, &call).await;
         faults.clear();
@@ -265,10 +274,15 @@ async fn failed_or_slow_status_writes_get_an_error_store_nothing_and_a_fresh_cal
 /// stored); it was stored; a retry with a fresh nonce stores the same status again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
-    let (cluster, operator) = cluster_with_sast(&["--request-timeout", "1s"]).await;
+    let (cluster, operator) = cluster_with_sast(&["--request-timeout", REQUEST_TIMEOUT]).await;
     let faults = cluster.proxy.faults();
     let call = report(7, "fail").await;
-    faults.delay_next_answer(1, Some(Method::PATCH), &status_path("sast"), HOLD);
+    faults.delay_next_answer(
+        1,
+        Some(Method::PATCH),
+        &status_path(&cluster.namespace, "sast"),
+        HOLD,
+    );
     let (code, message) = send(&operator.url, &call).await.unwrap();
     assert_eq!(code, 503, "{message}");
     let stored = wait_for(Duration::from_secs(5), || async {
@@ -280,6 +294,15 @@ async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
     .await
     .expect("the API server made the write");
     assert_eq!(stored_status(&stored), Some(ControlStatus::Fail));
+    // The change was stored, so it is told like any other, though the caller stopped waiting:
+    // its Event (and audit line) follow the late answer.
+    cluster
+        .wait_event_note(
+            "sast",
+            "Changed compliance control status from 'pending' to 'fail'",
+            HOLD + Duration::from_secs(10),
+        )
+        .await;
     let retry = report(7, "fail").await;
     assert_eq!(
         send(&operator.url, &retry).await,
@@ -294,7 +317,7 @@ async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
 async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
     let (cluster, operator) = cluster_with_sast(&[]).await;
     let faults = cluster.proxy.faults();
-    let path = status_path("sast");
+    let path = status_path(&cluster.namespace, "sast");
 
     // A few conflicts: each is followed by a re-read and another attempt, then stored.
     cluster.proxy.reset_requests();
@@ -307,7 +330,10 @@ async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
     let stored = cluster.control("sast").await;
     assert!(stored_nonces(&stored).contains(&call.nonce));
 
-    // Conflicts without end: a bounded number of attempts, then 503; nothing stored.
+    // Conflicts without end: `MAX_WRITE_ATTEMPTS` (32, src/kubernetes/registry.rs) attempts,
+    // each conflict followed by a re-read, then 503; nothing stored. kube's client does not
+    // retry a 409 itself, so every attempt is one PATCH through the proxy.
+    const MAX_WRITE_ATTEMPTS: usize = 32;
     cluster.proxy.reset_requests();
     faults.fail_next(1000, Some(Method::PATCH), &path, 409);
     let call = report(7, "fail").await;
@@ -318,8 +344,17 @@ async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
             "Status store unavailable, nothing was stored: the control kept changing; retry".into()
         ))
     );
-    let attempts = codes(&cluster.proxy.requests(), Method::PATCH, &path).len();
-    assert!((2..=100).contains(&attempts), "{attempts} attempts");
+    let requests = cluster.proxy.requests();
+    assert_eq!(
+        codes(&requests, Method::PATCH, &path),
+        [409; MAX_WRITE_ATTEMPTS],
+        "one PATCH per attempt, every one a conflict"
+    );
+    assert_eq!(
+        codes(&requests, Method::GET, &path),
+        [200; MAX_WRITE_ATTEMPTS],
+        "one re-read after each conflict"
+    );
     faults.clear();
     let after = cluster.control("sast").await;
     assert_eq!(
@@ -380,7 +415,7 @@ async fn concurrent_calls_under_conflicts_and_errors_are_stored_exactly_when_ans
         .collect();
     let calls = reports(&statuses).await;
     let faults = cluster.proxy.faults();
-    let path = status_path("sast");
+    let path = status_path(&cluster.namespace, "sast");
     // Besides the conflicts the calls cause each other: injected ones, and three writes that
     // fail outright (each fails its call).
     faults.fail_next(4, Some(Method::PATCH), &path, 409);
@@ -418,6 +453,21 @@ async fn concurrent_calls_under_conflicts_and_errors_are_stored_exactly_when_ans
     assert_stored_exactly_as_answered(&control, &answered);
 }
 
+/// Control `name` once nothing more is written to it: two reads 500 ms apart agree (a write
+/// takes the server milliseconds).
+async fn settled(cluster: &Cluster, name: &str) -> ExternalControl {
+    let mut last = cluster.control(name).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let control = cluster.control(name).await;
+        if control.metadata.resource_version == last.metadata.resource_version {
+            return control;
+        }
+        last = control;
+    }
+    panic!("{name} is still being written to: {:?}", last.status);
+}
+
 /// The value of the first sample of `/metrics` (at `metrics_url`) whose line starts with `name`.
 async fn metric(metrics_url: &str, name: &str) -> Option<f64> {
     let (base, path) = metrics_url
@@ -443,7 +493,7 @@ async fn sigkill_mid_burst_loses_no_accepted_call_and_keeps_the_schedule() {
     cluster
         .create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": "sast", "namespace": "default"},
+            "metadata": {"name": "sast", "namespace": cluster.namespace},
             "spec": {"projectId": 42, "controlId": 7, "pingInterval": "1h", "secretRef": {"name": "sast-token"}}
         }))
         .await;
@@ -485,7 +535,13 @@ async fn sigkill_mid_burst_loses_no_accepted_call_and_keeps_the_schedule() {
                     if answer.as_ref().is_some_and(|(code, _)| *code == 200) {
                         accepted.fetch_add(1, Ordering::SeqCst);
                     }
+                    // No answer: the process is gone (killed mid-call, or before this one was
+                    // sent); the worker stops, as the flag may be set only a little later.
+                    let gone = answer.is_none();
                     answered.push((call.clone(), answer));
+                    if gone {
+                        break;
+                    }
                 }
                 answered
             })
@@ -503,13 +559,15 @@ async fn sigkill_mid_burst_loses_no_accepted_call_and_keeps_the_schedule() {
         answered.extend(worker.await.unwrap());
     }
     faults.clear();
+    let answers: Vec<_> = answered.iter().map(|(_, answer)| answer).collect();
     assert!(
         answered.len() < calls.len(),
-        "the burst was cut short by the kill"
+        "the burst was cut short by the kill: {answers:?}"
     );
 
-    // Everything answered 200 before the kill is stored.
-    let control = cluster.control("sast").await;
+    // Everything answered 200 before the kill is stored. (Read once the server has finished
+    // the writes the killed process had sent: they may still land after the kill.)
+    let control = settled(&cluster, "sast").await;
     assert_stored_exactly_as_answered(&control, &answered);
     let accepted = answered
         .iter()
@@ -596,9 +654,11 @@ async fn controls_changed_while_the_watch_is_down_are_served_once_it_is_back() {
     // Not seen yet: the endpoint answers from what it last knew.
     assert_eq!(call_control(&operator.url, 10).await, not_found);
     assert_eq!(call_control(&operator.url, 9).await, ok);
+    // The failures end (`clear` disarms every switch, a pending compaction too), and the
+    // history is compacted: the watch resumed from its resourceVersion is told it expired.
     cluster.proxy.reset_requests();
-    faults.compact();
     faults.clear();
+    faults.compact();
 
     let expected = [
         (10, ok.clone()),
@@ -621,14 +681,18 @@ async fn controls_changed_while_the_watch_is_down_are_served_once_it_is_back() {
     assert!(caught_up.is_some(), "after the watch came back: {last:?}");
     // Resuming from a compacted version gets 410 Gone (an ERROR event, as on a real server),
     // and the watcher lists the controls again.
-    let relisted = cluster.proxy.requests().iter().any(|r| {
-        r.method == Method::GET
-            && r.path == "/apis/extctl.dev/v1alpha1/externalcontrols"
-            && !r.is_watch()
-    });
+    let collection = format!(
+        "/apis/extctl.dev/v1alpha1/namespaces/{}/externalcontrols",
+        cluster.namespace
+    );
+    let requests = cluster.proxy.requests();
+    let relisted = requests
+        .iter()
+        .any(|r| r.method == Method::GET && r.path == collection && !r.is_watch());
+    let on_collection: Vec<_> = requests.iter().filter(|r| r.path == collection).collect();
     assert!(
         relisted,
-        "the controls were listed again after the compaction"
+        "the controls were listed again after the compaction: {on_collection:#?}"
     );
     let ready = raw_request(
         &operator.url,
@@ -648,7 +712,7 @@ async fn cluster_with_pinged(name: &str, interval: &str) -> Cluster {
     cluster
         .create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name, "namespace": cluster.namespace},
             "spec": {"projectId": 42, "controlId": 7, "pingInterval": interval, "secretRef": {"name": "sast-token"}}
         }))
         .await;
@@ -673,12 +737,59 @@ fn last_ping(control: &ExternalControl) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-/// Successful status writes of `name` recorded by the harness.
+/// Successful status writes of `name` made through the proxy.
 fn status_writes(cluster: &Cluster, name: &str) -> usize {
-    codes(&cluster.proxy.requests(), Method::PATCH, &status_path(name))
-        .iter()
-        .filter(|code| **code == 200)
-        .count()
+    codes(
+        &cluster.proxy.requests(),
+        Method::PATCH,
+        &status_path(&cluster.namespace, name),
+    )
+    .iter()
+    .filter(|code| **code == 200)
+    .count()
+}
+
+/// Waits for a quiet moment of control `name`: reconciled, with a reset done if `after_reset`,
+/// its last reset at least `QUIET` ago and its next at least twice that away (room for the
+/// settling and the reads). Then it restarts the proxy's request count, runs `arm` (arming
+/// faults) and returns the control, provided nothing was written meanwhile (otherwise it
+/// disarms the faults and waits for the next moment). So the count starts with no write of
+/// `name` in flight: a write committed before the first read was answered (and counted by the
+/// proxy) before the count restarted.
+async fn quiet_moment(
+    cluster: &Cluster,
+    name: &str,
+    after_reset: bool,
+    arm: impl Fn(),
+) -> ExternalControl {
+    const QUIET: jiff::SignedDuration = jiff::SignedDuration::from_millis(500);
+    // Longer than any answer takes to travel from the server through the proxy's log.
+    const SETTLE: Duration = Duration::from_millis(200);
+    let found = wait_for(Duration::from_secs(20), || async {
+        let before = cluster.control(name).await;
+        before.status.as_ref()?.observed_generation?;
+        let next = next_ping(&before)?;
+        let last = last_ping(&before);
+        if after_reset && last.is_none() {
+            return None;
+        }
+        let now = Timestamp::now();
+        let quiet = last.is_none_or(|last| now >= last + QUIET) && now + QUIET + QUIET <= next;
+        if !quiet {
+            return None;
+        }
+        tokio::time::sleep(SETTLE).await;
+        cluster.proxy.reset_requests();
+        arm();
+        let after = cluster.control(name).await;
+        if after.metadata.resource_version == before.metadata.resource_version {
+            return Some(after);
+        }
+        cluster.proxy.faults().clear();
+        None
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("{name} never had a quiet moment"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,15 +798,8 @@ async fn resets_are_neither_missed_nor_repeated_while_watches_drop_and_compact()
     let cluster = cluster_with_pinged("pinged", "2s").await;
     let operator = Operator::start(&cluster, &[]).await;
     // Once the first reset is done, count every status write from a due time on.
-    let first_due = wait_for(Duration::from_secs(15), || async {
-        let before = cluster.control("pinged").await;
-        last_ping(&before)?;
-        cluster.proxy.reset_requests();
-        let after = cluster.control("pinged").await;
-        (next_ping(&before) == next_ping(&after)).then(|| next_ping(&after))?
-    })
-    .await
-    .expect("a first reset");
+    let first = quiet_moment(&cluster, "pinged", true, || {}).await;
+    let first_due = next_ping(&first).unwrap();
 
     // Six seconds of watches ending, every other time after a compaction.
     let faults = cluster.proxy.faults();
@@ -746,26 +850,20 @@ async fn resets_are_neither_missed_nor_repeated_while_watches_drop_and_compact()
 async fn a_failed_reset_write_is_retried_and_the_reset_happens_once() {
     let cluster = cluster_with_pinged("pinged", "2s").await;
     let operator = Operator::start(&cluster, &[]).await;
-    let path = status_path("pinged");
-    // The control as first reconciled: its schedule set, no reset yet.
-    let scheduled = wait_for(Duration::from_secs(10), || async {
-        let control = cluster.control("pinged").await;
-        let status = control.status.as_ref()?;
-        (status.observed_generation.is_some() && status.next_ping_time.is_some()).then_some(control)
+    let path = status_path(&cluster.namespace, "pinged");
+    // The control scheduled, between two resets (the first may have happened already, on a
+    // slow machine): the next reset's write fails once.
+    let faults = cluster.proxy.faults();
+    let scheduled = quiet_moment(&cluster, "pinged", false, || {
+        faults.fail_next(1, Some(Method::PATCH), &path, 500);
     })
-    .await
-    .expect("scheduled");
-    assert_eq!(last_ping(&scheduled), None);
+    .await;
     let due = next_ping(&scheduled).unwrap();
-    cluster.proxy.reset_requests();
-    cluster
-        .proxy
-        .faults()
-        .fail_next(1, Some(Method::PATCH), &path, 500);
+    let previous = last_ping(&scheduled);
 
     let reset = wait_for(Duration::from_secs(15), || async {
         let control = cluster.control("pinged").await;
-        last_ping(&control).map(|_| control)
+        (last_ping(&control) != previous).then_some(control)
     })
     .await
     .expect("the reset is retried and carried out");

@@ -95,7 +95,7 @@ async fn set_status<R: ControlRegistry>(
         body: &body,
     };
     let now = jiff::Timestamp::now();
-    let outcome = verify::verify_and_record(endpoint.registry.as_ref(), &config, &call, now).await;
+    let outcome = verify::verify_and_record(&endpoint.registry, &config, &call, now).await;
     let result = outcome.as_ref().map_or_else(Rejection::label, |_| "stored");
     metrics().status_call(result, started.elapsed());
     match outcome {

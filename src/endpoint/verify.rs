@@ -4,6 +4,8 @@
 //! write. Unlike GitLab, a nonce is recorded only after the signature verified (and atomically
 //! with the status), so an unauthenticated caller cannot burn a checker's nonces.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
 use super::EndpointConfig;
@@ -20,7 +22,7 @@ use crate::registry::{ControlRegistry, Freshness};
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
 pub async fn verify_and_record<R: ControlRegistry>(
-    registry: &R,
+    registry: &Arc<R>,
     config: &EndpointConfig,
     call: &StatusCall<'_>,
     now: Timestamp,
@@ -70,13 +72,21 @@ pub async fn verify_and_record<R: ControlRegistry>(
         nonce_expires_at: config.window.nonce_expiry(signed_at),
         received_at: now,
     };
-    let write = registry.record(&control, report);
+    // The write runs to its end on a task of its own: a caller that stops waiting (the
+    // request timeout) must not cut off what follows a write the store did accept, its Event,
+    // audit line and metric.
+    let registry = Arc::clone(registry);
+    let write = tokio::spawn(async move {
+        let recorded = registry.record(&control, report).await?;
+        if let Some(change) = recorded.change() {
+            metrics().transition(change);
+        }
+        Ok::<_, Rejection>(recorded)
+    });
     let recorded = tokio::time::timeout(config.request_timeout, write)
         .await
-        .map_err(|_| Rejection::StoreTimeout)??;
-    if let Some(change) = recorded.change() {
-        metrics().transition(change);
-    }
+        .map_err(|_| Rejection::StoreTimeout)?
+        .map_err(|failed| Rejection::Unavailable(format!("the write failed: {failed}")))??;
     Ok(recorded.stored)
 }
 
