@@ -68,6 +68,36 @@ pub enum Command {
     /// nothing, in this process; --compare-bare measures both and prints the ratio. Exits 1
     /// when an answer was not 200 (printing the first), 2 for bad flags.
     Bench(crate::checker::load::BenchArgs),
+    /// Ask the operator to re-check a control now: reset it to pending and ping its checker.
+    ///
+    /// Sets the control's extctl.dev/requestedAt annotation (KUBECONFIG or the in-cluster
+    /// service account; needs `patch` on externalcontrols). With --wait, waits until an extctl
+    /// replica has acted on it (status.lastHandledRequestedAt) and exits 1 if none does in time.
+    Ping(PingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The ExternalControl's name.
+    pub name: String,
+
+    /// Its namespace (default: the kubeconfig's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+
+    /// Wait up to this long for the operator to act on the request, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub wait: Option<Duration>,
+}
+
+impl PingArgs {
+    pub fn request(&self) -> crate::kubernetes::recheck::RecheckRequest {
+        crate::kubernetes::recheck::RecheckRequest {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            wait: self.wait,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

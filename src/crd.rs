@@ -124,6 +124,11 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// The annotation that asks for a re-check now: any new value makes the operator reset the
+/// control to `pending` and ping its checker at once (recorded in
+/// `status.lastHandledRequestedAt`), as Flux's `reconcile.fluxcd.io/requestedAt` does.
+pub const REQUESTED_AT_ANNOTATION: &str = "extctl.dev/requestedAt";
+
 /// The Secret key that, when present, holds a token still accepted during a rotation.
 pub const PREVIOUS_TOKEN_KEY: &str = "previousToken";
 
@@ -193,6 +198,11 @@ pub struct ExternalControlStatus {
     /// When the control was last reset to `pending` by ping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_time: Option<MicroTime>,
+
+    /// The value of the `extctl.dev/requestedAt` annotation last acted on (a re-check asked
+    /// for with `extctl ping`: a reset and a ping at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_requested_at: Option<String>,
 
     /// When the next reset to `pending` is due (absent while ping is disabled). Microsecond
     /// precision: the schedule is exactly what is stored, and whole-second rounding would bunch

@@ -60,6 +60,16 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ping(args) => match kubernetes::recheck::request(&args.request()).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl ping: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             telemetry::init(cli.log_format);
             match kubernetes::run(args.settings()).await {

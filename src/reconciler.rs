@@ -22,8 +22,8 @@ use crate::core::schedule::{self, PingFacts, PingPlan};
 use crate::core::signature;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, StatusChangeRecord,
-    qualified_name,
+    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, REQUESTED_AT_ANNOTATION,
+    StatusChangeRecord, qualified_name,
 };
 use crate::metrics::{PingResult, metrics};
 use crate::notify::{Notifier, shown_url};
@@ -136,14 +136,19 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             .parse()
             .ok()
             .and_then(|timeout| ping::timeout_deadline(&current, timeout));
+        let requested = recheck_requested(control, &current);
         let change = match plan {
             PingPlan::Reset { .. } => Some(Cause::PingReset),
+            _ if requested.is_some() => Some(Cause::PingReset),
             _ if deadline.is_some_and(|deadline| deadline <= now) => Some(Cause::PendingTimeout),
             _ => None,
         };
         let readiness = self.store.readiness(control).await?;
         let (mut desired, gate_expires) =
             desired_status(control, &current, &readiness, plan, change, now);
+        if let Some(requested) = requested {
+            desired.last_handled_requested_at = Some(requested.to_owned());
+        }
         let (from, to) = (
             current_status(Some(&current)),
             current_status(Some(&desired)),
@@ -244,6 +249,28 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         };
         self.store.write_last_ping(control, &outcome).await
     }
+}
+
+/// The `extctl.dev/requestedAt` value to act on: set, and not the one last handled. A value
+/// that is a time (what `extctl ping` writes) no later than the last reset counts as handled
+/// too: should the server drop `lastHandledRequestedAt` (a CRD older than this extctl), a
+/// request is still acted on once, never in a loop of resets and pings.
+fn recheck_requested<'a>(
+    control: &'a ExternalControl,
+    status: &ExternalControlStatus,
+) -> Option<&'a str> {
+    let requested = control.annotations().get(REQUESTED_AT_ANNOTATION)?;
+    if status.last_handled_requested_at.as_ref() == Some(requested) {
+        return None;
+    }
+    let asked_at = requested.parse::<Timestamp>().ok();
+    let reset_since = status.last_ping_time.as_ref().map(|t| t.0);
+    if let (Some(asked_at), Some(reset_at)) = (asked_at, reset_since)
+        && reset_at >= asked_at
+    {
+        return None;
+    }
+    Some(requested.as_str())
 }
 
 fn ping_plan(
@@ -356,4 +383,51 @@ fn replace_ready(conditions: &[Condition], ready: Condition) -> Vec<Condition> {
 /// How long from `now` until `next` (zero when it is already due).
 pub fn duration_until(now: Timestamp, next: Timestamp) -> std::time::Duration {
     std::time::Duration::try_from(next.duration_since(now)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requested(value: Option<&str>, handled: Option<&str>, reset_at: Option<&str>) -> bool {
+        let mut control = ExternalControl::new(
+            "c",
+            serde_json::from_value(serde_json::json!({
+                "projectId": 1, "controlId": 1, "secretRef": {"name": "s"}
+            }))
+            .unwrap(),
+        );
+        if let Some(value) = value {
+            control
+                .annotations_mut()
+                .insert(REQUESTED_AT_ANNOTATION.into(), value.into());
+        }
+        let status = ExternalControlStatus {
+            last_handled_requested_at: handled.map(str::to_owned),
+            last_ping_time: reset_at.map(|t| MicroTime(t.parse().unwrap())),
+            ..Default::default()
+        };
+        recheck_requested(&control, &status).is_some()
+    }
+
+    #[test]
+    fn a_re_check_is_acted_on_once_per_new_value() {
+        let asked = "2026-12-03T10:00:00Z";
+        assert!(!requested(None, None, None), "no annotation");
+        assert!(requested(Some(asked), None, None), "never handled");
+        assert!(
+            requested(Some("again"), Some("before"), None),
+            "any new value"
+        );
+        assert!(!requested(Some(asked), Some(asked), None), "handled");
+        // A time no later than the last reset is handled, even if the server dropped the record.
+        assert!(!requested(Some(asked), None, Some("2026-12-03T10:00:01Z")));
+        assert!(requested(Some(asked), None, Some("2026-12-03T09:59:59Z")));
+        // A value that is not a time has only the record to go by.
+        assert!(requested(
+            Some("now please"),
+            None,
+            Some("2026-12-03T10:00:01Z")
+        ));
+    }
 }

@@ -131,7 +131,9 @@ impl ControlStore for KubeStore {
             "status": {
                 "status": desired.status,
                 "lastUpdateTime": desired.last_update_time,
+                "lastResultTime": desired.last_result_time,
                 "lastPingTime": desired.last_ping_time,
+                "lastHandledRequestedAt": desired.last_handled_requested_at,
                 "lastPing": desired.last_ping,
                 // `null` removes the field in a merge patch: ping disabled has no next reset.
                 "nextPingTime": desired.next_ping_time,

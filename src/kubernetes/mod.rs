@@ -5,6 +5,7 @@ pub mod client;
 pub mod controller;
 pub mod events;
 pub mod lease;
+pub mod recheck;
 pub mod registry;
 pub mod secrets;
 pub mod watch;
