@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use crate::core::ping::SIGNATURE_HEADER;
 
-/// Sends pings; https uses the system's trust roots, plain http works too.
+/// Sends pings; https uses the system's trust roots, plain http works too. A redirect is an
+/// answer like any other, never followed: the URL a namespace user wrote is the only place a
+/// signed ping goes.
 #[derive(Clone)]
 pub struct Notifier {
     http: reqwest::Client,
@@ -15,6 +17,7 @@ impl Notifier {
     pub fn new(timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("extctl/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self { http })

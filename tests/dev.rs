@@ -471,3 +471,37 @@ async fn a_taken_metrics_port_never_stops_dev_and_a_chosen_one_must_be_free() {
     let expected = format!("extctl dev: cannot listen on {address} (--metrics-listen): ");
     assert!(stderr.starts_with(&expected), "{stderr}");
 }
+
+/// A redirect is a refusal like any other answer: never followed, so a signed ping goes only to
+/// the URL the control names (307 would otherwise repeat the POST, body and signature, there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_answered_with_a_redirect_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere =
+        PythonServer::start("ping_receiver.py", dir.path(), TOKEN, &["--code", "200"]).await;
+    let target = format!("{}/stolen", elsewhere.base_url);
+    let redirecting = PythonServer::start(
+        "ping_receiver.py",
+        dir.path(),
+        TOKEN,
+        &["--code", "307", "--location", &target],
+    )
+    .await;
+    let controls = [control(
+        "redirected",
+        7,
+        json!({"pingInterval": "2s", "externalUrl": format!("{}/ping", redirecting.base_url)}),
+    )];
+    let sandbox = Sandbox::start(dir, &controls, &[]).await;
+    let dev = &sandbox.dev;
+    let warning = wait_for(Duration::from_secs(8), || async {
+        dev.events("warning").into_iter().next()
+    })
+    .await
+    .expect("a warning for the redirected ping");
+    assert_eq!(warning["reason"], "PingFailed", "{warning}");
+    let note = warning["message"].as_str().unwrap_or_default();
+    assert!(note.contains("HTTP 307"), "{warning}");
+    assert_eq!(redirecting.records().len(), 1, "pinged once");
+    assert!(elsewhere.records().is_empty(), "{:?}", elsewhere.records());
+}

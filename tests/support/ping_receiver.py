@@ -2,7 +2,7 @@
 """A checker's ping endpoint, independent of extctl: verifies X-GitLab-Signature with Python's
 hmac over the raw body, logs each ping as a JSON line, and answers with a fixed HTTP status.
 
-Usage: ping_receiver.py --token-file F --code 200 --log FILE
+Usage: ping_receiver.py --token-file F --code 200 [--location URL] --log FILE
 Prints the port it listens on (127.0.0.1), then serves until killed.
 """
 
@@ -19,6 +19,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--token-file", required=True)
     p.add_argument("--code", type=int, default=200)
+    p.add_argument("--location", help="a Location header to answer with (a redirect)")
     p.add_argument("--log", required=True)
     args = p.parse_args()
     with open(args.token_file, "rb") as f:
@@ -36,6 +37,8 @@ def main():
             }
             self.record(entry)
             self.send_response(args.code)
+            if args.location:
+                self.send_header("Location", args.location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
