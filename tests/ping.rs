@@ -1,14 +1,18 @@
-//! Scheduled resets to `pending`, through the real `extctl run` binary against the harness,
-//! with intervals of seconds.
+//! Scheduled resets to `pending`, through the real `extctl run` binary against a genuine
+//! kube-apiserver (one namespace per test), with intervals of seconds. Where a claim is about
+//! every change (one reset per due time, one ping per reset), the test watches the control on
+//! the API server, which misses no version, rather than polling it.
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use extctl::crd::{ControlStatus, ExternalControl};
 use futures::{StreamExt, TryStreamExt};
-use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use support::{Cluster, Operator, PingReceiver as Receiver, TOKEN, checker, wait_for};
 
@@ -27,7 +31,7 @@ async fn create_pinged(
     cluster
         .create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": name, "namespace": "default"}, "spec": spec
+            "metadata": {"name": name, "namespace": cluster.namespace}, "spec": spec
         }))
         .await;
 }
@@ -44,25 +48,12 @@ async fn cluster_with(ping: serde_json::Value) -> (Cluster, String) {
 }
 
 /// As [`cluster_with`], with the operator running and the checker's `status` stored.
-async fn reported(ping: serde_json::Value, status: &str) -> (Cluster, Operator) {
+async fn reported(ping: serde_json::Value, status: ControlStatus) -> (Cluster, Operator) {
     let (cluster, token) = cluster_with(ping).await;
     let operator = Operator::start(&cluster, &[]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
-    report(&operator, &token, status).await;
+    report(&operator, &token, status.as_str()).await;
     (cluster, operator)
-}
-
-/// The persisted due time of `sast`'s next reset.
-async fn next_due(cluster: &Cluster) -> Timestamp {
-    time(
-        cluster
-            .control("sast")
-            .await
-            .status
-            .unwrap()
-            .next_ping_time
-            .as_ref(),
-    )
 }
 
 /// A reset counts as on time when it happened within 1 s after its due time.
@@ -105,21 +96,170 @@ async fn wait_status(cluster: &Cluster, want: ControlStatus, within: Duration) -
     found.unwrap_or_else(|| panic!("status never became {want}"))
 }
 
+/// Sleeps until `at` (at once when it has passed).
+async fn sleep_until(at: Timestamp) {
+    let left = at.duration_since(Timestamp::now());
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
+}
+
+/// Every version of the namespace's controls after a resourceVersion, in order, as the API
+/// server's watch delivers them: unlike polling, it misses no change. Watching stops when
+/// dropped.
+struct Versions {
+    seen: Arc<Mutex<Vec<ExternalControl>>>,
+    failed: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Versions {
+    /// Watches the controls of the cluster's namespace from `control`'s resourceVersion on.
+    fn after(cluster: &Cluster, control: &ExternalControl) -> Self {
+        let api = cluster.controls();
+        let mut version = control.resource_version().expect("a stored control");
+        let seen: Arc<Mutex<Vec<ExternalControl>>> = Arc::default();
+        let failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let (seen_by_task, failed_by_task) = (seen.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let record = |error: String| *failed_by_task.lock().unwrap() = Some(error);
+            // The server ends a watch after its timeout; it is resumed where it ended.
+            loop {
+                let params = WatchParams::default().timeout(60);
+                let stream = match api.watch(&params, &version).await {
+                    Ok(stream) => stream,
+                    Err(error) => return record(format!("watching from {version}: {error}")),
+                };
+                let mut stream = stream.boxed();
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(
+                            WatchEvent::Added(control)
+                            | WatchEvent::Modified(control)
+                            | WatchEvent::Deleted(control),
+                        )) => {
+                            version = control.resource_version().unwrap_or(version);
+                            seen_by_task.lock().unwrap().push(control);
+                        }
+                        Ok(Some(WatchEvent::Bookmark(bookmark))) => {
+                            version = bookmark.metadata.resource_version;
+                        }
+                        Ok(Some(WatchEvent::Error(status))) => {
+                            return record(format!("the watch failed: {status:?}"));
+                        }
+                        Ok(None) => break,
+                        Err(error) => return record(format!("the watch failed: {error}")),
+                    }
+                }
+            }
+        });
+        Self { seen, failed, task }
+    }
+
+    /// The versions of control `name` seen so far, oldest first.
+    fn of(&self, name: &str) -> Vec<ExternalControl> {
+        if let Some(error) = self.failed.lock().unwrap().as_ref() {
+            panic!("{error}");
+        }
+        let seen = self.seen.lock().unwrap();
+        let mine = seen
+            .iter()
+            .filter(|c| c.meta().name.as_deref() == Some(name));
+        mine.cloned().collect()
+    }
+}
+
+impl Drop for Versions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One reset, as stored: when it happened (`lastPingTime`) and the due time of the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reset {
+    at: Timestamp,
+    next: Timestamp,
+}
+
+/// The resets among `versions` (every version with a new `lastPingTime`), counted from `start`.
+fn resets(start: &ExternalControl, versions: &[ExternalControl]) -> Vec<Reset> {
+    let last_ping = |c: &ExternalControl| c.status.as_ref()?.last_ping_time.as_ref().map(|t| t.0);
+    let mut previous = last_ping(start);
+    let mut found = Vec::new();
+    for version in versions {
+        let at = last_ping(version);
+        if let Some(at) = at.filter(|_| at != previous) {
+            let status = version.status.as_ref().unwrap();
+            found.push(Reset {
+                at,
+                next: time(status.next_ping_time.as_ref()),
+            });
+        }
+        previous = at;
+    }
+    found
+}
+
+/// Each reset falls in its own due time's slot (`next - interval` to `next`), and successive
+/// resets are exactly one interval apart in due time: none repeated, none skipped.
+#[track_caller]
+fn assert_one_reset_per_due_time(resets: &[Reset], interval: SignedDuration) {
+    for reset in resets {
+        let due = reset.next - interval;
+        assert!(
+            due <= reset.at && reset.at < reset.next,
+            "a reset outside its due time's slot: {reset:?} in {resets:?}"
+        );
+    }
+    for pair in resets.windows(2) {
+        assert_eq!(
+            pair[1].next.duration_since(pair[0].next),
+            interval,
+            "one reset per due time: {resets:?}"
+        );
+    }
+}
+
+/// The reset time a ping carries.
+fn ping_time(ping: &serde_json::Value) -> Timestamp {
+    let text = ping["body"]["time"]
+        .as_str()
+        .expect("a ping carries its time");
+    text.parse().expect("an RFC 3339 time")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
-    let (cluster, _operator) = reported(json!({"pingInterval": "2s"}), "pass").await;
+    let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let start = cluster.control("sast").await;
+    let versions = Versions::after(&cluster, &start);
+    report(&operator, &token, "pass").await;
 
-    let before = cluster.control("sast").await.status.unwrap();
-    let due = time(before.next_ping_time.as_ref());
-    let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(5)).await;
-    let status = reset.status.unwrap();
+    // The reset that follows the report, and the due time stored just before it.
+    let (due, status) = wait_for(Duration::from_secs(10), || async {
+        let versions = versions.of("sast");
+        let reported = versions
+            .iter()
+            .position(|c| status_of(c) == Some(ControlStatus::Pass))?;
+        let reset = reported
+            + 1
+            + versions[reported + 1..]
+                .iter()
+                .position(|c| status_of(c) == Some(ControlStatus::Pending))?;
+        let before = versions[reset - 1].status.clone().unwrap();
+        Some((
+            time(before.next_ping_time.as_ref()),
+            versions[reset].status.clone().unwrap(),
+        ))
+    })
+    .await
+    .expect("a reset after the report");
     assert_on_time(time(status.last_ping_time.as_ref()), due);
     // The next reset counts from the due time, not from when the reset happened.
     assert_eq!(
-        time(status.next_ping_time.as_ref())
-            .duration_since(due)
-            .as_secs(),
-        2
+        time(status.next_ping_time.as_ref()).duration_since(due),
+        SignedDuration::from_secs(2)
     );
 
     // The reset is an Event.
@@ -131,63 +271,105 @@ async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_the_schedule() {
-    let (cluster, operator) = reported(json!({"pingInterval": "4s"}), "pass").await;
-    let due = next_due(&cluster).await;
-    assert!(operator.stop().await.success());
+    let (cluster, token) = cluster_with(json!({"pingInterval": "4s"})).await;
+    let mut operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    // A round counts when the new process is up before the due time the old one left: on a
+    // slow machine, the restart may take longer than what was left of the interval, and then
+    // the next round is tried.
+    for _ in 0..3 {
+        report(&operator, &token, "pass").await;
+        assert!(operator.stop().await.success());
+        // As the stopped process left it (it may have reset once more before it stopped).
+        let left = cluster.control("sast").await.status.unwrap();
+        let due = time(left.next_ping_time.as_ref());
 
-    let operator = Operator::start(&cluster, &[]).await;
-    assert_eq!(
-        status_of(&cluster.control("sast").await),
-        Some(ControlStatus::Pass),
-        "no early reset"
-    );
-    let reset = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(8)).await;
-    let status = reset.status.unwrap();
-    assert_on_time(time(status.last_ping_time.as_ref()), due);
-    drop(operator);
+        operator = Operator::start(&cluster, &[]).await;
+        let control = cluster.control("sast").await.status.unwrap();
+        let restarted_before_due = Timestamp::now() < due;
+        if restarted_before_due {
+            assert_eq!(
+                (control.status, &control.last_ping_time),
+                (left.status, &left.last_ping_time),
+                "no early reset"
+            );
+        }
+        let reset = wait_for(Duration::from_secs(10), || async {
+            let status = cluster.control("sast").await.status?;
+            (status.last_ping_time != left.last_ping_time).then_some(status)
+        })
+        .await
+        .expect("the restarted process resets the control");
+        if restarted_before_due {
+            assert_on_time(time(reset.last_ping_time.as_ref()), due);
+            assert_eq!(
+                time(reset.next_ping_time.as_ref()).duration_since(due),
+                SignedDuration::from_secs(4),
+                "the schedule goes on from the due time"
+            );
+            drop(operator);
+            return;
+        }
+    }
+    panic!("the restart never completed within what was left of an interval");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_stored_after_the_due_time_is_not_overwritten() {
-    let (cluster, operator) = reported(json!({"pingInterval": "2s"}), "fail").await;
-    let due = next_due(&cluster).await;
+    let (cluster, operator) = reported(json!({"pingInterval": "2s"}), ControlStatus::Fail).await;
     assert!(operator.stop().await.success());
+    let left = cluster.control("sast").await.status.unwrap();
+    let due = time(left.next_ping_time.as_ref());
 
     // While no reconciler runs, the due time passes and a checker's `pass` is stored (as another
     // replica's endpoint would store it).
-    let past_due = due.duration_since(Timestamp::now()).as_secs_f64().max(0.0) + 1.0;
-    tokio::time::sleep(Duration::from_secs_f64(past_due)).await;
-    let reported_at = Timestamp::now();
+    sleep_until(due + SignedDuration::from_secs(1)).await;
+    let reported_at = Timestamp::from_microsecond(Timestamp::now().as_microsecond()).unwrap();
     let patch = json!({"status": {"status": "pass", "lastUpdateTime": reported_at.to_string()}});
-    cluster
+    let patched = cluster
         .controls()
         .patch_status("sast", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
 
+    // Every version written from now on: the first that moves the schedule on is the
+    // reconciler's decision about the missed due time.
+    let versions = Versions::after(&cluster, &patched);
     let _operator = Operator::start(&cluster, &[]).await;
-    let rescheduled = wait_for(Duration::from_secs(5), || async {
-        let status = cluster.control("sast").await.status?;
-        (time(status.next_ping_time.as_ref()) > due).then_some(status)
+    let rescheduled = wait_for(Duration::from_secs(10), || async {
+        let versions = versions.of("sast");
+        versions.into_iter().find_map(|control| {
+            let status = control.status?;
+            (time(status.next_ping_time.as_ref()) > due).then_some(status)
+        })
     })
     .await
     .expect("rescheduled");
     assert_eq!(
         rescheduled.status,
         Some(ControlStatus::Pass),
-        "the later report stands"
+        "the later report stands: {rescheduled:?}"
     );
+    assert_eq!(time(rescheduled.last_update_time.as_ref()), reported_at);
+    assert_eq!(rescheduled.last_ping_time, left.last_ping_time, "no reset");
     // Scheduled from the missed due time, on the same grid.
-    let offset = time(rescheduled.next_ping_time.as_ref())
-        .duration_since(due)
-        .as_secs();
-    assert_eq!(offset % 2, 0, "next reset on the 2 s grid from {due}");
+    let offset = time(rescheduled.next_ping_time.as_ref()).duration_since(due);
+    assert!(offset.is_positive(), "{offset:?}");
+    assert_eq!(
+        offset.as_micros() % 2_000_000,
+        0,
+        "next reset on the 2 s grid from {due}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
-    let (cluster, _operator) =
-        reported(json!({"pingInterval": "1s", "pingEnabled": false}), "pass").await;
+    let (cluster, _operator) = reported(
+        json!({"pingInterval": "1s", "pingEnabled": false}),
+        ControlStatus::Pass,
+    )
+    .await;
+    // Two intervals, and no reset (nothing to wait for: nothing must happen).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let control = cluster.control("sast").await;
     assert_eq!(status_of(&control), Some(ControlStatus::Pass));
@@ -200,22 +382,30 @@ async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
         .patch("sast", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let scheduled = wait_for(Duration::from_secs(5), || async {
+    let scheduled = wait_for(Duration::from_secs(10), || async {
         cluster.control("sast").await.status?.next_ping_time
     })
     .await
-    .expect("scheduled once enabled");
-    // One interval from then, plus the control's fixed spread (less than one more interval).
-    let ahead = scheduled.0.duration_since(enabled_at).as_secs_f64();
+    .expect("scheduled once enabled")
+    .0;
+    let seen_at = Timestamp::now();
+    // One interval from the reconcile that saw the change (after enabling, before it was read
+    // back), plus the control's fixed spread (less than one more interval).
+    let from_enabling = scheduled.duration_since(enabled_at).as_secs_f64();
     assert!(
-        (2.9..7.0).contains(&ahead),
-        "next reset {ahead} s after enabling"
+        from_enabling >= 3.0,
+        "next reset {from_enabling} s after enabling"
+    );
+    let from_seen = scheduled.duration_since(seen_at).as_secs_f64();
+    assert!(
+        from_seen < 6.0,
+        "next reset {from_seen} s after it was scheduled"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_change_reschedules_at_once() {
-    let (cluster, _operator) = reported(json!({"pingInterval": "1h"}), "pass").await;
+    let (cluster, _operator) = reported(json!({"pingInterval": "1h"}), ControlStatus::Pass).await;
 
     let patch = json!({"spec": {"pingInterval": "2s"}});
     cluster
@@ -223,8 +413,11 @@ async fn an_interval_change_reschedules_at_once() {
         .patch("sast", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let control = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(6)).await;
-    assert_eq!(control.status.unwrap().ping_interval.unwrap().0, "2s");
+    // Within the new interval and its spread of creation, not an hour later.
+    let control = wait_status(&cluster, ControlStatus::Pending, Duration::from_secs(10)).await;
+    let status = control.status.unwrap();
+    assert!(status.last_ping_time.is_some(), "{status:?}");
+    assert_eq!(status.ping_interval.unwrap().0, "2s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,36 +428,17 @@ async fn two_replicas_reset_once_per_due_time() {
     cluster.wait_ready_reason("sast", "Ready").await;
     report(&first, &token, "pass").await;
 
-    // Watch every change for three intervals (a watch misses none, unlike polling): each due
-    // time yields exactly one reset, i.e. one new lastPingTime.
-    let mut resets: Vec<Timestamp> = Vec::new();
-    let version = cluster
-        .control("sast")
-        .await
-        .metadata
-        .resource_version
-        .unwrap();
-    let params = kube::api::WatchParams::default().timeout(7);
-    let mut changes = cluster
-        .controls()
-        .watch(&params, &version)
-        .await
-        .unwrap()
-        .boxed();
-    while let Some(event) = changes.try_next().await.unwrap() {
-        let kube::api::WatchEvent::Modified(control) = event else {
-            continue;
-        };
-        let at = control.status.and_then(|s| s.last_ping_time).map(|t| t.0);
-        if let Some(at) = at.filter(|at| resets.last() != Some(at)) {
-            resets.push(at);
-        }
-    }
-    assert!(resets.len() >= 3, "resets seen: {resets:?}");
-    for pair in resets.windows(2) {
-        let gap = pair[1].duration_since(pair[0]).as_secs_f64();
-        assert!(gap > 1.5, "two resets {gap} s apart: {resets:?}");
-    }
+    // Every version over four resets: each due time yields exactly one reset, i.e. one new
+    // lastPingTime, stored with the next due time one interval on.
+    let start = cluster.control("sast").await;
+    let versions = Versions::after(&cluster, &start);
+    let resets = wait_for(Duration::from_secs(20), || async {
+        let resets = resets(&start, &versions.of("sast"));
+        (resets.len() >= 4).then_some(resets)
+    })
+    .await
+    .unwrap_or_else(|| panic!("four resets: {:?}", resets(&start, &versions.of("sast"))));
+    assert_one_reset_per_due_time(&resets, SignedDuration::from_secs(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,24 +446,32 @@ async fn an_accepted_ping_then_silence_times_out_to_fail() {
     let scratch = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(scratch.path(), 200).await;
     let ping = json!({"pingInterval": "4s", "pendingTimeout": "1s", "externalUrl": receiver.url});
-    let (cluster, _operator) = reported(ping, "pass").await;
+    let (cluster, _operator) = reported(ping, ControlStatus::Pass).await;
 
-    let failed = wait_status(&cluster, ControlStatus::Fail, Duration::from_secs(8)).await;
+    let failed = wait_status(&cluster, ControlStatus::Fail, Duration::from_secs(12)).await;
     let status = failed.status.unwrap();
-    assert_eq!(
-        status.last_ping.as_ref().and_then(|p| p.http_status),
-        Some(200)
-    );
+    let reset_at = time(status.last_ping_time.as_ref());
+    let outcome = status.last_ping.as_ref().expect("the ping's outcome");
+    assert_eq!((outcome.time.0, outcome.http_status), (reset_at, Some(200)));
+    let failed_at = time(status.last_update_time.as_ref());
+    let waited = failed_at.duration_since(reset_at).as_secs_f64();
+    assert!(waited >= 1.0, "failed {waited} s after the reset");
 
+    // The round that failed was pinged once (a reset before the report has its own ping).
     let pings = receiver.pings();
-    assert_eq!(pings.len(), 1, "{pings:?}");
-    let ping = &pings[0];
+    let this_round: Vec<_> = pings.iter().filter(|p| ping_time(p) == reset_at).collect();
+    assert_eq!(this_round.len(), 1, "{pings:?}");
+    let ping = this_round[0];
     assert_eq!(ping["valid"], true, "signature verified independently");
     assert_eq!(ping["content_type"], "application/json");
     assert_eq!(ping["body"]["project"]["id"], 42);
     assert_eq!(ping["body"]["control"]["id"], 7);
     assert_eq!(ping["body"]["control"]["status"], "pending");
     assert_eq!(ping["body"]["control"]["resource"], "sast");
+    assert_eq!(
+        ping["body"]["control"]["namespace"],
+        cluster.namespace.as_str()
+    );
 
     let notes = wait_for(Duration::from_secs(5), || async {
         let notes = cluster.event_notes("sast").await;
@@ -304,6 +486,39 @@ async fn an_accepted_ping_then_silence_times_out_to_fail() {
         "the timeout is an Event: {:?}",
         cluster.event_notes("sast").await
     );
+}
+
+/// For control `name`: waits for the outcome of a round (a `lastPing` of the reset in
+/// `lastPingTime`, never an earlier round's), and checks that round once its pending timeout
+/// (1 s) is 1 s past: still `pending`, that outcome kept. A round that ends before it could be
+/// checked (a slow machine) hands over to the next.
+async fn a_round_stays_pending(cluster: &Cluster, name: &str) -> extctl::crd::PingOutcome {
+    for _ in 0..3 {
+        let (reset_at, outcome) = wait_for(Duration::from_secs(10), || async {
+            let status = cluster.control(name).await.status?;
+            let reset_at = status.last_ping_time?.0;
+            let outcome = status.last_ping.filter(|o| o.time.0 == reset_at)?;
+            Some((reset_at, outcome))
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: no ping outcome recorded for its reset"));
+        assert!(!outcome.accepted(), "{name}: {outcome:?}");
+
+        // Past the pending timeout: nothing to wait for, nothing must happen.
+        sleep_until(reset_at + SignedDuration::from_secs(2)).await;
+        let status = cluster.control(name).await.status.unwrap();
+        if status.last_ping_time.as_ref().map(|t| t.0) != Some(reset_at) {
+            continue;
+        }
+        assert_eq!(
+            status.status,
+            Some(ControlStatus::Pending),
+            "{name}: {status:?}"
+        );
+        assert_eq!(status.last_ping.as_ref(), Some(&outcome), "{name}");
+        return outcome;
+    }
+    panic!("{name}: three rounds ended before each could be checked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,39 +542,16 @@ async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
             name,
             control,
             "sast-token",
-            json!({"pingInterval": "2s", "pendingTimeout": "1s", "externalUrl": url}),
+            json!({"pingInterval": "3s", "pendingTimeout": "1s", "externalUrl": url}),
         )
         .await;
     }
     let _operator = Operator::start(&cluster, &[]).await;
 
-    for name in ["five-hundred", "unreachable"] {
-        let outcome = wait_for(Duration::from_secs(6), || async {
-            cluster.control(name).await.status?.last_ping
-        })
-        .await
-        .unwrap_or_else(|| panic!("{name}: no ping outcome recorded"));
-        assert!(!outcome.accepted(), "{name}: {outcome:?}");
-        // Past the pending timeout, the status is still pending.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let status = cluster.control(name).await.status.unwrap();
-        assert_eq!(status.status, Some(ControlStatus::Pending), "{name}");
-    }
-    let five_hundred = cluster
-        .control("five-hundred")
-        .await
-        .status
-        .unwrap()
-        .last_ping
-        .unwrap();
+    let five_hundred = a_round_stays_pending(&cluster, "five-hundred").await;
     assert_eq!(five_hundred.http_status, Some(500));
-    let unreachable = cluster
-        .control("unreachable")
-        .await
-        .status
-        .unwrap()
-        .last_ping
-        .unwrap();
+    let unreachable = a_round_stays_pending(&cluster, "unreachable").await;
+    assert_eq!(unreachable.http_status, None);
     assert!(unreachable.error.is_some_and(|e| !e.is_empty()));
     assert!(receiver.pings().iter().all(|p| p["valid"] == true));
     for (name, why) in [
@@ -391,23 +583,37 @@ async fn two_replicas_send_one_ping_per_reset() {
         .await;
     let ping = json!({"pingInterval": "2s", "pendingTimeout": "1h", "externalUrl": receiver.url});
     create_pinged(&cluster, "sast", 7, "sast-token", ping).await;
+    // Every version from creation on: every reset either replica stores.
+    let start = cluster.control("sast").await;
+    let versions = Versions::after(&cluster, &start);
     let _first = Operator::start(&cluster, &[]).await;
     let _second = Operator::start(&cluster, &[]).await;
 
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let status = cluster.control("sast").await.status.unwrap();
-    let last_reset = time(status.last_ping_time.as_ref());
-    let created = cluster
-        .control("sast")
-        .await
-        .metadata
-        .creation_timestamp
-        .unwrap()
-        .0;
-    let resets = last_reset.duration_since(created).as_secs() / 2;
-    let pings = receiver.pings();
-    assert!(resets >= 2, "at least two resets in 7 s, got {resets}");
-    assert_eq!(pings.len() as i64, resets, "one ping per reset: {pings:?}");
+    let resets = wait_for(Duration::from_secs(20), || async {
+        let resets = resets(&start, &versions.of("sast"));
+        (resets.len() >= 3).then_some(resets)
+    })
+    .await
+    .unwrap_or_else(|| panic!("three resets: {:?}", resets(&start, &versions.of("sast"))));
+    assert_one_reset_per_due_time(&resets, SignedDuration::from_secs(2));
+    // Each reset's ping, sent after it was stored, arrives.
+    let reset_times: Vec<Timestamp> = resets.iter().map(|r| r.at).collect();
+    let pings = wait_for(Duration::from_secs(10), || async {
+        let pings = receiver.pings();
+        let times: Vec<_> = pings.iter().map(ping_time).collect();
+        reset_times
+            .iter()
+            .all(|at| times.contains(at))
+            .then_some(pings)
+    })
+    .await
+    .unwrap_or_else(|| panic!("a ping per reset {reset_times:?}: {:?}", receiver.pings()));
+    // Up to the last reset watched: one ping per reset, none for anything else.
+    let last = *reset_times.last().unwrap();
+    let mut pinged: Vec<Timestamp> = pings.iter().map(ping_time).filter(|t| *t <= last).collect();
+    pinged.sort();
+    assert_eq!(pinged, reset_times, "one ping per reset: {pings:?}");
+    assert!(pings.iter().all(|p| p["valid"] == true), "{pings:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,12 +624,18 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
     create_pinged(&cluster, "sast", 7, "missing", ping).await;
     let _operator = Operator::start(&cluster, &[]).await;
 
-    let outcome = wait_for(Duration::from_secs(6), || async {
+    let outcome = wait_for(Duration::from_secs(10), || async {
         cluster.control("sast").await.status?.last_ping
     })
     .await
     .expect("the reset happened and its (skipped) notification was recorded");
-    assert!(outcome.error.unwrap().contains("\"missing\" not found"));
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(r#""missing" not found"#)),
+        "{outcome:?}"
+    );
     let control = cluster.control("sast").await;
     assert!(
         control.status.as_ref().unwrap().last_ping_time.is_some(),
@@ -468,12 +680,16 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
         .patch_status("sast", &PatchParams::default(), &Patch::Merge(&reset))
         .await
         .unwrap();
+    // The store writes through the proxy, as `extctl run` does, so that a fault can be
+    // injected into its writes.
+    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
+    let client = support::apiserver::client_for(&kubeconfig).await;
     let (triggers, _) = futures::channel::mpsc::unbounded();
     let store = KubeStore {
-        client: cluster.client.clone(),
+        client: client.clone(),
         stores: watch::start(
-            cluster.client.clone(),
-            &Scope::Cluster,
+            client,
+            &Scope::Namespace(cluster.namespace.clone()),
             triggers,
             Duration::from_secs(60),
         )
@@ -509,6 +725,15 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
         .fail_next(1, Some(axum::http::Method::PATCH), "/sast/status", 422);
     let refused = store.write_last_ping(&control, &outcome(later)).await;
     assert!(refused.is_err(), "{refused:?}");
+    let patches = cluster.proxy.requests();
+    let patches: Vec<_> = patches
+        .iter()
+        .filter(|r| r.method == axum::http::Method::PATCH)
+        .map(|r| r.code)
+        .collect();
+    // The superseded outcome's failed test (the real server's 422), the recorded one, the
+    // injected refusal.
+    assert_eq!(patches, [422, 200, 422], "{:?}", cluster.proxy.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,12 +121,21 @@ impl Elector {
     /// One attempt to acquire or renew, and the step-down rule: another holder means stepping
     /// down at once; failing to reach the API server, only at the renew deadline.
     async fn round(&mut self) {
-        let now = Instant::now();
-        // Bounded, as client-go bounds each attempt: the client's own retries of a failing API
-        // server must not hold the step-down rule past the renew deadline.
-        let attempt = tokio::time::timeout(self.settings.timing.retry_period, self.try_hold());
+        let started = Instant::now();
+        let timing = self.settings.timing;
+        // A leader's attempt may take until its renew deadline, as client-go bounds renewal
+        // (a slow API server is not a lost Lease); a candidate's, up to a lease duration. The
+        // client's own retries of a failing server cannot hold the step-down rule past that.
+        let bound = match self.last_renewal {
+            Some(renewed) => timing
+                .renew_deadline
+                .saturating_sub(started.duration_since(renewed)),
+            None => timing.lease_duration,
+        };
+        let attempt = tokio::time::timeout(bound, self.try_hold());
         match attempt.await {
-            Ok(Ok(true)) => self.last_renewal = Some(now),
+            // Counted from the attempt's start: the write may have landed any time after it.
+            Ok(Ok(true)) => self.last_renewal = Some(started),
             Ok(Ok(false)) => self.last_renewal = None,
             Ok(Err(error)) => {
                 tracing::warn!(%error, lease = %self.settings.name, "reading or writing the Lease failed");
@@ -135,9 +144,10 @@ impl Elector {
                 tracing::warn!(lease = %self.settings.name, "the Lease could not be read or written in time");
             }
         }
-        let leading = self.last_renewal.is_some_and(|renewed| {
-            still_leading(now.duration_since(renewed), &self.settings.timing)
-        });
+        // Judged when the attempt is over, however long it took.
+        let leading = self
+            .last_renewal
+            .is_some_and(|renewed| still_leading(renewed.elapsed(), &timing));
         if !leading {
             self.last_renewal = None;
         }
