@@ -74,7 +74,8 @@ pub async fn verify_and_record<R: ControlRegistry>(
     };
     // The write runs to its end on a task of its own: a caller that stops waiting (the
     // request timeout) must not cut off what follows a write the store did accept, its Event,
-    // audit line and metric.
+    // audit line and metric. (The store starts no new attempt after the timeout, so a late
+    // retry never stores this report over a newer one.)
     let registry = Arc::clone(registry);
     let write = tokio::spawn(async move {
         let recorded = registry.record(&control, report).await?;

@@ -103,6 +103,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         stores.clone(),
         events.clone(),
         history.clone(),
+        settings.endpoint.request_timeout,
     ));
     let router = endpoint::router(registry, settings.endpoint);
     let header_timeout = settings.endpoint.request_timeout;

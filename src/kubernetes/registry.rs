@@ -26,6 +26,8 @@ pub struct KubeRegistry {
     stores: Stores,
     events: StatusEvents,
     history: HistoryPolicy,
+    /// The request timeout: no write is *started* after it has passed since the call came.
+    answer_within: std::time::Duration,
 }
 
 impl KubeRegistry {
@@ -35,12 +37,14 @@ impl KubeRegistry {
         stores: Stores,
         events: StatusEvents,
         history: HistoryPolicy,
+        answer_within: std::time::Duration,
     ) -> Self {
         Self {
             client,
             stores,
             events,
             history,
+            answer_within,
         }
     }
 
@@ -81,7 +85,14 @@ impl ControlRegistry for KubeRegistry {
         let name = control.name_any();
         // The control as last read after a conflict (the cached one until then, not copied).
         let mut reread: Option<ExternalControl> = None;
+        let deadline = std::time::Instant::now() + self.answer_within;
         for _ in 0..MAX_WRITE_ATTEMPTS {
+            // The write in flight when the caller stops waiting is finished (and told, if it
+            // was stored); a new attempt after that could store a report older than one sent
+            // since, so none is started.
+            if reread.is_some() && std::time::Instant::now() >= deadline {
+                return Err(Rejection::StoreTimeout);
+            }
             let current = reread.as_ref().unwrap_or(control);
             // Checked against the state the write is conditioned on: a nonce another replica
             // stored in between shows up here after the conflict.
