@@ -379,7 +379,9 @@ async fn without_create_on_leases_no_replica_leads() {
     assert_eq!(answer.code, 200, "{:?}", answer.body);
     let status = cluster.control(CONTROL).await.status.unwrap();
     assert_eq!(status.status, Some(ControlStatus::Pass));
-    assert!(status.conditions.is_empty(), "{status:?}");
+    // No reconcile (no Ready); the call's own write decided the gate.
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Compliant"], "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
