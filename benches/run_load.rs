@@ -77,8 +77,6 @@ use support::{
     create_controls_then, create_namespace, create_secret, setting, sleep_until, wait_ready,
 };
 
-static XFULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static XSTAT: std::sync::OnceLock<HashMap<String, Value>> = std::sync::OnceLock::new();
 const TOKEN: &str = "bench-token-value";
 /// Where the direct side's controls are: twins of the called controls (same spec, same
 /// status), in a namespace extctl does not serve, so that its reconciler does not answer
@@ -305,12 +303,6 @@ async fn copy_statuses(client: &kube::Client, count: u64) {
         .filter(|c| c.name_any().starts_with('c'))
         .collect();
     assert_eq!(called.len() as u64, count, "called controls listed");
-    let _ = XSTAT.set(
-        called
-            .iter()
-            .map(|c| (c.name_any(), serde_json::to_value(&c.status).unwrap()))
-            .collect(),
-    );
     futures::stream::iter(&called)
         .map(|control| {
             let twins = &twins;
@@ -464,15 +456,6 @@ async fn compare(
         let (rate, cpu) = with_cpu(&pids, measure_direct(target, &turn)).await;
         direct.push(rate);
         direct_cpu.add(cpu);
-        XFULL.store(true, Ordering::Relaxed);
-        let (rate, _) = with_cpu(&pids, measure_direct(target, &turn)).await;
-        XFULL.store(false, Ordering::Relaxed);
-        eprintln!(
-            "XDEBUG round {round}: extctl {:.0}/s direct {:.0}/s direct-full {:.0}/s",
-            extctl.last().unwrap().calls_per_second(),
-            direct.last().unwrap().calls_per_second(),
-            rate.calls_per_second()
-        );
     }
     let by_round: Vec<String> = (extctl.iter().zip(&direct))
         .map(|(e, d)| format!("{:.2}", e.calls_per_second() / d.calls_per_second()))
@@ -626,18 +609,10 @@ impl PatchWorker {
             }
             let call = DIRECT_PATCHES.fetch_add(1, Ordering::Relaxed);
             let control = self.controls.first + call % count;
-            let mut body = json!({"status": {
+            let body = json!({"status": {
                 "status": direct_status(call, count),
                 "lastUpdateTime": MicroTime(Timestamp::now()),
             }});
-            if XFULL.load(Ordering::Relaxed) {
-                let st = &XSTAT.get().unwrap()[&format!("c{control}")];
-                let mut nonces = st["recentNonces"].as_array().cloned().unwrap_or_default();
-                nonces.push(json!({"nonce": format!("{:032x}", call), "expiresAt": jiff::Timestamp::from_second(Timestamp::now().as_second() + 15).unwrap().to_string()}));
-                body["status"]["recentNonces"] = Value::Array(nonces);
-                body["status"]["conditions"] = st["conditions"].clone();
-                body["status"]["lastResultTime"] = json!(MicroTime(Timestamp::now()));
-            }
             let sent = self
                 .http
                 .patch(status_url(&self.base, control))
