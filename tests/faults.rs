@@ -98,6 +98,8 @@ async fn cluster_with_sast(args: &[&str]) -> (Cluster, Operator) {
     cluster.create_control("sast", 42, 7, "sast-token").await;
     let operator = Operator::start(&cluster, args).await;
     cluster.wait_ready_reason("sast", "Ready").await;
+    // The reconciler's own first writes are over before a test counts or breaks any.
+    settled(&cluster, "sast").await;
     (cluster, operator)
 }
 
@@ -328,7 +330,9 @@ async fn a_write_whose_answer_comes_too_late_is_never_answered_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
-    let (cluster, operator) = cluster_with_sast(&[]).await;
+    // 32 attempts, each a PATCH and a re-read, must fit in the request timeout on a busy
+    // machine: the limit is the attempts, not the time.
+    let (cluster, operator) = cluster_with_sast(&["--request-timeout", "60s"]).await;
     let faults = cluster.proxy.faults();
     let path = status_path(&cluster.namespace, "sast");
 

@@ -8,20 +8,19 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use extctl::crd::{ControlStatus, ExternalControl};
-use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::apiserver::RequestRecord;
 use support::scrape::Scrape;
+use support::versions::Versions;
 use support::{ADMIN_TOKEN, Cluster, Dev, Operator, PingReceiver, Proxy, TOKEN, checker, wait_for};
 
 fn report_args<'a>(token_file: &'a str, status: &'a str) -> [&'a str; 8] {
@@ -633,73 +632,6 @@ async fn every_change_is_kept_in_status_history_and_logged_as_one_audit_line() {
     }
     assert!(!operator.logs().contains(TOKEN), "a token reached the logs");
     operator.stop().await;
-}
-
-/// Every version of the namespace's controls after a resourceVersion, in order, as the API
-/// server's watch delivers them (it misses none). Watching stops when dropped.
-struct Versions {
-    seen: Arc<Mutex<Vec<ExternalControl>>>,
-    failed: Arc<Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Versions {
-    fn after(cluster: &Cluster, mut version: String) -> Self {
-        let api = cluster.controls();
-        let seen: Arc<Mutex<Vec<ExternalControl>>> = Arc::default();
-        let failed: Arc<Mutex<Option<String>>> = Arc::default();
-        let (seen_by_task, failed_by_task) = (seen.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let record = |error: String| *failed_by_task.lock().unwrap() = Some(error);
-            // The server ends a watch after its timeout; it is resumed where it ended.
-            loop {
-                let params = WatchParams::default().timeout(60);
-                let mut stream = match api.watch(&params, &version).await {
-                    Ok(stream) => stream.boxed(),
-                    Err(error) => return record(format!("watching from {version}: {error}")),
-                };
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(
-                            WatchEvent::Added(control)
-                            | WatchEvent::Modified(control)
-                            | WatchEvent::Deleted(control),
-                        )) => {
-                            version = control.resource_version().unwrap_or(version);
-                            seen_by_task.lock().unwrap().push(control);
-                        }
-                        Ok(Some(WatchEvent::Bookmark(bookmark))) => {
-                            version = bookmark.metadata.resource_version;
-                        }
-                        Ok(Some(WatchEvent::Error(status))) => {
-                            return record(format!("the watch failed: {status:?}"));
-                        }
-                        Ok(None) => break,
-                        Err(error) => return record(format!("the watch failed: {error}")),
-                    }
-                }
-            }
-        });
-        Self { seen, failed, task }
-    }
-
-    /// The versions of control `name` seen so far, oldest first.
-    fn of(&self, name: &str) -> Vec<ExternalControl> {
-        if let Some(error) = self.failed.lock().unwrap().as_ref() {
-            panic!("{error}");
-        }
-        let seen = self.seen.lock().unwrap();
-        let mine = seen
-            .iter()
-            .filter(|c| c.metadata.name.as_deref() == Some(name));
-        mine.cloned().collect()
-    }
-}
-
-impl Drop for Versions {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// What one stored version of a control did, judged against the version before it.

@@ -5,15 +5,14 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use extctl::crd::{ControlStatus, ExternalControl};
-use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
+use support::versions::Versions;
 use support::{Cluster, Operator, PingReceiver as Receiver, TOKEN, checker, wait_for};
 
 /// Creates a control of project 42 with `ping` settings merged into its spec.
@@ -102,77 +101,6 @@ async fn sleep_until(at: Timestamp) {
     tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
 }
 
-/// Every version of the namespace's controls after a resourceVersion, in order, as the API
-/// server's watch delivers them: unlike polling, it misses no change. Watching stops when
-/// dropped.
-struct Versions {
-    seen: Arc<Mutex<Vec<ExternalControl>>>,
-    failed: Arc<Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Versions {
-    /// Watches the controls of the cluster's namespace from `control`'s resourceVersion on.
-    fn after(cluster: &Cluster, control: &ExternalControl) -> Self {
-        let api = cluster.controls();
-        let mut version = control.resource_version().expect("a stored control");
-        let seen: Arc<Mutex<Vec<ExternalControl>>> = Arc::default();
-        let failed: Arc<Mutex<Option<String>>> = Arc::default();
-        let (seen_by_task, failed_by_task) = (seen.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let record = |error: String| *failed_by_task.lock().unwrap() = Some(error);
-            // The server ends a watch after its timeout; it is resumed where it ended.
-            loop {
-                let params = WatchParams::default().timeout(60);
-                let stream = match api.watch(&params, &version).await {
-                    Ok(stream) => stream,
-                    Err(error) => return record(format!("watching from {version}: {error}")),
-                };
-                let mut stream = stream.boxed();
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(
-                            WatchEvent::Added(control)
-                            | WatchEvent::Modified(control)
-                            | WatchEvent::Deleted(control),
-                        )) => {
-                            version = control.resource_version().unwrap_or(version);
-                            seen_by_task.lock().unwrap().push(control);
-                        }
-                        Ok(Some(WatchEvent::Bookmark(bookmark))) => {
-                            version = bookmark.metadata.resource_version;
-                        }
-                        Ok(Some(WatchEvent::Error(status))) => {
-                            return record(format!("the watch failed: {status:?}"));
-                        }
-                        Ok(None) => break,
-                        Err(error) => return record(format!("the watch failed: {error}")),
-                    }
-                }
-            }
-        });
-        Self { seen, failed, task }
-    }
-
-    /// The versions of control `name` seen so far, oldest first.
-    fn of(&self, name: &str) -> Vec<ExternalControl> {
-        if let Some(error) = self.failed.lock().unwrap().as_ref() {
-            panic!("{error}");
-        }
-        let seen = self.seen.lock().unwrap();
-        let mine = seen
-            .iter()
-            .filter(|c| c.meta().name.as_deref() == Some(name));
-        mine.cloned().collect()
-    }
-}
-
-impl Drop for Versions {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// One reset, as stored: when it happened (`lastPingTime`) and the due time of the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reset {
@@ -233,7 +161,10 @@ async fn a_pinged_control_is_reset_on_time_and_the_change_is_an_event() {
     let operator = Operator::start(&cluster, &[]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     let start = cluster.control("sast").await;
-    let versions = Versions::after(&cluster, &start);
+    let versions = Versions::after(
+        &cluster,
+        start.resource_version().expect("a stored control"),
+    );
     report(&operator, &token, "pass").await;
 
     // The reset that follows the report, and the due time stored just before it.
@@ -334,7 +265,10 @@ async fn a_report_stored_after_the_due_time_is_not_overwritten() {
 
     // Every version written from now on: the first that moves the schedule on is the
     // reconciler's decision about the missed due time.
-    let versions = Versions::after(&cluster, &patched);
+    let versions = Versions::after(
+        &cluster,
+        patched.resource_version().expect("a stored control"),
+    );
     let _operator = Operator::start(&cluster, &[]).await;
     let rescheduled = wait_for(Duration::from_secs(10), || async {
         let versions = versions.of("sast");
@@ -431,7 +365,10 @@ async fn two_replicas_reset_once_per_due_time() {
     // Every version over four resets: each due time yields exactly one reset, i.e. one new
     // lastPingTime, stored with the next due time one interval on.
     let start = cluster.control("sast").await;
-    let versions = Versions::after(&cluster, &start);
+    let versions = Versions::after(
+        &cluster,
+        start.resource_version().expect("a stored control"),
+    );
     let resets = wait_for(Duration::from_secs(20), || async {
         let resets = resets(&start, &versions.of("sast"));
         (resets.len() >= 4).then_some(resets)
@@ -585,7 +522,10 @@ async fn two_replicas_send_one_ping_per_reset() {
     create_pinged(&cluster, "sast", 7, "sast-token", ping).await;
     // Every version from creation on: every reset either replica stores.
     let start = cluster.control("sast").await;
-    let versions = Versions::after(&cluster, &start);
+    let versions = Versions::after(
+        &cluster,
+        start.resource_version().expect("a stored control"),
+    );
     let _first = Operator::start(&cluster, &[]).await;
     let _second = Operator::start(&cluster, &[]).await;
 
