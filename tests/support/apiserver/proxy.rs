@@ -363,9 +363,11 @@ async fn forward(State(upstream): State<Arc<Upstream>>, request: Request) -> Res
         tokio::time::sleep(delay).await;
     }
     let response = if let Some(code) = faults.injected_failure(&method, &target) {
-        status_error(code, format!("injected failure ({code})"))
+        injected_error(code, &path)
     } else if faults.expired(&method, &path, &query) {
-        expired_watch()
+        let auth = request.headers().get("authorization").cloned();
+        let current = current_version(&upstream, auth, &path).await;
+        expired_watch(&query, current.as_deref().unwrap_or("0"))
     } else {
         match send(&upstream, request, &target).await {
             Ok(response) => response,
@@ -434,6 +436,10 @@ async fn send(upstream: &Upstream, request: Request, target: &str) -> Result<Res
 
 /// An error `Status` with the reason the real server gives `code`.
 fn status_error(code: u16, message: String) -> Response {
+    status_response(code, message, None)
+}
+
+fn status_response(code: u16, message: String, details: Option<serde_json::Value>) -> Response {
     let reason = match code {
         400 => "BadRequest",
         401 => "Unauthorized",
@@ -448,10 +454,13 @@ fn status_error(code: u16, message: String) -> Response {
         504 => "Timeout",
         _ => "Unknown",
     };
-    let status = json!({
+    let mut status = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code,
     });
+    if let Some(details) = details {
+        status["details"] = details;
+    }
     let code = StatusCode::from_u16(code).expect("a valid code");
     let mut response = (code, axum::Json(status)).into_response();
     if code == StatusCode::TOO_MANY_REQUESTS || code == StatusCode::SERVICE_UNAVAILABLE {
@@ -463,13 +472,73 @@ fn status_error(code: u16, message: String) -> Response {
     response
 }
 
-/// What the server streams to a watch whose resourceVersion was compacted away.
-fn expired_watch() -> Response {
+/// An injected refusal. A conflict on an object is worded as kube-apiserver words it, with its
+/// `details` (recorded: `../shared/fixtures/kube-apiserver/v1.36/05-status-stale-rv.json`,
+/// compared by `tests/proxy.rs`). No fixture records the server's own 500, 503, 429 or an
+/// injected 422 for these paths: those keep the real reason for their code and say plainly
+/// that they were injected (extctl reads only the code, and passes the message on).
+fn injected_error(code: u16, path: &str) -> Response {
+    match (code, object_of(path)) {
+        (409, Some((group, plural, name))) => {
+            let resource = if group.is_empty() {
+                plural.to_owned()
+            } else {
+                format!("{plural}.{group}")
+            };
+            let message = format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been \
+                 modified; please apply your changes to the latest version and try again"
+            );
+            let details = json!({"name": name, "group": group, "kind": plural});
+            status_response(code, message, Some(details))
+        }
+        _ => status_error(code, format!("injected failure ({code})")),
+    }
+}
+
+/// `(group, plural, name)` of an object path (`/api/v1/namespaces/NS/PLURAL/NAME[/SUB]` or
+/// `/apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME[/SUB]`).
+fn object_of(path: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", _, "namespaces", _, plural, name, ..] => Some(("", plural, name)),
+        ["apis", group, _, "namespaces", _, plural, name, ..] => Some((group, plural, name)),
+        _ => None,
+    }
+}
+
+/// The collection's current resourceVersion, asked of the server with the client's own
+/// credentials (for the message of an expired watch).
+async fn current_version(
+    upstream: &Upstream,
+    auth: Option<axum::http::HeaderValue>,
+    path: &str,
+) -> Option<String> {
+    let mut asking = upstream
+        .http
+        .get(format!("{}{path}?limit=1", upstream.base));
+    if let Some(auth) = auth {
+        asking = asking.header("authorization", auth);
+    }
+    let list: serde_json::Value = asking.send().await.ok()?.json().await.ok()?;
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// What the server streams to a watch whose resourceVersion was compacted away (recorded:
+/// `../shared/fixtures/kube-apiserver/v1.36/15-list-watch.json`, compared by `tests/proxy.rs`):
+/// one ERROR event, then the end of the stream.
+fn expired_watch(query: &str, current: &str) -> Response {
+    let requested = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("resourceVersion="))
+        .unwrap_or_default();
     let event = json!({
         "type": "ERROR",
         "object": {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "too old resource version: compacted by the test proxy",
+            "message": format!("too old resource version: {requested} ({current})"),
             "reason": "Expired", "code": 410,
         }
     });
