@@ -105,18 +105,8 @@ fn start() -> Server {
     )
     .expect("writing the token file");
 
-    let [etcd_client, etcd_peer, secure] = [free_port(), free_port(), free_port()];
-    let etcd_url = format!("http://127.0.0.1:{etcd_client}");
-    let mut etcd_command = Command::new(etcd);
-    etcd_command
-        .arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &etcd_url])
-        .args([
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{etcd_peer}"),
-        ]);
-    let etcd_exit = keep(etcd_command, &dir.join("etcd.log"));
+    let (etcd_url, etcd_exit) = start_etcd(&etcd, &dir);
+    let secure = free_port();
 
     let mut apiserver = Command::new(kube_apiserver);
     apiserver
@@ -172,7 +162,7 @@ async fn become_ready(server: &Server, exits: &[Exit]) {
         }
         let exited = exits.iter().find_map(|exit| exit.lock().unwrap().clone());
         if exited.is_some() || Instant::now() > deadline {
-            let logs: Vec<String> = ["etcd.log", "kube-apiserver.log"]
+            let logs: Vec<String> = ["kube-apiserver.log"]
                 .iter()
                 .map(|name| format!("{name}:\n{}", log_tail(&server.dir.join(name))))
                 .collect();
@@ -279,6 +269,34 @@ fn write_pki(dir: &Path) -> String {
     write("sa.key", &service_accounts.serialize_pem());
     write("sa.pub", &service_accounts.public_key_pem());
     ca.pem()
+}
+
+/// etcd on free loopback ports, once it accepts connections. A port found free can be taken
+/// before etcd binds it (by any process's outgoing connection): then etcd exits at once, and
+/// is started again on other ports.
+fn start_etcd(etcd: &Path, dir: &Path) -> (String, Exit) {
+    for attempt in 0..5 {
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let mut command = Command::new(etcd);
+        command
+            .arg("--data-dir")
+            .arg(dir.join(format!("etcd-{attempt}")))
+            .args(["--listen-client-urls", &url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")]);
+        let exit = keep(command, &dir.join(format!("etcd-{attempt}.log")));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline && exit.lock().unwrap().is_none() {
+            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                return (url, exit);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!(
+        "etcd did not start in 5 attempts: see {}",
+        dir.join("etcd-4.log").display()
+    );
 }
 
 /// A port free on 127.0.0.1 now (bound, then released for the server to bind).
