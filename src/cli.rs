@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::core::destinations::{DestinationPolicy, Rule};
 use crate::core::duration;
 use crate::core::freshness::TimestampWindow;
 use crate::core::lease::Timing;
+use crate::core::retry::RetryPolicy;
 use crate::dev::{ControlIds, DevSettings};
 use crate::endpoint::EndpointConfig;
 use crate::kubernetes::watch::Scope;
 use crate::kubernetes::{Election, RunSettings};
+use crate::outbound::OutboundSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,12 +190,60 @@ pub struct CommonArgs {
     #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
-    /// Time a ping to a control's externalUrl may take, connection included.
+    /// Time one attempt of an outbound call (a ping to externalUrl, a spec.notify
+    /// notification) may take, connection included.
     #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub ping_timeout: Duration,
+
+    /// Retries of an outbound call after a network error or a 5xx answer (never after a 4xx
+    /// answer or a refused destination).
+    #[arg(long, env = "EXTCTL_OUTBOUND_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub outbound_retries: u32,
+
+    /// The first retry waits a random part of this; each further retry doubles the bound, up
+    /// to 30s.
+    #[arg(long, env = "EXTCTL_OUTBOUND_BACKOFF", default_value = "1s", value_parser = parse_positive_duration)]
+    pub outbound_backoff: Duration,
+
+    /// Networks or addresses outbound calls must never connect to: CIDRs (10.0.0.0/8), IP
+    /// addresses, or address:port (10.96.0.1:443). Repeat the flag or separate by commas.
+    #[arg(
+        long,
+        env = "EXTCTL_OUTBOUND_DENY",
+        value_name = "CIDR|IP|IP:PORT",
+        value_delimiter = ','
+    )]
+    pub outbound_deny: Vec<Rule>,
+
+    /// If given, the only networks or addresses outbound calls may connect to (--outbound-deny
+    /// still applies). Listing one opens it even when built in as refused: link-local and
+    /// cloud metadata addresses and the Kubernetes API server are refused by default.
+    #[arg(
+        long,
+        env = "EXTCTL_OUTBOUND_ALLOW",
+        value_name = "CIDR|IP|IP:PORT",
+        value_delimiter = ','
+    )]
+    pub outbound_allow: Vec<Rule>,
 }
 
 impl CommonArgs {
+    pub fn outbound(&self) -> OutboundSettings {
+        OutboundSettings {
+            timeout: self.ping_timeout,
+            retry: RetryPolicy {
+                retries: self.outbound_retries,
+                base: self.outbound_backoff,
+                ..RetryPolicy::default()
+            },
+            destinations: DestinationPolicy {
+                deny: self.outbound_deny.clone(),
+                allow: self.outbound_allow.clone(),
+                api_server: Vec::new(),
+            },
+        }
+    }
+
     pub fn endpoint(&self) -> EndpointConfig {
         EndpointConfig {
             window: TimestampWindow {
@@ -215,7 +266,7 @@ impl RunArgs {
                 .map_or(Scope::Cluster, Scope::Namespace),
             endpoint: self.common.endpoint(),
             instance: self.instance.clone(),
-            ping_timeout: self.common.ping_timeout,
+            outbound: self.common.outbound(),
             secret_ttl: self.secret_ttl,
             reconcile_concurrency: self.reconcile_concurrency,
             metrics_listen: self.metrics_listen,
@@ -274,7 +325,7 @@ impl DevArgs {
             token_file: self.token_file.clone(),
             json: self.json,
             endpoint: self.common.endpoint(),
-            ping_timeout: self.common.ping_timeout,
+            outbound: self.common.outbound(),
         }
     }
 }

@@ -82,6 +82,81 @@ pub struct ExternalControlSpec {
     /// How the `Compliant` condition, which deploys are gated on, treats a re-check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSpec>,
+
+    /// The Secret, in the control's namespace, holding the PEM CA bundle that `externalUrl`'s
+    /// certificate is verified with, in addition to the system's roots (for a checker with an
+    /// internal CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaBundleRef>,
+
+    /// Where to send a signed POST when the control's status changes (Standard Webhooks, or a
+    /// Flux `generic-hmac` Receiver).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"], "maxItems" = MAX_NOTIFY_TARGETS))]
+    pub notify: Vec<NotifyTarget>,
+}
+
+/// The most notification targets a control may have (the CRD's `maxItems`).
+pub const MAX_NOTIFY_TARGETS: usize = 8;
+
+/// A receiver of status-change notifications.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifyTarget {
+    /// Names the target among the control's, and its entry in `status.notifications`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Where the POST goes.
+    #[schemars(length(max = 1024), regex(pattern = r"^https?://"))]
+    pub url: String,
+
+    /// How the POST is signed: `standardWebhooks` (default) or `fluxGenericHmac`.
+    #[serde(default)]
+    pub format: NotifyFormat,
+
+    /// The Secret, in the control's namespace, with the signing secret: for Standard Webhooks
+    /// a base64 secret (`whsec_...`; with `previousToken` during a rotation, both sign), for
+    /// Flux the Receiver's `token`.
+    pub secret_ref: SecretKeyRef,
+
+    /// The statuses whose arrival is told (default: `pass`, `fail` and `not_applicable`; add
+    /// `pending` to hear of every reset too).
+    #[serde(default = "default_notify_statuses")]
+    #[schemars(length(min = 1, max = 4))]
+    pub statuses: Vec<ControlStatus>,
+
+    /// A PEM CA bundle for `url`'s certificate, in addition to the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaBundleRef>,
+}
+
+/// How a notification is signed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum NotifyFormat {
+    /// `webhook-id`, `webhook-timestamp` and `webhook-signature` (standardwebhooks.com).
+    #[default]
+    StandardWebhooks,
+    /// `X-Signature: sha256=<hex>`, as a Flux `Receiver` of type `generic-hmac` verifies it.
+    FluxGenericHmac,
+}
+
+/// Reference to a PEM CA bundle in a Secret of the control's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key holding the PEM certificates.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 /// Gating deploys on the control (the `Compliant` condition).
@@ -241,6 +316,48 @@ pub struct ExternalControlStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("maxItems" = MAX_HISTORY))]
     pub history: Vec<StatusChangeRecord>,
+
+    /// Per `spec.notify` target: the last change told (or given up on) and how it went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"], "maxItems" = MAX_NOTIFY_TARGETS))]
+    pub notifications: Vec<NotificationStatus>,
+}
+
+/// Where a notification target stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    /// The target's name in `spec.notify`.
+    pub name: String,
+    /// Changes in `status.history` stored after this time are still to be told.
+    pub since: MicroTime,
+    /// The last delivery, once one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<DeliveryOutcome>,
+}
+
+/// How the delivery of one change ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryOutcome {
+    /// The `webhook-id` sent (the same on every attempt).
+    pub webhook_id: String,
+    /// The status the change was to.
+    pub to: ControlStatus,
+    /// When it ended.
+    pub time: MicroTime,
+    /// Whether the receiver accepted it (2xx).
+    pub delivered: bool,
+    /// Attempts made, retries included.
+    #[schemars(schema_with = "attempts_schema")]
+    pub attempts: u32,
+    /// The receiver's last HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "http_status_schema")]
+    pub http_status: Option<u16>,
+    /// Why the last attempt got no answer, or why none was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One stored change of a control's status.
@@ -279,9 +396,14 @@ pub struct PingOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "http_status_schema")]
     pub http_status: Option<u16>,
-    /// Why no answer was received (network failure, timeout, no signing token).
+    /// Why no answer was received (network failure, timeout, no signing token, a destination
+    /// refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Attempts made, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "attempts_schema")]
+    pub attempts: Option<u32>,
 }
 
 impl PingOutcome {
@@ -359,6 +481,17 @@ fn http_status_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A count of attempts, as a Kubernetes-known integer format (not schemars' `uint32`).
+fn attempts_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0,
+        "maximum": 100,
+        "description": "Attempts made, retries included."
+    })
+}
+
 fn default_ping_enabled() -> bool {
     true
 }
@@ -373,6 +506,18 @@ fn default_pending_timeout() -> DurationString {
 
 fn default_secret_key() -> String {
     "token".into()
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+fn default_notify_statuses() -> Vec<ControlStatus> {
+    vec![
+        ControlStatus::Pass,
+        ControlStatus::Fail,
+        ControlStatus::NotApplicable,
+    ]
 }
 
 /// `namespace/name`, as people write it.

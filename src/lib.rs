@@ -5,7 +5,7 @@
 //! - [`registry`]: what the endpoint needs from a control store, whatever backs it;
 //! - [`reconciler`]: initialising, pinging and timing out controls, whatever stores them;
 //! - [`metrics`]: the Prometheus metrics every part records, and `/metrics`;
-//! - [`notify`]: the outbound ping over HTTP;
+//! - [`outbound`]: outbound calls (pings, notifications): destination rules, CA bundles, retries;
 //! - [`endpoint`]: the GitLab-compatible HTTP endpoint (axum);
 //! - [`kubernetes`]: the Kubernetes adapters (reflectors, status writes, events, reconciler);
 //! - [`dev`]: the same endpoint and reconciler on an in-memory store, without a cluster;
@@ -20,7 +20,7 @@ pub mod dev;
 pub mod endpoint;
 pub mod kubernetes;
 pub mod metrics;
-pub mod notify;
+pub mod outbound;
 pub mod reconciler;
 pub mod registry;
 pub mod shutdown;

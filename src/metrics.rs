@@ -91,6 +91,32 @@ impl PingResult {
     }
 }
 
+/// What happened to a status-change notification (`spec.notify`), after its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The receiver answered, but not 2xx.
+    Refused,
+    /// No answer: connection failure, timeout, or a destination refused by the rules.
+    Failed,
+    /// Not sent: the target's Secret or CA bundle is unusable.
+    Skipped,
+}
+
+impl DeliveryResult {
+    const ALL: [Self; 4] = [Self::Delivered, Self::Refused, Self::Failed, Self::Skipped];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 /// Every `result` of `extctl_status_calls_total`: `stored`, each refusal's label, and
 /// `bad_request` for a request that could not be read.
 const STATUS_CALL_RESULTS: [&str; 15] = [
@@ -139,6 +165,7 @@ pub struct Metrics {
     controls: Family<StatusLabels, Gauge>,
     controls_ready: Family<ReadyLabels, Gauge>,
     pings: Family<OutcomeLabel, Counter>,
+    deliveries: Family<OutcomeLabel, Counter>,
     resets: Counter,
     reset_lateness: Histogram,
     kube_requests: Family<RequestLabels, Counter>,
@@ -172,6 +199,7 @@ impl Metrics {
             controls: Family::default(),
             controls_ready: Family::default(),
             pings: Family::default(),
+            deliveries: Family::default(),
             resets: Counter::default(),
             // 10 ms to about 40 min: a reset is late by its wait for a reconcile slot, or by
             // the time no replica was reconciling.
@@ -203,6 +231,11 @@ impl Metrics {
         ] {
             let outcome = result.label();
             self.pings.get_or_create_owned(&OutcomeLabel { outcome });
+        }
+        for result in DeliveryResult::ALL {
+            let outcome = result.label();
+            self.deliveries
+                .get_or_create_owned(&OutcomeLabel { outcome });
         }
         for (cause, from, to) in transitions() {
             self.transitions
@@ -253,6 +286,11 @@ impl Metrics {
             "pings",
             "Notifications to checkers after a reset, by outcome",
             self.pings.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Status-change notifications to spec.notify targets, by outcome after retries",
+            self.deliveries.clone(),
         );
         registry.register(
             "resets",
@@ -323,6 +361,13 @@ impl Metrics {
             outcome: result.label(),
         };
         self.pings.get_or_create(&labels).inc();
+    }
+
+    pub fn delivery(&self, result: DeliveryResult) {
+        let labels = OutcomeLabel {
+            outcome: result.label(),
+        };
+        self.deliveries.get_or_create(&labels).inc();
     }
 
     /// A Kubernetes API request answered with `code` (`None`: no answer).

@@ -1,32 +1,39 @@
 //! The reconciler's logic, whatever stores the controls: keeps each control's status initialised
 //! (`pending`), its `Ready` condition current, `observedGeneration` current, resets pinged
 //! controls to `pending` when due, notifies the checker, and fails a notified control that stays
-//! `pending` past its `pendingTimeout`.
+//! `pending` past its `pendingTimeout`, and tells `spec.notify` targets of status changes.
 //!
 //! `extctl run` drives it from kube-rs's `Controller` with a [`ControlStore`] on the Kubernetes
 //! API; `extctl dev` drives it from a timer loop with an in-memory store. The decisions are made
 //! here once, on top of the pure rules in [`crate::core`].
 
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
 use crate::core::compliance::{Compliance, GateFacts};
 use crate::core::history::HistoryPolicy;
+use crate::core::notify;
 use crate::core::ping::{self, PingSubject};
 use crate::core::readiness::{READY, Readiness};
 use crate::core::report::{Cause, StatusChange, current_status};
 use crate::core::schedule::{self, PingFacts, PingPlan};
 use crate::core::signature;
 use crate::core::tokens::SigningTokens;
+use crate::core::webhooks::{self, ChangeData};
 use crate::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, REQUESTED_AT_ANNOTATION,
-    StatusChangeRecord, qualified_name,
+    CaBundleRef, ControlStatus, DeliveryOutcome, ExternalControl, ExternalControlStatus,
+    NotificationStatus, NotifyTarget, PingOutcome, REQUESTED_AT_ANNOTATION, StatusChangeRecord,
+    qualified_name,
 };
-use crate::metrics::{PingResult, metrics};
-use crate::notify::{Notifier, shown_url};
+use crate::metrics::{DeliveryResult, PingResult, metrics};
+use crate::outbound::{Outbound, Post, shown_url};
 
 /// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.
 /// Telling must not fail the write it reports (the status is already stored).
@@ -75,6 +82,25 @@ pub trait ControlStore: Send + Sync + 'static {
         control: &ExternalControl,
         outcome: &PingOutcome,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The data of a Secret in the control's namespace (`None`: it does not exist), or why it
+    /// could not be read.
+    fn secret_data(
+        &self,
+        control: &ExternalControl,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, ByteString>>, String>> + Send;
+
+    /// Replaces `status.notifications[index]` with `entry`, if it still is the entry for
+    /// `entry.name` with the cursor `since`; `Ok(false)` when it is not (another sender moved
+    /// it, or the targets changed), and nothing is written.
+    fn write_notification(
+        &self,
+        control: &ExternalControl,
+        index: usize,
+        since: &MicroTime,
+        entry: &NotificationStatus,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 }
 
 /// What a reconcile did and leaves to do.
@@ -84,7 +110,23 @@ pub struct Reconciled {
     pub wake: Option<Timestamp>,
     /// The notification owed to the checker for the reset just carried out.
     pub ping: Option<Ping>,
+    /// Status changes to tell `spec.notify` targets, one delivery per target.
+    pub deliveries: Vec<Delivery>,
 }
+
+/// The changes to tell one target, oldest first, and where its entry stands.
+#[derive(Debug)]
+pub struct Delivery {
+    control: ExternalControl,
+    target: NotifyTarget,
+    index: usize,
+    since: MicroTime,
+    changes: Vec<StatusChangeRecord>,
+}
+
+/// How soon a control whose target is still being delivered to is looked at again, for the
+/// changes stored meanwhile.
+const DELIVERY_RECHECK: Duration = Duration::from_secs(1);
 
 /// A notification to send: the control as reset, and when.
 #[derive(Debug)]
@@ -96,16 +138,28 @@ pub struct Ping {
 /// The status a control reports before anyone has written it.
 pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
 
-/// The reconciler: its store, where it tells what happened, how it pings, and what history
-/// it keeps.
+/// The reconciler: its store, where it tells what happened, how it calls out, and what
+/// history it keeps.
 pub struct Reconciler<S, J> {
     pub store: S,
     pub journal: J,
-    pub notifier: Notifier,
-    pub history: HistoryPolicy,
+    outbound: Outbound,
+    history: HistoryPolicy,
+    /// The (control uid, target) pairs being delivered to: one delivery per target at a time.
+    delivering: Mutex<HashSet<(String, String)>>,
 }
 
 impl<S: ControlStore, J: Journal> Reconciler<S, J> {
+    pub fn new(store: S, journal: J, outbound: Outbound, history: HistoryPolicy) -> Self {
+        Self {
+            store,
+            journal,
+            outbound,
+            history,
+            delivering: Mutex::default(),
+        }
+    }
+
     /// Brings `control` up to date as of `now`; returns when it next needs a look (a reset or
     /// a pending timeout falling due; `None` when only a change to it can matter), and the
     /// notification owed to its checker after a reset this call carried out. The caller sends
@@ -157,8 +211,15 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             .and_then(|cause| StatusChange::between(cause, from, to))
             .map(|change| self.history.record(change, now));
         if let Some(record) = &record {
-            desired.history = self.history.appended(&current.history, record);
+            let history = self.history.for_control(control);
+            desired.history = history.appended(&current.history, record);
         }
+        desired.notifications = notify::entries(
+            &control.spec.notify,
+            &current.notifications,
+            &desired.history,
+            now,
+        );
         let mut ping = None;
         if desired != current {
             self.store.write_status(control, &desired).await?;
@@ -184,16 +245,54 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             .then(|| self.store.recheck_not_ready())
             .flatten()
             .and_then(|after| now.checked_add(after).ok());
+        let (deliveries, busy) = self.due_deliveries(control, &desired);
         let wake = [
             plan.next(),
             deadline.filter(|d| *d > now),
             recheck,
             gate_expires,
+            busy.then(|| now.checked_add(DELIVERY_RECHECK).ok())
+                .flatten(),
         ];
         Ok(Reconciled {
             wake: wake.into_iter().flatten().min(),
             ping,
+            deliveries,
         })
+    }
+
+    /// The deliveries to start for the changes in `status` (as stored), and whether any target
+    /// had changes due but was still being delivered to.
+    fn due_deliveries(
+        &self,
+        control: &ExternalControl,
+        status: &ExternalControlStatus,
+    ) -> (Vec<Delivery>, bool) {
+        let uid = control.metadata.uid.clone().unwrap_or_default();
+        let mut delivering = lock(&self.delivering);
+        let mut busy = false;
+        let mut deliveries = Vec::new();
+        for (index, entry) in status.notifications.iter().enumerate() {
+            let Some(target) = control.spec.notify.iter().find(|t| t.name == entry.name) else {
+                continue;
+            };
+            let changes = notify::due(target, entry, &status.history);
+            if changes.is_empty() {
+                continue;
+            }
+            if !delivering.insert((uid.clone(), target.name.clone())) {
+                busy = true;
+                continue;
+            }
+            deliveries.push(Delivery {
+                control: control.clone(),
+                target: target.clone(),
+                index,
+                since: entry.since.clone(),
+                changes: changes.into_iter().cloned().collect(),
+            });
+        }
+        (deliveries, busy)
     }
 
     /// Notifies the checker after a reset and records the outcome in `status.lastPing`.
@@ -214,6 +313,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                     time: MicroTime(reset_at),
                     http_status: None,
                     error: Some(why),
+                    attempts: Some(0),
                 }
             }
             Ok(tokens) => {
@@ -228,26 +328,223 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                 };
                 let body = ping::payload(&subject, reset_at);
                 let signature = signature::sign(tokens.current(), &body);
-                let answer = self.notifier.ping(url, body, signature).await;
+                let sent = match self
+                    .ca_bundle(control, control.spec.ca_secret_ref.as_ref())
+                    .await
+                {
+                    Ok(ca_bundle) => {
+                        let headers = |_| vec![(ping::SIGNATURE_HEADER, signature.clone())];
+                        let post = Post {
+                            url,
+                            body,
+                            ca_bundle: ca_bundle.as_deref(),
+                            headers: &headers,
+                        };
+                        self.outbound.post(&post).await
+                    }
+                    Err(why) => crate::outbound::Outcome {
+                        answer: Err(why),
+                        attempts: 0,
+                    },
+                };
                 let outcome = PingOutcome {
                     time: MicroTime(reset_at),
-                    http_status: answer.as_ref().ok().copied(),
-                    error: answer.as_ref().err().cloned(),
+                    http_status: sent.answer.as_ref().ok().copied(),
+                    error: sent.answer.as_ref().err().cloned(),
+                    attempts: Some(sent.attempts),
                 };
-                metrics().ping(match answer {
+                metrics().ping(match sent.answer {
                     _ if outcome.accepted() => PingResult::Accepted,
                     Ok(_) => PingResult::Refused,
                     Err(_) => PingResult::Failed,
                 });
                 if !outcome.accepted() {
-                    let why = answer.map_or_else(|error| error, |code| format!("HTTP {code}"));
-                    let note = format!("Notifying {shown} failed: {why}; the status stays pending");
+                    let note = format!(
+                        "Notifying {shown} failed after {} attempt(s): {}; the status stays pending",
+                        sent.attempts,
+                        sent.describe()
+                    );
                     self.journal.warning(control, "PingFailed", note);
                 }
                 outcome
             }
         };
         self.store.write_last_ping(control, &outcome).await
+    }
+
+    /// The PEM bundle a CA reference names, or why there is none to use.
+    async fn ca_bundle(
+        &self,
+        control: &ExternalControl,
+        reference: Option<&CaBundleRef>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        let name = &reference.name;
+        let data = self
+            .store
+            .secret_data(control, name)
+            .await?
+            .ok_or_else(|| format!("CA bundle Secret {name:?} not found"))?;
+        match data.get(&reference.key) {
+            Some(pem) if !pem.0.is_empty() => Ok(Some(pem.0.clone())),
+            _ => Err(format!(
+                "CA bundle Secret {name:?}: key {:?} is missing or empty",
+                reference.key
+            )),
+        }
+    }
+
+    /// Tells one target the changes due to it, oldest first, recording each outcome (and
+    /// moving the target's cursor) before the next. A change whose delivery failed after every
+    /// retry is recorded as not delivered and not tried again.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<(), S::Error> {
+        let uid = delivery.control.metadata.uid.clone().unwrap_or_default();
+        let told = self.deliver_in_order(&delivery).await;
+        lock(&self.delivering).remove(&(uid, delivery.target.name.clone()));
+        told
+    }
+
+    async fn deliver_in_order(&self, delivery: &Delivery) -> Result<(), S::Error> {
+        let Delivery {
+            control,
+            target,
+            index,
+            ..
+        } = delivery;
+        let mut since = delivery.since.clone();
+        for change in &delivery.changes {
+            let outcome = self.deliver_one(control, target, change).await;
+            let entry = NotificationStatus {
+                name: target.name.clone(),
+                since: change.time.clone(),
+                last_delivery: Some(outcome),
+            };
+            if !self
+                .store
+                .write_notification(control, *index, &since, &entry)
+                .await?
+            {
+                tracing::info!(control = %qualified_name(control), target = %target.name, "another sender moved this notification target on");
+                return Ok(());
+            }
+            since = change.time.clone();
+        }
+        Ok(())
+    }
+
+    async fn deliver_one(
+        &self,
+        control: &ExternalControl,
+        target: &NotifyTarget,
+        change: &StatusChangeRecord,
+    ) -> DeliveryOutcome {
+        let uid = control.metadata.uid.as_deref().unwrap_or_default();
+        let webhook_id = webhooks::message_id(uid, &target.name, change.time.0);
+        let shown = shown_url(&target.url);
+        let (result, attempts, answer) =
+            match self.send_change(control, target, change, &webhook_id).await {
+                Err(why) => {
+                    let note = format!("Not notifying {} ({shown}): {why}", target.name);
+                    self.journal.warning(control, "NotificationSkipped", note);
+                    (DeliveryResult::Skipped, 0, Err(why))
+                }
+                Ok(sent) => {
+                    let result = match &sent.answer {
+                        _ if sent.accepted() => DeliveryResult::Delivered,
+                        Ok(_) => DeliveryResult::Refused,
+                        Err(_) => DeliveryResult::Failed,
+                    };
+                    if result != DeliveryResult::Delivered {
+                        let note = format!(
+                            "Notifying {} ({shown}) of {} -> {} failed after {} attempt(s): {}",
+                            target.name,
+                            change.from,
+                            change.to,
+                            sent.attempts,
+                            sent.describe()
+                        );
+                        self.journal.warning(control, "NotificationFailed", note);
+                    }
+                    (result, sent.attempts, sent.answer)
+                }
+            };
+        metrics().delivery(result);
+        DeliveryOutcome {
+            webhook_id,
+            to: change.to,
+            time: MicroTime(schedule::to_microsecond(Timestamp::now())),
+            delivered: result == DeliveryResult::Delivered,
+            attempts,
+            http_status: answer.as_ref().ok().copied(),
+            error: answer.err(),
+        }
+    }
+
+    /// POSTs the change to the target, signed; `Err` when it could not be sent at all (its
+    /// Secret or CA bundle unusable).
+    async fn send_change(
+        &self,
+        control: &ExternalControl,
+        target: &NotifyTarget,
+        change: &StatusChangeRecord,
+        webhook_id: &str,
+    ) -> Result<crate::outbound::Outcome, String> {
+        let (tokens, ca_bundle) = self.prepare(control, target).await?;
+        let namespace = control.namespace().unwrap_or_default();
+        let name = control.name_any();
+        let body = webhooks::payload(&ChangeData {
+            namespace: &namespace,
+            name: &name,
+            display_name: control.spec.display_name.as_deref(),
+            project_id: control.spec.project_id,
+            control_id: control.spec.control_id,
+            from: change.from,
+            to: change.to,
+            cause: change.cause,
+            time: change.time.0,
+        });
+        let headers = |now| {
+            // `prepare` checked the secrets for the format: signing cannot fail here.
+            webhooks::signed_headers(target.format, &tokens, webhook_id, now, &body)
+                .unwrap_or_default()
+        };
+        let post = Post {
+            url: &target.url,
+            body: body.clone(),
+            ca_bundle: ca_bundle.as_deref(),
+            headers: &headers,
+        };
+        Ok(self.outbound.post(&post).await)
+    }
+
+    /// The target's signing tokens (checked for its format) and CA bundle.
+    async fn prepare(
+        &self,
+        control: &ExternalControl,
+        target: &NotifyTarget,
+    ) -> Result<(SigningTokens, Option<Vec<u8>>), String> {
+        let reference = &target.secret_ref;
+        let name = &reference.name;
+        let data = self
+            .store
+            .secret_data(control, name)
+            .await?
+            .ok_or_else(|| format!("Secret {name:?} not found"))?;
+        let tokens = SigningTokens::from_secret_data(&data, &reference.key)
+            .map_err(|problem| format!("Secret {name:?}: {problem}"))?;
+        if target.format == crate::crd::NotifyFormat::StandardWebhooks {
+            for secret in tokens.all() {
+                webhooks::standard_key(secret).map_err(|problem| {
+                    format!("Secret {name:?} key {:?} {problem}", reference.key)
+                })?;
+            }
+        }
+        let ca_bundle = self
+            .ca_bundle(control, target.ca_secret_ref.as_ref())
+            .await?;
+        Ok((tokens, ca_bundle))
     }
 }
 
@@ -369,6 +666,12 @@ fn desired_status(
     let (gate, expires) = Compliance::assess(&facts, now);
     desired.conditions = gate.conditions(status, &desired.conditions, generation, now);
     (desired, expires)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn replace_ready(conditions: &[Condition], ready: Condition) -> Vec<Condition> {

@@ -84,6 +84,11 @@ const METRICS: &[Metric] = &[
         labels: &[("outcome", &["accepted", "refused", "failed", "skipped"])],
     },
     Metric {
+        name: "extctl_notifications_total",
+        kind: Kind::Counter,
+        labels: &[("outcome", &["delivered", "refused", "failed", "skipped"])],
+    },
+    Metric {
         name: "extctl_resets_total",
         kind: Kind::Counter,
         labels: &[],
@@ -183,6 +188,8 @@ fn scenarios() -> Value {
             "requestTimeout": "20s",
             "terminationGracePeriodSeconds": 45,
             "statusHistory": 0,
+            "outbound": {"retries": 5, "backoff": "2s", "deny": ["10.0.0.10:6443", "192.168.0.0/16"],
+                         "allow": ["10.0.0.0/8"]},
             "logFormat": "text",
             "podDisruptionBudget": {"enabled": false},
         },
@@ -660,6 +667,14 @@ fn the_deployment_sets_only_variables_extctl_run_reads_and_all_of_them() {
     );
     assert_eq!(defaults["EXTCTL_LEADER_ELECTION"], "true");
     assert_eq!(env("tuned")["EXTCTL_LEADER_ELECTION"], "false");
+    assert_eq!(
+        env("tuned")["EXTCTL_OUTBOUND_DENY"],
+        "10.0.0.10:6443,192.168.0.0/16"
+    );
+    assert!(
+        !env("defaults").contains_key("EXTCTL_OUTBOUND_DENY"),
+        "an empty list sets nothing"
+    );
     assert_eq!(env("namespaced")["EXTCTL_NAMESPACE"], WATCHED);
     assert!(!defaults.contains_key("EXTCTL_NAMESPACE"));
 }

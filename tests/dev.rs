@@ -202,7 +202,8 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         ),
         control("quiet", 9, json!({"pingEnabled": false})),
     ];
-    let sandbox = Sandbox::start(dir, &controls, &["--ping-timeout", "1s"]).await;
+    let args = ["--ping-timeout", "1s", "--outbound-retries", "0"];
+    let sandbox = Sandbox::start(dir, &controls, &args).await;
     let dev = &sandbox.dev;
     sandbox.report_pass("7").await;
     sandbox.report_pass("9").await;

@@ -8,7 +8,7 @@ use clap::Args;
 use reqwest::Url;
 
 use super::{CallArgs, endpoint_url, parse_base_url};
-use crate::notify::describe;
+use crate::outbound::describe;
 
 #[derive(Debug, Args)]
 pub struct SendArgs {

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use super::report::StatusChange;
 use super::schedule::to_microsecond;
-use crate::crd::StatusChangeRecord;
+use crate::crd::{ExternalControl, StatusChangeRecord};
 
 /// The most changes a control may keep (the CRD's `maxItems`).
 pub const MAX_HISTORY: usize = 100;
@@ -32,6 +32,19 @@ impl HistoryPolicy {
             from: change.from,
             to: change.to,
             cause: change.cause,
+            replica: self.replica.clone(),
+        }
+    }
+
+    /// The policy for a control: one with `spec.notify` keeps at least its last change, which
+    /// its notifications are sent from, whatever the limit.
+    pub fn for_control(&self, control: &ExternalControl) -> Self {
+        let limit = match control.spec.notify.is_empty() {
+            true => self.limit,
+            false => self.limit.max(1),
+        };
+        Self {
+            limit,
             replica: self.replica.clone(),
         }
     }
@@ -90,6 +103,24 @@ mod tests {
         assert_eq!(times, [4, 5, 6]);
         assert_eq!(policy(10).appended(&history, &change(6)).len(), 6);
         assert_eq!(policy(1).appended(&history, &change(6)), [change(6)]);
+    }
+
+    #[test]
+    fn a_control_that_notifies_keeps_its_last_change() {
+        let mut control = ExternalControl::new(
+            "c",
+            serde_json::from_value(serde_json::json!({
+                "projectId": 1, "controlId": 1, "secretRef": {"name": "s"}
+            }))
+            .unwrap(),
+        );
+        assert_eq!(policy(0).for_control(&control).limit, 0);
+        control.spec.notify = serde_json::from_value(serde_json::json!([
+            {"name": "alerts", "url": "https://hooks.example/x", "secretRef": {"name": "h"}}
+        ]))
+        .unwrap();
+        assert_eq!(policy(0).for_control(&control).limit, 1);
+        assert_eq!(policy(5).for_control(&control), policy(5));
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod tests {
                 time: MicroTime(t(ping_at)),
                 http_status: code,
                 error: code.is_none().then(|| "connection refused".into()),
+                attempts: Some(1),
             }),
             ..Default::default()
         }

@@ -88,6 +88,11 @@ impl SigningTokens {
         &self.current
     }
 
+    /// The current token, then the previous one during a rotation.
+    pub fn all(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.current.as_slice()).chain(self.previous.as_deref())
+    }
+
     /// Whether `signature` over `message` was made with the current or the previous token.
     pub fn verify(&self, message: &[u8], signature: &str) -> bool {
         // Both are checked, always, so timing does not tell which token matched.

@@ -14,7 +14,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use jiff::Timestamp;
@@ -32,7 +31,7 @@ use crate::core::tokens::SigningTokens;
 use crate::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{self, Census, metrics};
-use crate::notify::Notifier;
+use crate::outbound::{Outbound, OutboundSettings};
 use crate::reconciler::{ControlStore, Reconciler, duration_until};
 use crate::shutdown::shutdown_signal;
 pub use console::Console;
@@ -58,7 +57,7 @@ pub struct DevSettings {
     pub token_file: Option<PathBuf>,
     pub json: bool,
     pub endpoint: EndpointConfig,
-    pub ping_timeout: Duration,
+    pub outbound: OutboundSettings,
 }
 
 /// The Secret that holds the token of `--control` controls.
@@ -102,13 +101,14 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
         None => format!("{url}/metrics"),
     };
     tracing::debug!(%url, %metrics_url, "extctl dev starting");
-    let reconciler = Arc::new(Reconciler {
-        store: store.clone(),
-        journal: console,
-        notifier: Notifier::new(settings.ping_timeout)?,
-        // The console prints every change; `status.history` is kept on Kubernetes.
-        history: HistoryPolicy::default(),
-    });
+    // The console prints every change; `status.history` is kept on Kubernetes.
+    let outbound = Outbound::new(settings.outbound.clone())?;
+    let reconciler = Arc::new(Reconciler::new(
+        store.clone(),
+        console,
+        outbound,
+        HistoryPolicy::default(),
+    ));
     metrics().set_leader(true);
     let census: Arc<dyn Census> = Arc::new(store.clone());
     // Token files for the printed `extctl send` lines: owner-only, removed on exit.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::ResourceExt;
@@ -31,7 +32,8 @@ use crate::core::report::{Report, current_status, record_result};
 use crate::core::schedule::to_microsecond;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
+    ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
+    qualified_name,
 };
 use crate::metrics::{Census, ControlCounts};
 use crate::reconciler::{ControlStore, Journal};
@@ -44,6 +46,8 @@ pub type Key = (String, String);
 #[derive(Clone)]
 pub struct MemoryStore {
     controls: Arc<Controls>,
+    /// The Secrets loaded, for the CA bundles and notification secrets controls name.
+    secrets: Arc<HashMap<Key, Secret>>,
     /// The last resourceVersion handed out, like the API server's revision.
     revision: Arc<AtomicU64>,
     changes: mpsc::UnboundedSender<Key>,
@@ -178,6 +182,7 @@ impl MemoryStore {
         };
         let store = Self {
             controls: Arc::new(controls),
+            secrets: Arc::new(secrets_by_key),
             revision: Arc::new(AtomicU64::new(revision)),
             changes,
             console,
@@ -395,13 +400,50 @@ impl ControlStore for MemoryStore {
         let _ = self.changes.send(key(control));
         Ok(())
     }
+
+    async fn secret_data(
+        &self,
+        control: &ExternalControl,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
+        let key = (control.namespace().unwrap_or_default(), name.to_owned());
+        Ok(self
+            .secrets
+            .get(&key)
+            .map(|secret| secret.data.clone().unwrap_or_default()))
+    }
+
+    async fn write_notification(
+        &self,
+        control: &ExternalControl,
+        index: usize,
+        since: &MicroTime,
+        entry: &NotificationStatus,
+    ) -> Result<bool, WriteError> {
+        let mut cell = self
+            .cell(control)
+            .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+        cell.current();
+        let object = Arc::make_mut(&mut cell.object);
+        let status = object.status.get_or_insert_default();
+        // As on Kubernetes: only onto the entry the delivery began from.
+        let Some(kept) = status
+            .notifications
+            .get_mut(index)
+            .filter(|kept| kept.name == entry.name && kept.since == as_stored(since))
+        else {
+            return Ok(false);
+        };
+        *kept = as_stored(entry);
+        cell.revision = self.next_revision();
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::ControlStatus;
-    use k8s_openapi::ByteString;
     use serde_json::json;
 
     fn control(name: &str, control_id: i64) -> ExternalControl {
@@ -496,6 +538,7 @@ mod tests {
             time: MicroTime(time),
             http_status: Some(200),
             error: None,
+            attempts: Some(1),
         };
         let read = store.controls().remove(0);
         store.write_last_ping(&read, &outcome(at(0))).await.unwrap();

@@ -1,6 +1,7 @@
 //! The Kubernetes client, with every request counted in `extctl_kube_requests_total` by verb
 //! and outcome (a tower layer on kube's own stack, so nothing can bypass it).
 
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -14,12 +15,46 @@ use crate::metrics::metrics;
 
 /// A client from the in-cluster service account, or KUBECONFIG / `~/.kube/config`.
 pub async fn client() -> anyhow::Result<Client> {
+    Ok(connect().await?.0)
+}
+
+/// The client, and the socket addresses of the API server it talks to (those of its URL, and
+/// in a pod those of the `kubernetes` Service too): outbound calls must not reach them.
+pub async fn connect() -> anyhow::Result<(Client, Vec<SocketAddr>)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
+    let mut api_server = resolve_uri(&config.cluster_url).await;
+    if let (Ok(host), Ok(port)) = (
+        std::env::var("KUBERNETES_SERVICE_HOST"),
+        std::env::var("KUBERNETES_SERVICE_PORT"),
+    ) && let Ok(port) = port.parse::<u16>()
+    {
+        api_server.extend(resolve(&host, port).await);
+    }
     let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
     metrics().declare_kube_requests();
-    Ok(builder.with_layer(&CountRequests).build())
+    Ok((builder.with_layer(&CountRequests).build(), api_server))
+}
+
+async fn resolve_uri(uri: &axum::http::Uri) -> Vec<SocketAddr> {
+    let Some(host) = uri.host() else {
+        return Vec::new();
+    };
+    let https = uri.scheme_str() != Some("http");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    resolve(host, port).await
+}
+
+async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => addresses.collect(),
+        Err(error) => {
+            tracing::warn!(%host, %error, "cannot resolve the API server's address; outbound calls are not kept from it");
+            Vec::new()
+        }
+    }
 }
 
 /// The Kubernetes verb of a request, as RBAC names it (a list counts as `get`: the path alone

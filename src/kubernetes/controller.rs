@@ -3,10 +3,13 @@
 //! `Controller`, which wakes each control at its own `nextPingTime` (no polling loop, no
 //! periodic list).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
@@ -20,7 +23,8 @@ use super::watch::Stores;
 use crate::core::readiness::Readiness;
 use crate::core::tokens::SigningTokens;
 use crate::crd::{
-    DurationString, ExternalControl, ExternalControlStatus, PingOutcome, qualified_name,
+    DurationString, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
+    qualified_name,
 };
 use crate::reconciler::{ControlStore, Reconciler, duration_until};
 
@@ -74,6 +78,14 @@ pub async fn reconcile(
         tokio::spawn(async move {
             if let Err(error) = context.ping(ping).await {
                 tracing::warn!(%error, "recording a ping's outcome failed");
+            }
+        });
+    }
+    for delivery in reconciled.deliveries {
+        let context = context.clone();
+        tokio::spawn(async move {
+            if let Err(error) = context.deliver(delivery).await {
+                tracing::warn!(%error, "recording a notification's outcome failed");
             }
         });
     }
@@ -141,6 +153,7 @@ impl ControlStore for KubeStore {
                 "observedGeneration": desired.observed_generation,
                 "conditions": desired.conditions,
                 "history": desired.history,
+                "notifications": desired.notifications,
             }
         });
         self.patch_status(control, &Patch::Merge(&patch)).await
@@ -169,6 +182,43 @@ impl ControlStore for KubeStore {
                 Ok(())
             }
             written => written,
+        }
+    }
+
+    async fn secret_data(
+        &self,
+        control: &ExternalControl,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
+        let key = (control.namespace().unwrap_or_default(), name.to_owned());
+        match self.stores.secrets.get(&key, Freshness::Kept).await {
+            Ok(secret) => Ok(secret.map(|s| s.data.clone().unwrap_or_default())),
+            Err(error) => Err(format!("reading Secret {name:?} failed: {error}")),
+        }
+    }
+
+    async fn write_notification(
+        &self,
+        control: &ExternalControl,
+        index: usize,
+        since: &MicroTime,
+        entry: &NotificationStatus,
+    ) -> Result<bool, ReconcileError> {
+        // Only onto the entry as it was when the delivery began: the name and cursor tested.
+        let path = format!("/status/notifications/{index}");
+        let operations = json!([
+            { "op": "test", "path": format!("{path}/name"), "value": entry.name },
+            { "op": "test", "path": format!("{path}/since"), "value": since },
+            { "op": "replace", "path": path, "value": entry },
+        ]);
+        let patch = Patch::Json::<()>(
+            serde_json::from_value(operations).expect("a JSON Patch of three operations"),
+        );
+        match self.patch_status(control, &patch).await {
+            Err(ReconcileError::Status { source, .. }) if is_failed_json_patch(&source) => {
+                Ok(false)
+            }
+            written => written.map(|()| true),
         }
     }
 }

@@ -21,11 +21,12 @@ use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
+use crate::core::destinations::Rule;
 use crate::core::history::HistoryPolicy;
 use crate::core::lease::Timing;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics;
-use crate::notify::Notifier;
+use crate::outbound::{Outbound, OutboundSettings};
 use crate::reconciler::Reconciler;
 use crate::shutdown::shutdown_signal;
 use controller::{KubeStore, error_policy, reconcile};
@@ -44,8 +45,9 @@ pub struct RunSettings {
     /// This replica's name in Events, the Lease and `status.history` (the pod name in a
     /// cluster).
     pub instance: Option<String>,
-    /// Time an outbound ping may take, connection included.
-    pub ping_timeout: Duration,
+    /// How pings and notifications are sent (the API server's addresses are added to the
+    /// destination rules at start).
+    pub outbound: OutboundSettings,
     /// How long a Secret read is used before it is read again.
     pub secret_ttl: Duration,
     /// Controls reconciled at once: bounds the reconciler's status writes, so that checkers'
@@ -68,7 +70,9 @@ pub struct Election {
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
-    let client = client::client().await?;
+    let (client, api_server) = client::connect().await?;
+    let mut outbound = settings.outbound.clone();
+    outbound.destinations.api_server = api_server.into_iter().map(Rule::Socket).collect();
     let listener = bind(settings.listen, "--listen").await?;
     let metrics_listener = bind(settings.metrics_listen, "--metrics-listen").await?;
     let identity = settings.instance.clone().unwrap_or_else(default_identity);
@@ -144,16 +148,17 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         }))
     });
 
-    let context = Arc::new(Reconciler {
-        store: KubeStore {
-            client,
-            stores: stores.clone(),
-            leadership,
-        },
-        journal: events,
-        notifier: Notifier::new(settings.ping_timeout)?,
+    let store = KubeStore {
+        client,
+        stores: stores.clone(),
+        leadership,
+    };
+    let context = Arc::new(Reconciler::new(
+        store,
+        events,
+        Outbound::new(outbound)?,
         history,
-    });
+    ));
 
     let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
     let reconciler = Controller::for_shared_stream(watches.control_events, stores.controls)

@@ -101,7 +101,7 @@ impl ControlRegistry for KubeRegistry {
                 .map(|change| self.history.record(change, update.last_update_time.0));
             let history = change.as_ref().map(|record| {
                 let kept = current.status.as_ref().map_or(&[][..], |s| &s.history[..]);
-                self.history.appended(kept, record)
+                self.history.for_control(control).appended(kept, record)
             });
             let patch = status_patch(current, &update, history);
             match api

@@ -18,8 +18,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(handler, log_path):
+def serve(handler, log_path, tls=None):
+    """Serves on a free loopback port (over TLS with the `ssl.SSLContext` `tls`)."""
     handler.log_path = log_path
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     server.serve_forever()

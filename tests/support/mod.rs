@@ -609,6 +609,18 @@ pub struct PythonServer {
 
 impl PythonServer {
     pub async fn start(script: &str, dir: &Path, token: &str, args: &[&str]) -> Self {
+        Self::start_in(Path::new("python3"), script, dir, token, args).await
+    }
+
+    /// With the interpreter `python` (the tools' virtual environment, for a script that
+    /// imports one of them); over https when `args` give it a `--cert`.
+    pub async fn start_in(
+        python: &Path,
+        script: &str,
+        dir: &Path,
+        token: &str,
+        args: &[&str],
+    ) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/support")
             .join(script);
@@ -623,7 +635,7 @@ impl PythonServer {
             .unwrap();
         let token_file = dir.join(format!("{stem}-token"));
         std::fs::write(&token_file, token).unwrap();
-        let mut process = Command::new("python3")
+        let mut process = Command::new(python)
             .arg(path)
             .arg("--token-file")
             .arg(&token_file)
@@ -641,9 +653,13 @@ impl PythonServer {
             .await
             .unwrap()
             .expect("the server prints its port");
+        let scheme = match args.contains(&"--cert") {
+            true => "https",
+            false => "http",
+        };
         Self {
             _process: process,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("{scheme}://127.0.0.1:{port}"),
             log,
         }
     }
