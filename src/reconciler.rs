@@ -503,7 +503,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             from: change.from,
             to: change.to,
             cause: change.cause,
-            time: change.time.0,
+            time: change.time.clone(),
         });
         let headers = |now| {
             // `prepare` checked the secrets for the format: signing cannot fail here.

@@ -936,6 +936,7 @@ fn alerts_and_dashboard_use_only_the_metrics_extctl_exports() {
             "ExtctlControlFailing",
             "ExtctlControlPendingTimeout",
             "ExtctlPingsFailing",
+            "ExtctlNotificationsFailing",
             "ExtctlKubeApiErrors",
             "ExtctlNoReadyReplica",
             "ExtctlNoLeader",

@@ -16,7 +16,7 @@ use extctl::crd::ExternalControl;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, Cluster, Operator, TOKEN, checker, pytools, wait_for};
+use support::{ADMIN_TOKEN, Cluster, Operator, TOKEN, pytools, wait_for};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -56,19 +56,7 @@ fn keys(object: &Value) -> Vec<&str> {
 
 /// A control's checker: control `control_id` of project 42, signed with `token`.
 async fn report(operator: &Operator, token: &Path, control_id: i64, status: &str) {
-    let control = control_id.to_string();
-    let token = token.display().to_string();
-    let args = [
-        "--project",
-        "42",
-        "--control",
-        &control,
-        "--status",
-        status,
-        "--token-file",
-        &token,
-    ];
-    let answer = checker(&operator.url, &args).await;
+    let answer = support::report_as_checker(&operator.url, token, 42, control_id, status).await;
     assert_eq!(answer.code, 200, "reporting {status}: {:?}", answer.body);
 }
 

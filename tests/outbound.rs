@@ -14,7 +14,7 @@ use kube::Api;
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use support::scrape::Scrape;
-use support::{Cluster, Operator, PythonServer, TOKEN, checker, pytools, wait_for};
+use support::{Cluster, Operator, PythonServer, TOKEN, pytools, wait_for};
 
 /// A Standard Webhooks secret (`whsec_` + base64) and the one it replaces.
 const WEBHOOK_SECRET: &str = "whsec_ZXh0Y3RsLW5vdGlmeS1zZWNyZXQtMDEyMzQ1Njc4OQ==";
@@ -291,18 +291,7 @@ async fn notifying_control(cluster: &Cluster, name: &str, control_id: i64, notif
 
 async fn report(cluster: &Cluster, operator: &Operator, control_id: i64, status: &str) {
     let token = cluster.token_file("checker-token", TOKEN);
-    let control = control_id.to_string();
-    let args = [
-        "--project",
-        "42",
-        "--control",
-        &control,
-        "--status",
-        status,
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    let answer = checker(&operator.url, &args).await;
+    let answer = support::report_as_checker(&operator.url, &token, 42, control_id, status).await;
     assert_eq!(answer.code, 200, "{:?}", answer.body);
 }
 

@@ -27,7 +27,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use support::apiserver::RequestRecord;
 use support::chart_rbac::{Chart, Install, operator_with_chart_rbac, own_namespace, whole_server};
-use support::{Cluster, Operator, PingReceiver, TOKEN, checker, wait_for};
+use support::{Cluster, Operator, PingReceiver, TOKEN, wait_for};
 
 /// Control ids, one per test: a cluster-wide operator sees the controls of every test.
 const CLUSTER_WIDE_ID: i64 = 901;
@@ -81,22 +81,7 @@ async fn call_with(
     status: &str,
 ) -> support::Answer {
     let token = cluster.token_file("checker.token", TOKEN);
-    let control = control_id.to_string();
-    let project = PROJECT.to_string();
-    checker(
-        &operator.url,
-        &[
-            "--project",
-            &project,
-            "--control",
-            &control,
-            "--status",
-            status,
-            "--token-file",
-            token.to_str().unwrap(),
-        ],
-    )
-    .await
+    support::report_as_checker(&operator.url, &token, PROJECT, control_id, status).await
 }
 
 /// `(reason, note)` of every Event about the control, oldest first.

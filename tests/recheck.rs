@@ -10,7 +10,7 @@ use std::time::Duration;
 use extctl::crd::{ControlStatus, ExternalControl, REQUESTED_AT_ANNOTATION};
 use kube::ResourceExt;
 use serde_json::json;
-use support::{Cluster, Operator, PingReceiver, TOKEN, checker};
+use support::{Cluster, Operator, PingReceiver, TOKEN};
 
 /// `extctl ping ARGS` with the cluster's kubeconfig (through the proxy, as the admin).
 async fn extctl_ping(cluster: &Cluster, args: &[&str]) -> Output {
@@ -26,17 +26,7 @@ async fn extctl_ping(cluster: &Cluster, args: &[&str]) -> Output {
 
 async fn report(cluster: &Cluster, operator: &Operator, status: &str) {
     let token = cluster.token_file("token", TOKEN);
-    let args = [
-        "--project",
-        "42",
-        "--control",
-        "7",
-        "--status",
-        status,
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    let answer = checker(&operator.url, &args).await;
+    let answer = support::report_as_checker(&operator.url, &token, 42, 7, status).await;
     assert_eq!(answer.code, 200, "{:?}", answer.body);
 }
 

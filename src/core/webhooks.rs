@@ -17,6 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -43,15 +44,15 @@ pub struct ChangeData<'a> {
     pub from: ControlStatus,
     pub to: ControlStatus,
     pub cause: Cause,
-    /// When the change was stored.
-    pub time: Timestamp,
+    /// When the change was stored, as `status.history` has it (to the microsecond).
+    pub time: MicroTime,
 }
 
 /// The JSON body: Standard Webhooks' recommended `{type, timestamp, data}` envelope.
 pub fn payload(change: &ChangeData<'_>) -> Vec<u8> {
     let body = serde_json::json!({
         "type": STATUS_CHANGED,
-        "timestamp": change.time.to_string(),
+        "timestamp": change.time,
         "data": change,
     });
     serde_json::to_vec(&body).expect("a JSON value always serializes")
@@ -248,18 +249,18 @@ mod tests {
             from: ControlStatus::Pass,
             to: ControlStatus::Fail,
             cause: Cause::Reported,
-            time: at(1_700_000_000),
+            time: MicroTime(at(1_700_000_000)),
         };
         let body: serde_json::Value = serde_json::from_slice(&payload(&change)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
                 "type": "extctl.control.status_changed",
-                "timestamp": "2023-11-14T22:13:20Z",
+                "timestamp": "2023-11-14T22:13:20.000000Z",
                 "data": {
                     "namespace": "team-a", "name": "sast", "displayName": "SAST",
                     "projectId": 42, "controlId": 7, "from": "pass", "to": "fail",
-                    "cause": "StatusReported", "time": "2023-11-14T22:13:20Z"
+                    "cause": "StatusReported", "time": "2023-11-14T22:13:20.000000Z"
                 }
             })
         );

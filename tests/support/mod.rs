@@ -398,6 +398,30 @@ pub async fn checker(url: &str, args: &[&str]) -> Answer {
     }
 }
 
+/// The Python checker's call reporting `status` for `control` of `project`, signed with the
+/// token in `token_file`.
+pub async fn report_as_checker(
+    url: &str,
+    token_file: &Path,
+    project: i64,
+    control: i64,
+    status: &str,
+) -> Answer {
+    let (project, control) = (project.to_string(), control.to_string());
+    let token = token_file.display().to_string();
+    let args = [
+        "--project",
+        &project,
+        "--control",
+        &control,
+        "--status",
+        status,
+        "--token-file",
+        &token,
+    ];
+    checker(url, &args).await
+}
+
 /// Runs one of the independent Python programs in `tests/support/` with `args` and returns the
 /// JSON it prints; fails the test if it fails.
 pub async fn python_json(script: &str, args: &[&str]) -> Value {
