@@ -506,3 +506,33 @@ async fn a_ping_answered_with_a_redirect_is_not_followed() {
     assert_eq!(redirecting.records().len(), 1, "pinged once");
     assert!(elsewhere.records().is_empty(), "{:?}", elsewhere.records());
 }
+
+/// `spec.notify` is sent by `extctl run` only; the sandbox says so instead of dropping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_with_notify_targets_is_told_to_be_served_by_extctl_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = json!({"notify": [
+        {"name": "alerts", "url": "https://hooks.example/x", "secretRef": {"name": "sast-token"}}
+    ]});
+    let controls = [
+        control("notified", 7, notify),
+        control("plain", 8, json!({})),
+    ];
+    let sandbox = Sandbox::start(dir, &controls, &[]).await;
+    let warnings = wait_for(Duration::from_secs(5), || async {
+        let warnings = sandbox.dev.events("warning");
+        (!warnings.is_empty()).then_some(warnings)
+    })
+    .await
+    .expect("a warning for the control with notify targets");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["control"], "default/notified");
+    assert_eq!(warnings[0]["reason"], "NotificationsOff");
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("extctl run sends the notifications"),
+        "{warnings:?}"
+    );
+}

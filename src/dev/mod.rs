@@ -32,7 +32,7 @@ use crate::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{self, Census, metrics};
 use crate::outbound::{Outbound, OutboundSettings};
-use crate::reconciler::{ControlStore, Reconciler, duration_until};
+use crate::reconciler::{ControlStore, Journal, Reconciler, duration_until};
 use crate::shutdown::shutdown_signal;
 pub use console::Console;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
@@ -362,6 +362,12 @@ async fn introduce(
             _ => None,
         };
         console.control(control, &readiness, send.as_deref());
+        if !control.spec.notify.is_empty() {
+            // Said, not silently dropped: a sandbox keeps no `status.history` to send from.
+            let note = "spec.notify is not sent by extctl dev (it keeps no status.history);                         extctl run sends the notifications"
+                .to_owned();
+            console.warning(control, "NotificationsOff", note);
+        }
     }
     Ok(())
 }
