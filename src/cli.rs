@@ -168,6 +168,38 @@ pub struct RunArgs {
     /// line and the Event are written either way).
     #[arg(long, env = "EXTCTL_STATUS_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub status_history: u8,
+
+    /// Keep one compliance report per namespace whose results are its controls, for Policy
+    /// Reporter and other dashboards: `openreports` (an openreports.io/v1alpha1 Report),
+    /// `policyreport` (a wgpolicyk8s.io/v1alpha2 PolicyReport) or `off`. The CRD must be
+    /// installed, and extctl allowed to list, get, create, patch and delete it (the Helm chart's
+    /// `reports` value grants that). Only the Lease holder writes.
+    #[arg(long, env = "EXTCTL_REPORTS", value_enum, default_value_t = ReportsFlag::Off)]
+    pub reports: ReportsFlag,
+}
+
+/// `extctl run --reports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportsFlag {
+    /// No reports.
+    Off,
+    /// `openreports.io/v1alpha1` `Report`.
+    #[value(name = "openreports")]
+    OpenReports,
+    /// `wgpolicyk8s.io/v1alpha2` `PolicyReport`.
+    #[value(name = "policyreport")]
+    PolicyReport,
+}
+
+impl ReportsFlag {
+    pub fn flavor(self) -> Option<crate::core::reports::Flavor> {
+        use crate::core::reports::Flavor;
+        match self {
+            Self::Off => None,
+            Self::OpenReports => Some(Flavor::OpenReports),
+            Self::PolicyReport => Some(Flavor::PolicyReport),
+        }
+    }
 }
 
 /// Flags `extctl run` and `extctl dev` share: the endpoint's limits and the ping timeout.
@@ -276,6 +308,7 @@ impl RunArgs {
                 timing: Timing::new(self.lease_duration),
             }),
             history_limit: usize::from(self.status_history),
+            reports: self.reports.flavor(),
         }
     }
 }
@@ -388,6 +421,23 @@ mod tests {
         assert_eq!(election.lease_name, "extctl");
         assert_eq!(election.timing.lease_duration, Duration::from_secs(15));
         assert_eq!(settings.history_limit, 10);
+        assert_eq!(settings.reports, None, "no reports unless asked");
+    }
+
+    #[test]
+    fn reports_flag_names_the_kind() {
+        use crate::core::reports::Flavor;
+        for (value, flavor) in [
+            ("off", None),
+            ("openreports", Some(Flavor::OpenReports)),
+            ("policyreport", Some(Flavor::PolicyReport)),
+        ] {
+            let cli = Cli::try_parse_from(["extctl", "run", "--reports", value]).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("expected run")
+            };
+            assert_eq!(args.settings().reports, flavor, "{value}");
+        }
     }
 
     #[test]
@@ -406,5 +456,11 @@ mod tests {
         assert!(error.to_string().contains("0..=100"), "{error}");
         let error = Cli::try_parse_from(["extctl", "run", "--leader-election", "yes"]).unwrap_err();
         assert!(error.to_string().contains("--leader-election"), "{error}");
+        let error = Cli::try_parse_from(["extctl", "run", "--reports", "yes"]).unwrap_err();
+        let error = error.to_string();
+        assert!(
+            error.contains("[possible values: off, openreports, policyreport]"),
+            "{error}"
+        );
     }
 }

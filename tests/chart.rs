@@ -180,6 +180,10 @@ fn scenarios() -> Value {
             },
         },
         "namespaced": {"watchNamespace": WATCHED},
+        // Compliance reports on (each kind), and off as YAML reads an unquoted `off`.
+        "reports-openreports": {"reports": "openreports"},
+        "reports-namespaced": {"watchNamespace": WATCHED, "reports": "policyreport"},
+        "reports-unquoted-off": {"reports": false},
         // Knobs away from their defaults, leader election off (one replica).
         "tuned": {
             "replicas": 1,
@@ -234,6 +238,11 @@ fn rejections() -> Vec<(&'static str, Value, &'static [&'static str])> {
             "an unknown log format",
             json!({"logFormat": "yaml"}),
             &[SCHEMA, "/logFormat"],
+        ),
+        (
+            "an unknown kind of compliance report",
+            json!({"reports": "on"}),
+            &[SCHEMA, "/reports"],
         ),
         (
             "more status history than extctl keeps",
@@ -567,6 +576,62 @@ fn rbac_namespaced_is_a_role_in_the_watched_namespace_and_leases_stay_in_the_rel
         roles.keys().collect::<Vec<_>>(),
         [&id("ClusterRole", "", RELEASE)]
     );
+}
+
+#[test]
+fn rbac_for_compliance_reports_only_when_they_are_on() {
+    let verbs = ["list", "get", "create", "patch", "delete"];
+    let lease_role = id("Role", NAMESPACE, &format!("{RELEASE}-leader-election"));
+    let with = |extra: Rule| {
+        let mut rules = serving_rules();
+        rules.insert(extra);
+        rules
+    };
+    let (roles, _) = rbac("reports-openreports");
+    assert_eq!(
+        roles,
+        BTreeMap::from([
+            (
+                id("ClusterRole", "", RELEASE),
+                with(rule(&["openreports.io"], &["reports"], &[], &verbs))
+            ),
+            (lease_role.clone(), lease_rules()),
+        ])
+    );
+    let (roles, _) = rbac("reports-namespaced");
+    assert_eq!(
+        roles,
+        BTreeMap::from([
+            (
+                id("Role", WATCHED, RELEASE),
+                with(rule(&["wgpolicyk8s.io"], &["policyreports"], &[], &verbs))
+            ),
+            (lease_role.clone(), lease_rules()),
+        ])
+    );
+    // Off, however written: not one rule for reports.
+    for scenario in [
+        "defaults",
+        "reports-unquoted-off",
+        "namespaced",
+        "all-on",
+        "tuned",
+    ] {
+        let (roles, _) = rbac(scenario);
+        for (role, rules) in &roles {
+            for rule in rules {
+                assert!(
+                    !rule[1].iter().any(|r| r.contains("reports")),
+                    "{scenario}: {role:?} grants {rule:?}"
+                );
+            }
+        }
+    }
+    let reports = |scenario: &str| env(scenario)["EXTCTL_REPORTS"].clone();
+    assert_eq!(reports("defaults"), "off");
+    assert_eq!(reports("reports-unquoted-off"), "off");
+    assert_eq!(reports("reports-openreports"), "openreports");
+    assert_eq!(reports("reports-namespaced"), "policyreport");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ pub mod ping;
 pub mod protocol;
 pub mod readiness;
 pub mod report;
+pub mod reports;
 pub mod retry;
 pub mod schedule;
 

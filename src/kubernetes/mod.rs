@@ -7,6 +7,7 @@ pub mod events;
 pub mod lease;
 pub mod recheck;
 pub mod registry;
+pub mod reports;
 pub mod secrets;
 pub mod watch;
 
@@ -57,6 +58,8 @@ pub struct RunSettings {
     pub election: Option<Election>,
     /// Status changes kept per control in `status.history`.
     pub history_limit: usize,
+    /// Which compliance report to keep per namespace (`--reports`); `None`: none.
+    pub reports: Option<crate::core::reports::Flavor>,
 }
 
 /// Which Lease elects the reconciling replica.
@@ -139,6 +142,16 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         stores.clone(),
         triggers,
     ));
+    if let Some(flavor) = settings.reports {
+        let writer = reports::ReportWriter::new(
+            client.clone(),
+            settings.scope.clone(),
+            flavor,
+            stores.clone(),
+            leadership.clone(),
+        );
+        tokio::spawn(writer.run());
+    }
     // The Lease is given up only after the reconciler has stopped, so no successor starts
     // while this replica still writes.
     let (stop_elector, elector_stop) = tokio::sync::oneshot::channel::<()>();

@@ -29,3 +29,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "extctl.promSelector" -}}
 {{- .Values.prometheusRule.selector | default (printf "job=%q" (printf "%s-metrics" (include "extctl.name" .))) -}}
 {{- end -}}
+
+{{- /* `reports` as extctl's --reports reads it: YAML reads an unquoted off as false. */ -}}
+{{- define "extctl.reports" -}}
+{{- if eq (toString .Values.reports) "false" }}off{{ else }}{{ .Values.reports }}{{ end -}}
+{{- end -}}
