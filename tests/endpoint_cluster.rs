@@ -178,6 +178,10 @@ async fn forged_calls_do_not_turn_into_secret_reads() {
         .token_file("forged", "not-the-token")
         .display()
         .to_string();
+    // Past the shortest time between forced reads since the Secret was read at start: the
+    // first forged call must read it again (a window begun sooner may see none, which a CI run
+    // met: 0 reads in 1.3 s).
+    tokio::time::sleep(extctl::kubernetes::secrets::MIN_REREAD).await;
     let before = secret_reads(&cluster);
     let started = std::time::Instant::now();
     for _ in 0..20 {
