@@ -7,7 +7,7 @@
 //! API; `extctl dev` drives it from a timer loop with an in-memory store. The decisions are made
 //! here once, on top of the pure rules in [`crate::core`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -145,8 +145,19 @@ pub struct Reconciler<S, J> {
     pub journal: J,
     outbound: Outbound,
     history: HistoryPolicy,
-    /// The (control uid, target) pairs being delivered to: one delivery per target at a time.
-    delivering: Mutex<HashSet<(String, String)>>,
+    /// Per (control uid, target): one delivery at a time, and the cursor it last wrote.
+    targets: Mutex<HashMap<(String, String), TargetState>>,
+}
+
+/// What this reconciler knows of one notification target.
+#[derive(Debug, Default)]
+struct TargetState {
+    /// A delivery to it is under way.
+    busy: bool,
+    /// The cursor (`since`) this reconciler last wrote for it. The watch may bring a control
+    /// from before that write after the delivery ended: its changes up to here are told, and
+    /// must not be sent again.
+    written: Option<MicroTime>,
 }
 
 impl<S: ControlStore, J: Journal> Reconciler<S, J> {
@@ -156,7 +167,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             journal,
             outbound,
             history,
-            delivering: Mutex::default(),
+            targets: Mutex::default(),
         }
     }
 
@@ -269,26 +280,38 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         status: &ExternalControlStatus,
     ) -> (Vec<Delivery>, bool) {
         let uid = control.metadata.uid.clone().unwrap_or_default();
-        let mut delivering = lock(&self.delivering);
+        let mut targets = lock(&self.targets);
         let mut busy = false;
         let mut deliveries = Vec::new();
         for (index, entry) in status.notifications.iter().enumerate() {
             let Some(target) = control.spec.notify.iter().find(|t| t.name == entry.name) else {
                 continue;
             };
-            let changes = notify::due(target, entry, &status.history);
+            let state = targets
+                .entry((uid.clone(), target.name.clone()))
+                .or_default();
+            let since = match &state.written {
+                Some(written) if written.0 > entry.since.0 => written.clone(),
+                _ => entry.since.clone(),
+            };
+            let entry = NotificationStatus {
+                since: since.clone(),
+                ..entry.clone()
+            };
+            let changes = notify::due(target, &entry, &status.history);
             if changes.is_empty() {
                 continue;
             }
-            if !delivering.insert((uid.clone(), target.name.clone())) {
+            if state.busy {
                 busy = true;
                 continue;
             }
+            state.busy = true;
             deliveries.push(Delivery {
                 control: control.clone(),
                 target: target.clone(),
                 index,
-                since: entry.since.clone(),
+                since,
                 changes: changes.into_iter().cloned().collect(),
             });
         }
@@ -401,12 +424,25 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
     /// retry is recorded as not delivered and not tried again.
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), S::Error> {
         let uid = delivery.control.metadata.uid.clone().unwrap_or_default();
-        let told = self.deliver_in_order(&delivery).await;
-        lock(&self.delivering).remove(&(uid, delivery.target.name.clone()));
+        let mut written = None;
+        let told = self.deliver_in_order(&delivery, &mut written).await;
+        let mut targets = lock(&self.targets);
+        let state = targets
+            .entry((uid, delivery.target.name.clone()))
+            .or_default();
+        state.busy = false;
+        if written.is_some() {
+            state.written = written;
+        }
         told
     }
 
-    async fn deliver_in_order(&self, delivery: &Delivery) -> Result<(), S::Error> {
+    /// Delivers in order; `written` is the last cursor stored.
+    async fn deliver_in_order(
+        &self,
+        delivery: &Delivery,
+        written: &mut Option<MicroTime>,
+    ) -> Result<(), S::Error> {
         let Delivery {
             control,
             target,
@@ -430,6 +466,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                 return Ok(());
             }
             since = change.time.clone();
+            *written = Some(since.clone());
         }
         Ok(())
     }
