@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::core::destinations::{DestinationPolicy, Rule};
-use crate::core::duration;
-use crate::core::freshness::TimestampWindow;
-use crate::core::lease::Timing;
-use crate::core::retry::RetryPolicy;
+use extctl_core::destinations::{DestinationPolicy, Rule};
+use extctl_core::duration;
+use extctl_core::freshness::TimestampWindow;
+use extctl_core::lease::Timing;
+use extctl_core::retry::RetryPolicy;
 use crate::dev::{ControlIds, DevSettings};
 use crate::endpoint::EndpointConfig;
 use crate::kubernetes::watch::Scope;
-use crate::kubernetes::{Election, RunSettings};
+use crate::kubernetes::RunSettings;
+use crate::kubernetes::lease::LeaseSettings;
 use crate::outbound::OutboundSettings;
 
 #[derive(Debug, Parser)]
@@ -70,7 +71,7 @@ pub enum Command {
     /// them, over --concurrency keep-alive connections. --bare measures a handler that checks
     /// nothing, in this process; --compare-bare measures both and prints the ratio. Exits 1
     /// when an answer was not 200 (printing the first), 2 for bad flags.
-    Bench(crate::checker::load::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Ask the operator to re-check a control now: reset it to pending and ping its checker.
     ///
     /// Sets the control's extctl.dev/requestedAt annotation (KUBECONFIG or the in-cluster
@@ -192,8 +193,8 @@ pub enum ReportsFlag {
 }
 
 impl ReportsFlag {
-    pub fn flavor(self) -> Option<crate::core::reports::Flavor> {
-        use crate::core::reports::Flavor;
+    pub fn flavor(self) -> Option<extctl_core::policy_reports::Flavor> {
+        use extctl_core::policy_reports::Flavor;
         match self {
             Self::Off => None,
             Self::OpenReports => Some(Flavor::OpenReports),
@@ -302,9 +303,9 @@ impl RunArgs {
             secret_ttl: self.secret_ttl,
             reconcile_concurrency: self.reconcile_concurrency,
             metrics_listen: self.metrics_listen,
-            election: self.leader_election.then(|| Election {
-                lease_name: self.lease_name.clone(),
-                lease_namespace: self.lease_namespace.clone(),
+            election: self.leader_election.then(|| LeaseSettings {
+                name: self.lease_name.clone(),
+                namespace: self.lease_namespace.clone(),
                 timing: Timing::new(self.lease_duration),
             }),
             history_limit: usize::from(self.status_history),
@@ -418,7 +419,7 @@ mod tests {
         assert!(matches!(settings.scope, Scope::Cluster));
         assert_eq!(settings.metrics_listen.to_string(), "0.0.0.0:9090");
         let election = settings.election.expect("leader election is on by default");
-        assert_eq!(election.lease_name, "extctl");
+        assert_eq!(election.name, "extctl");
         assert_eq!(election.timing.lease_duration, Duration::from_secs(15));
         assert_eq!(settings.history_limit, 10);
         assert_eq!(settings.reports, None, "no reports unless asked");
@@ -426,7 +427,7 @@ mod tests {
 
     #[test]
     fn reports_flag_names_the_kind() {
-        use crate::core::reports::Flavor;
+        use extctl_core::policy_reports::Flavor;
         for (value, flavor) in [
             ("off", None),
             ("openreports", Some(Flavor::OpenReports)),

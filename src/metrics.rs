@@ -1,23 +1,18 @@
-//! Prometheus metrics, served as OpenMetrics text at `/metrics` on `--metrics-listen` (its own
-//! listener, so scrapes never compete with checkers' calls and the endpoint port need not be
-//! open to the monitoring namespace).
+//! The Prometheus metrics extctl exports (served by [`crate::scrape`]): their definitions, and
+//! the methods that record them.
 //!
-//! The shared code records them (the endpoint, the reconciler, the Kubernetes client), so
-//! `extctl run` and `extctl dev` export the same series. Labels are bounded: a result, a cause,
-//! a status, a verb, a namespace; never a path, an id, a nonce or a token.
+//! The shared code records them (the endpoint, the reconciler through
+//! [`extctl_core::ports::Recorder`], the Kubernetes client), so `extctl run` and `extctl dev`
+//! export the same series. Labels are bounded: a result, a cause, a status, a verb, a
+//! namespace; never a path, an id, a nonce or a token.
 //!
-//! One registry per process, reached through [`metrics()`]: the recording sites are many and
-//! far apart, and a process has one `/metrics`.
+//! Each [`Metrics`] is made by whoever runs the process (`extctl run`, `extctl dev`) and passed
+//! to what records into it: two in one process count apart.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,12 +20,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::core::report::{Cause, StatusChange};
-use crate::crd::ControlStatus;
-
-/// The media type of the OpenMetrics text format.
-pub const CONTENT_TYPE_OPENMETRICS: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use extctl_core::crd::ControlStatus;
+use extctl_core::ports::{DeliveryResult, PingResult, Recorder};
+use extctl_core::report::{Cause, StatusChange};
+use extctl_core::sync::lock;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -65,56 +58,6 @@ struct OutcomeLabel {
 struct RequestLabels {
     verb: &'static str,
     outcome: &'static str,
-}
-
-/// What happened to an outbound ping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PingResult {
-    /// The checker answered 2xx.
-    Accepted,
-    /// The checker answered, but not 2xx.
-    Refused,
-    /// No answer: connection failure or timeout.
-    Failed,
-    /// Not sent: the control's signing token is unavailable.
-    Skipped,
-}
-
-impl PingResult {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Refused => "refused",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
-/// What happened to a status-change notification (`spec.notify`), after its retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryResult {
-    /// The receiver answered 2xx.
-    Delivered,
-    /// The receiver answered, but not 2xx.
-    Refused,
-    /// No answer: connection failure, timeout, or a destination refused by the rules.
-    Failed,
-    /// Not sent: the target's Secret or CA bundle is unusable.
-    Skipped,
-}
-
-impl DeliveryResult {
-    const ALL: [Self; 4] = [Self::Delivered, Self::Refused, Self::Failed, Self::Skipped];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::Refused => "refused",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-        }
-    }
 }
 
 /// Every `result` of `extctl_status_calls_total`: `stored`, each refusal's label, and
@@ -177,20 +120,20 @@ pub struct Metrics {
     scrape: Mutex<()>,
 }
 
-/// This process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-    &METRICS
-}
-
 /// Buckets from 0.5 ms to about 16 s: a status call is a millisecond in memory and an API
 /// round trip (or a few, on conflicts) on Kubernetes.
 fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("extctl"),
             status_calls: Family::default(),
@@ -201,7 +144,7 @@ impl Metrics {
             pings: Family::default(),
             deliveries: Family::default(),
             resets: Counter::default(),
-            // 10 ms to about 40 min: a reset is late by its wait for a reconcile slot, or by
+            // 10 ms to about 22 min: a reset is late by its wait for a reconcile slot, or by
             // the time no replica was reconciling.
             reset_lateness: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
             kube_requests: Family::default(),
@@ -223,17 +166,12 @@ impl Metrics {
             self.status_calls
                 .get_or_create_owned(&ResultLabel { result });
         }
-        for result in [
-            PingResult::Accepted,
-            PingResult::Refused,
-            PingResult::Failed,
-            PingResult::Skipped,
-        ] {
-            let outcome = result.label();
+        for result in PingResult::ALL {
+            let outcome = result.as_str();
             self.pings.get_or_create_owned(&OutcomeLabel { outcome });
         }
         for result in DeliveryResult::ALL {
-            let outcome = result.label();
+            let outcome = result.as_str();
             self.deliveries
                 .get_or_create_owned(&OutcomeLabel { outcome });
         }
@@ -331,43 +269,13 @@ impl Metrics {
         );
     }
 
-    /// A status call answered with `result` (a [`crate::core::protocol::Rejection`]'s label,
+    /// A status call answered with `result` (a [`extctl_core::protocol::Rejection`]'s label,
     /// `stored`, or `bad_request`) after `elapsed`.
     pub fn status_call(&self, result: &'static str, elapsed: Duration) {
         self.status_calls
             .get_or_create(&ResultLabel { result })
             .inc();
         self.status_call_duration.observe(elapsed.as_secs_f64());
-    }
-
-    /// A stored change of status.
-    pub fn transition(&self, change: StatusChange) {
-        let labels = TransitionLabels {
-            cause: cause_label(change.cause),
-            from: change.from.as_str(),
-            to: change.to.as_str(),
-        };
-        self.transitions.get_or_create(&labels).inc();
-    }
-
-    /// A scheduled reset stored `lateness` after it fell due.
-    pub fn reset(&self, lateness: Duration) {
-        self.resets.inc();
-        self.reset_lateness.observe(lateness.as_secs_f64());
-    }
-
-    pub fn ping(&self, result: PingResult) {
-        let labels = OutcomeLabel {
-            outcome: result.label(),
-        };
-        self.pings.get_or_create(&labels).inc();
-    }
-
-    pub fn delivery(&self, result: DeliveryResult) {
-        let labels = OutcomeLabel {
-            outcome: result.label(),
-        };
-        self.deliveries.get_or_create(&labels).inc();
     }
 
     /// A Kubernetes API request answered with `code` (`None`: no answer).
@@ -384,10 +292,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reconciled(&self, elapsed: Duration) {
-        self.reconcile_duration.observe(elapsed.as_secs_f64());
-    }
-
     pub fn watch_restarted(&self) {
         self.watch_restarts.inc();
     }
@@ -399,7 +303,7 @@ impl Metrics {
     /// The registry as OpenMetrics text, with the gauges that describe the controls taken
     /// from `census` now.
     pub fn encode(&self, census: &dyn Census) -> String {
-        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _scrape = lock(&self.scrape);
         let counts = census.count();
         self.ready.set(i64::from(census.ready()));
         self.controls.clear();
@@ -417,6 +321,40 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+impl Recorder for Metrics {
+    fn reconciled(&self, elapsed: Duration) {
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn reset(&self, lateness: Duration) {
+        self.resets.inc();
+        self.reset_lateness.observe(lateness.as_secs_f64());
+    }
+
+    fn transition(&self, change: StatusChange) {
+        let labels = TransitionLabels {
+            cause: cause_label(change.cause),
+            from: change.from.as_str(),
+            to: change.to.as_str(),
+        };
+        self.transitions.get_or_create(&labels).inc();
+    }
+
+    fn ping(&self, result: PingResult) {
+        let labels = OutcomeLabel {
+            outcome: result.as_str(),
+        };
+        self.pings.get_or_create(&labels).inc();
+    }
+
+    fn delivery(&self, result: DeliveryResult) {
+        let labels = OutcomeLabel {
+            outcome: result.as_str(),
+        };
+        self.deliveries.get_or_create(&labels).inc();
     }
 }
 
@@ -456,30 +394,6 @@ pub trait Census: Send + Sync + 'static {
     fn ready(&self) -> bool;
 }
 
-/// The `/metrics` route alone: served on a listener of its own ([`serve`]), or merged into the
-/// endpoint's router (`extctl dev` without `--metrics-listen`).
-pub fn router(census: Arc<dyn Census>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(census)
-}
-
-/// Serves `/metrics` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    census: Arc<dyn Census>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(census))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn scrape(State(census): State<Arc<dyn Census>>) -> impl IntoResponse {
-    let text = metrics().encode(census.as_ref());
-    ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +415,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_a_declared_result() {
-        use crate::core::protocol::Rejection;
+        use extctl_core::protocol::Rejection;
         let all = [
             Rejection::InvalidStatus,
             Rejection::ControlNotFound,

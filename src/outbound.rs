@@ -2,12 +2,12 @@
 //! `externalUrl` ping, its `spec.notify` notifications).
 //!
 //! Every attempt resolves the host itself, keeps only the addresses the destination rules
-//! permit ([`crate::core::destinations`]) and connects to exactly those (no second lookup a
+//! permit ([`extctl_core::destinations`]) and connects to exactly those (no second lookup a
 //! rebinding DNS server could answer differently); redirects are answers, never followed; no
 //! HTTP proxy from the environment is used (it would hide the destination from the rules).
 //! https verifies with the system's roots plus, when the control names one, its CA bundle.
 //! Network errors and 5xx answers are retried with backoff and jitter
-//! ([`crate::core::retry`]).
+//! ([`extctl_core::retry`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,8 +20,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
-use crate::core::destinations::DestinationPolicy;
-use crate::core::retry::{Attempt, RetryPolicy};
+use extctl_core::destinations::{DestinationPolicy, shown_url};
+use extctl_core::ports::{Notifier, Outcome, Post};
+use extctl_core::retry::{Attempt, RetryPolicy};
 
 /// How outbound calls are made.
 #[derive(Debug, Clone, Default)]
@@ -30,41 +31,6 @@ pub struct OutboundSettings {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub destinations: DestinationPolicy,
-}
-
-/// What a call came to, after its retries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The last attempt's HTTP status, or why it had none.
-    pub answer: Result<u16, String>,
-    pub attempts: u32,
-}
-
-impl Outcome {
-    /// A 2xx answer.
-    pub fn accepted(&self) -> bool {
-        self.answer
-            .as_ref()
-            .is_ok_and(|code| (200..300).contains(code))
-    }
-
-    /// The answer as a line for an Event: `HTTP 503` or the error.
-    pub fn describe(&self) -> String {
-        match &self.answer {
-            Ok(code) => format!("HTTP {code}"),
-            Err(error) => error.clone(),
-        }
-    }
-}
-
-/// One POST to make: where, what, and the headers to sign each attempt with (a signature may
-/// cover the attempt's time).
-pub struct Post<'a> {
-    pub url: &'a str,
-    pub body: Vec<u8>,
-    /// A PEM CA bundle for the destination's certificate, in addition to the system's roots.
-    pub ca_bundle: Option<&'a [u8]>,
-    pub headers: &'a (dyn Fn(Timestamp) -> Vec<(&'static str, String)> + Send + Sync),
 }
 
 /// Makes outbound calls; cheap to clone.
@@ -88,26 +54,6 @@ impl Outbound {
     /// The rules outbound calls are checked against.
     pub fn destinations(&self) -> &DestinationPolicy {
         &self.settings.destinations
-    }
-
-    /// POSTs `post`, retrying network errors and 5xx answers.
-    pub async fn post(&self, post: &Post<'_>) -> Outcome {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (attempt, answer) = self.attempt(post).await;
-            let delay = attempt
-                .retryable()
-                .then(|| self.settings.retry.delay(attempts, unit_random()))
-                .flatten();
-            match delay {
-                Some(delay) => {
-                    tracing::debug!(url = %shown_url(post.url), attempt = attempts, ?answer, ?delay, "outbound call retried");
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Outcome { answer, attempts },
-            }
-        }
     }
 
     async fn attempt(&self, post: &Post<'_>) -> (Attempt, Result<u16, String>) {
@@ -190,6 +136,28 @@ impl Outbound {
 }
 
 /// The platform verifier (system roots) with `extra_roots`, for HTTP/1.1.
+impl Notifier for Outbound {
+    /// POSTs `post`, retrying network errors and 5xx answers.
+    async fn post(&self, post: &Post<'_>) -> Outcome {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (attempt, answer) = self.attempt(post).await;
+            let delay = attempt
+                .retryable()
+                .then(|| self.settings.retry.delay(attempts, unit_random()))
+                .flatten();
+            match delay {
+                Some(delay) => {
+                    tracing::debug!(url = %shown_url(post.url), attempt = attempts, ?answer, ?delay, "outbound call retried");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Outcome { answer, attempts },
+            }
+        }
+    }
+}
+
 fn tls_config(
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<rustls::ClientConfig, rustls::Error> {
@@ -222,21 +190,6 @@ fn unit_random() -> f64 {
     bits as f64 / (1u64 << 53) as f64
 }
 
-/// `url` as it may be shown in Events and output: without user info, query and fragment,
-/// where credentials for a checker's endpoint would be.
-pub fn shown_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.set_query(None);
-            url.set_fragment(None);
-            url.to_string()
-        }
-        Err(_) => "(an invalid URL)".into(),
-    }
-}
-
 /// The error and its causes in one line (reqwest's top-level message alone says too little).
 pub fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
@@ -252,15 +205,6 @@ pub fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shown_urls_carry_no_credentials() {
-        assert_eq!(
-            shown_url("https://bot:s3cret@checker.example.com/ping?token=abc#x"),
-            "https://checker.example.com/ping"
-        );
-        assert_eq!(shown_url("http://127.0.0.1:9/p"), "http://127.0.0.1:9/p");
-    }
 
     #[test]
     fn jitter_is_a_fraction() {

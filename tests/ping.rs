@@ -605,7 +605,7 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
     use extctl::crd::PingOutcome;
-    use extctl::kubernetes::controller::KubeStore;
+    use extctl::kubernetes::controller::KubeControlStore;
     use extctl::kubernetes::lease::Leadership;
     use extctl::kubernetes::watch::{self, Scope};
     use extctl::reconciler::ControlStore;
@@ -626,15 +626,15 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
     let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
     let client = support::apiserver::client_for(&kubeconfig).await;
     let (triggers, _) = futures::channel::mpsc::unbounded();
-    let store = KubeStore {
+    let store = KubeControlStore {
         client: client.clone(),
-        stores: watch::start(
+        reflectors: watch::start(
             client,
             &Scope::Namespace(cluster.namespace.clone()),
             triggers,
             Duration::from_secs(60),
         )
-        .stores,
+        .reflectors,
         leadership: Leadership::Always,
     };
     let control = cluster.control("sast").await;

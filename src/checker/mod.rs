@@ -1,7 +1,6 @@
 //! The checker's side of the protocol, for people writing or debugging external checkers:
 //! `extctl sign` prints a signed call, `extctl send` makes one (against extctl or GitLab).
 
-pub mod load;
 pub mod send;
 pub mod sign;
 
@@ -12,10 +11,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::Url;
 
-use crate::core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::core::signature::{sign, signed_string, status_path};
-use crate::core::tokens::SigningTokens;
-use crate::crd::ControlStatus;
+use extctl_core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use extctl_core::signature::{sign, signed_string, status_path};
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::ControlStatus;
 
 /// What a signed status call is made of. The token comes from a file, stdin or an environment
 /// variable, never from a bare command-line value (which would land in shell history and `ps`).
@@ -147,7 +146,7 @@ impl CallArgs {
 }
 
 /// The token from `file`, else from the environment variable `var`, else from stdin.
-fn read_token(file: Option<&Path>, var: Option<&str>) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_token(file: Option<&Path>, var: Option<&str>) -> anyhow::Result<Vec<u8>> {
     if let Some(path) = file {
         return std::fs::read(path)
             .with_context(|| format!("cannot read --token-file {}", path.display()));
@@ -164,17 +163,17 @@ fn read_token(file: Option<&Path>, var: Option<&str>) -> anyhow::Result<Vec<u8>>
     Ok(token)
 }
 
-fn parse_status(text: &str) -> Result<ControlStatus, String> {
+pub(crate) fn parse_status(text: &str) -> Result<ControlStatus, String> {
     ControlStatus::from_report(text)
         .ok_or_else(|| format!("{text:?} is not pass, fail or not_applicable"))
 }
 
 /// Now, as a call's timestamp: Unix seconds, decimal.
-fn timestamp_now() -> String {
+pub(crate) fn timestamp_now() -> String {
     jiff::Timestamp::now().as_second().to_string()
 }
 
-fn random_nonce() -> anyhow::Result<String> {
+pub(crate) fn random_nonce() -> anyhow::Result<String> {
     let mut bytes = [0u8; NONCE_LENGTH / 2];
     getrandom::fill(&mut bytes)
         .map_err(|error| anyhow::anyhow!("no randomness available: {error}"))?;

@@ -8,9 +8,10 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::core::readiness::Readiness;
-use crate::crd::{ExternalControl, StatusChangeRecord, qualified_name};
-use crate::reconciler::Journal;
+use extctl_core::readiness::Readiness;
+use extctl_core::crd::{ExternalControl, StatusChangeRecord};
+use extctl_core::key::ObjectKey;
+use extctl_core::ports::Journal;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Console {
@@ -38,7 +39,7 @@ impl Console {
         };
         let mut text = format!(
             "  {}  project {}  control {}  {}  {state}",
-            qualified_name(control),
+            ObjectKey::of(control).to_string(),
             spec.project_id,
             spec.control_id,
             ping.map_or("ping off".to_owned(), |every| format!("ping every {every}")),
@@ -50,10 +51,10 @@ impl Console {
             text,
             json!({
                 "event": "control",
-                "control": qualified_name(control),
+                "control": ObjectKey::of(control).to_string(),
                 "projectId": spec.project_id,
                 "controlId": spec.control_id,
-                "status": crate::core::report::current_status(control.status.as_ref()),
+                "status": extctl_core::report::current_status(control.status.as_ref()),
                 "pingInterval": ping,
                 "ready": readiness.is_ready(),
                 "reason": readiness.reason(),
@@ -77,9 +78,9 @@ impl Console {
 
     fn event(&self, control: &ExternalControl, reason: &str, message: &str, extra: Value) {
         let time = Timestamp::now().strftime("%H:%M:%S");
-        let text = format!("{time}  {}  {reason}: {message}", qualified_name(control));
+        let text = format!("{time}  {}  {reason}: {message}", ObjectKey::of(control).to_string());
         let mut object = json!({
-            "control": qualified_name(control),
+            "control": ObjectKey::of(control).to_string(),
             "namespace": control.namespace(),
             "name": control.name_any(),
             "projectId": control.spec.project_id,

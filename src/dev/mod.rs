@@ -3,14 +3,15 @@
 //! Controls and Secrets come from manifests (or `--control` flags) and live in a
 //! [`MemoryStore`], which implements the same ports as the Kubernetes adapters: the endpoint's
 //! verification and the reconciler's ping logic are the very code `extctl run` uses. Instead of
-//! kube-rs's `Controller`, a loop reconciles every control after each change and sleeps until
-//! the earliest due time.
+//! kube-rs's `Controller`, a loop reconciles every control after each change and when it falls
+//! due (tokio-util's `DelayQueue`).
 
 mod console;
 pub mod manifests;
 mod store;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,19 +25,22 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::checker::shell_quote;
-use crate::core::history::HistoryPolicy;
-use crate::core::tokens::SigningTokens;
-use crate::crd::ExternalControl;
+use extctl_core::history::HistoryPolicy;
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
-use crate::metrics::{self, Census, metrics};
+use crate::metrics::{Census, Metrics};
 use crate::outbound::{Outbound, OutboundSettings};
-use crate::reconciler::{ControlStore, Journal, Reconciler, duration_until};
+use crate::scrape;
 use crate::shutdown::shutdown_signal;
+use extctl_core::key::ObjectKey;
+use extctl_core::ports::{ControlStore, Journal};
+use extctl_core::reconciler::{Reconciler, duration_until};
 pub use console::Console;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
-use store::Key;
 pub use store::MemoryStore;
 
 /// A control given on the command line.
@@ -103,28 +107,32 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
     tracing::debug!(%url, %metrics_url, "extctl dev starting");
     // The console prints every change; `status.history` is kept on Kubernetes.
     let outbound = Outbound::new(settings.outbound.clone())?;
+    let metrics = Arc::new(Metrics::new());
     let reconciler = Arc::new(Reconciler::new(
         store.clone(),
         console,
         outbound,
         HistoryPolicy::default(),
+        metrics.clone(),
     ));
-    metrics().set_leader(true);
+    metrics.set_leader(true);
     let census: Arc<dyn Census> = Arc::new(store.clone());
     // Token files for the printed `extctl send` lines: owner-only, removed on exit.
     let token_dir = private_dir()?;
     let urls = (url.as_str(), metrics_url.as_str());
     introduce(&store, console, urls, &settings, token_dir.path()).await?;
 
-    let mut router = endpoint::router(Arc::new(store), settings.endpoint);
+    let header_timeout = settings.endpoint.request_timeout;
+    let mut router = endpoint::router(Arc::new(store), settings.endpoint, metrics.clone());
     match metrics_listener {
         Some(own) => {
-            tokio::spawn(metrics::serve(own, census, shutdown_signal()));
+            let scrapes = scrape::serve(own, metrics, census, header_timeout, shutdown_signal());
+            tokio::spawn(scrapes);
         }
-        None => router = router.merge(metrics::router(census)),
+        None => router = router.merge(scrape::router(metrics, census)),
     }
     tokio::select! {
-        () = endpoint::serve(listener, router, settings.endpoint.request_timeout, shutdown) => {},
+        () = crate::serve::serve(listener, router, header_timeout, shutdown) => {},
         () = reconcile_forever(reconciler, changed) => {},
     }
     Ok(())
@@ -135,18 +143,17 @@ pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
 /// to one checker does not hold up another control's reset. Only the controls named are looked
 /// at, so the cost of a change does not grow with the number of controls.
 async fn reconcile_forever(
-    reconciler: Arc<Reconciler<MemoryStore, Console>>,
-    mut changed: mpsc::UnboundedReceiver<Key>,
+    reconciler: Arc<Reconciler<MemoryStore, Console, Outbound>>,
+    mut changed: mpsc::UnboundedReceiver<ObjectKey>,
 ) {
     let mut schedule = Schedule::default();
     let mut tasks = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
-    let mut busy: HashSet<Key> = HashSet::new();
+    let mut running: HashMap<tokio::task::Id, ObjectKey> = HashMap::new();
+    let mut busy: HashSet<ObjectKey> = HashSet::new();
     // Controls to reconcile again once their running task ends.
-    let mut again: HashSet<Key> = HashSet::new();
-    let mut ready: Vec<Key> = Vec::new();
+    let mut again: HashSet<ObjectKey> = HashSet::new();
+    let mut ready: Vec<ObjectKey> = Vec::new();
     loop {
-        ready.extend(schedule.take_due(Timestamp::now()));
         for key in ready.drain(..) {
             if busy.contains(&key) {
                 again.insert(key);
@@ -171,7 +178,7 @@ async fn reconcile_forever(
             busy.insert(key);
         }
         tokio::select! {
-            () = schedule.sleep() => {},
+            key = schedule.next_due() => ready.push(key),
             key = changed.recv() => match key {
                 Some(key) => ready.push(key),
                 None => return,
@@ -200,47 +207,40 @@ async fn reconcile_forever(
     }
 }
 
-/// When each control next falls due: O(log n) to set, clear or take what is due.
+/// When each control next falls due, on tokio-util's timer wheel.
 #[derive(Default)]
 struct Schedule {
-    by_time: BTreeSet<(Timestamp, Key)>,
-    by_key: HashMap<Key, Timestamp>,
+    queue: DelayQueue<ObjectKey>,
+    entries: HashMap<ObjectKey, delay_queue::Key>,
 }
 
 impl Schedule {
-    fn set(&mut self, key: Key, at: Timestamp) {
-        self.clear(&key);
-        self.by_time.insert((at, key.clone()));
-        self.by_key.insert(key, at);
-    }
-
-    fn clear(&mut self, key: &Key) {
-        if let Some(at) = self.by_key.remove(key) {
-            self.by_time.remove(&(at, key.clone()));
+    fn set(&mut self, key: ObjectKey, at: Timestamp) {
+        let after = duration_until(Timestamp::now(), at);
+        match self.entries.get(&key) {
+            Some(entry) => self.queue.reset(entry, after),
+            None => {
+                let entry = self.queue.insert(key.clone(), after);
+                self.entries.insert(key, entry);
+            }
         }
     }
 
-    fn take_due(&mut self, now: Timestamp) -> Vec<Key> {
-        let mut due = Vec::new();
-        while let Some((at, _)) = self.by_time.first() {
-            if *at > now {
-                break;
-            }
-            let (_, key) = self.by_time.pop_first().expect("just seen");
-            self.by_key.remove(&key);
-            due.push(key);
+    fn clear(&mut self, key: &ObjectKey) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.queue.remove(&entry);
         }
-        due
     }
 
-    /// Sleeps until the earliest due time (for ever when nothing is scheduled).
-    fn sleep(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let next = self.by_time.first().map(|(at, _)| *at);
-        async move {
-            match next {
-                Some(at) => tokio::time::sleep(duration_until(Timestamp::now(), at)).await,
-                None => std::future::pending().await,
+    /// The next control to fall due, when it does (never, while nothing is scheduled).
+    async fn next_due(&mut self) -> ObjectKey {
+        match poll_fn(|cx| self.queue.poll_expired(cx)).await {
+            Some(expired) => {
+                let key = expired.into_inner();
+                self.entries.remove(&key);
+                key
             }
+            None => std::future::pending().await,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Controls and Secrets in memory, for `extctl dev`: the same two ports the Kubernetes adapters
-//! implement ([`ControlRegistry`] for the endpoint, [`ControlStore`] for the reconciler), with
+//! implement ([`EndpointStore`] for the endpoint, [`ControlStore`] for the reconciler), with
 //! the API server's semantics that extctl relies on: every write bumps a resourceVersion, a
 //! conditional write against an older one is a conflict, and a report is stored atomically
 //! with its nonce.
@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -23,34 +24,32 @@ use tokio::sync::mpsc;
 
 use super::console::Console;
 use super::manifests::DEFAULT_NAMESPACE;
-use crate::core::history::HistoryPolicy;
-use crate::core::index::{ControlIndex, Entry};
-use crate::core::nonces::NonceSet;
-use crate::core::protocol::Rejection;
-use crate::core::readiness::Readiness;
-use crate::core::report::{Report, current_status, record_result};
-use crate::core::schedule::to_microsecond;
-use crate::core::tokens::SigningTokens;
-use crate::crd::{
+use extctl_core::history::HistoryPolicy;
+use extctl_core::index::{ControlIndex, Entry};
+use extctl_core::nonces::NonceSet;
+use extctl_core::protocol::Rejection;
+use extctl_core::readiness::Readiness;
+use extctl_core::report::{Report, current_status, record_result};
+use extctl_core::schedule::to_microsecond;
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::{
     ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
-    qualified_name,
 };
+use extctl_core::key::ObjectKey;
+use extctl_core::sync::lock;
 use crate::metrics::{Census, ControlCounts};
-use crate::reconciler::{ControlStore, Journal};
-use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
-
-/// `(namespace, name)`.
-pub type Key = (String, String);
+use extctl_core::ports::{ControlStore, Journal};
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
 
 /// A cheap handle; clones share the same state.
 #[derive(Clone)]
 pub struct MemoryStore {
     controls: Arc<Controls>,
     /// The Secrets loaded, for the CA bundles and notification secrets controls name.
-    secrets: Arc<HashMap<Key, Secret>>,
+    secrets: Arc<HashMap<ObjectKey, Secret>>,
     /// The last resourceVersion handed out, like the API server's revision.
     revision: Arc<AtomicU64>,
-    changes: mpsc::UnboundedSender<Key>,
+    changes: mpsc::UnboundedSender<ObjectKey>,
     console: Console,
 }
 
@@ -118,7 +117,7 @@ impl MemoryStore {
         controls: Vec<ExternalControl>,
         secrets: Vec<Secret>,
         console: Console,
-    ) -> (Self, mpsc::UnboundedReceiver<Key>) {
+    ) -> (Self, mpsc::UnboundedReceiver<ObjectKey>) {
         let now = Timestamp::now();
         let mut revision = 0;
         let mut created = |metadata: &mut kube::api::ObjectMeta| {
@@ -133,23 +132,23 @@ impl MemoryStore {
         let mut secrets_by_key = HashMap::new();
         for mut secret in secrets {
             created(&mut secret.metadata);
-            secrets_by_key.insert(key(&secret), secret);
+            secrets_by_key.insert(ObjectKey::of(&secret), secret);
         }
         let mut objects = BTreeMap::new();
         for mut control in controls {
             let revision = created(&mut control.metadata);
             control.metadata.generation = Some(1);
-            objects.insert(key(&control), (as_stored(&control), revision));
+            objects.insert(ObjectKey::of(&control), (as_stored(&control), revision));
         }
         let mut index = ControlIndex::default();
         let mut positions: HashMap<String, HashMap<String, usize>> = HashMap::new();
-        for (at, ((namespace, name), (control, _))) in objects.iter_mut().enumerate() {
+        for (at, (key, (control, _))) in objects.iter_mut().enumerate() {
             control.metadata.uid = Some(uid_of(at));
             index.upsert(at, Entry::of(control));
-            let names = positions.entry(namespace.clone()).or_default();
-            names.insert(name.clone(), at);
+            let names = positions.entry(key.namespace.clone()).or_default();
+            names.insert(key.name.clone(), at);
         }
-        let keys: Vec<Key> = objects.keys().cloned().collect();
+        let keys: Vec<ObjectKey> = objects.keys().cloned().collect();
         let cells: Vec<Mutex<Cell>> = objects
             .into_values()
             .enumerate()
@@ -158,7 +157,7 @@ impl MemoryStore {
                 let others = index
                     .with_id_iter(control.spec.control_id)
                     .filter(|other| **other != at)
-                    .map(|other| qualified_name_of(&keys[*other]));
+                    .map(|other| keys[*other].to_string());
                 let readiness = Readiness::evaluate(&control, secret, others.collect());
                 let cell = Cell {
                     tokens: SigningTokens::for_control(&control, secret),
@@ -173,7 +172,7 @@ impl MemoryStore {
             .collect();
         let (changes, changed) = mpsc::unbounded_channel();
         for cell in &cells {
-            let _ = changes.send(key(lock(cell).object.as_ref()));
+            let _ = changes.send(ObjectKey::of(lock(cell).object.as_ref()));
         }
         let controls = Controls {
             cells,
@@ -197,8 +196,8 @@ impl MemoryStore {
     }
 
     /// One control, as stored now.
-    pub fn get(&self, key: &Key) -> Option<Arc<ExternalControl>> {
-        let at = self.controls.position(&key.0, &key.1)?;
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<ExternalControl>> {
+        let at = self.controls.position(&key.namespace, &key.name)?;
         Some(lock(&self.controls.cells[at]).current())
     }
 
@@ -218,12 +217,6 @@ impl MemoryStore {
     }
 }
 
-fn lock(cell: &Mutex<Cell>) -> MutexGuard<'_, Cell> {
-    // A panic while holding the lock cannot leave a half-written control: every write is a
-    // few assignments. Keep serving rather than poison every later call.
-    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The uid of the control at position `at`: as the API server gives every object a uid, and
 /// one that tells the store where the control is without hashing its name on every call.
 fn uid_of(at: usize) -> String {
@@ -236,10 +229,6 @@ fn position_of(uid: &str) -> Option<usize> {
     usize::from_str_radix(uid.strip_prefix(UID_PREFIX)?, 16).ok()
 }
 
-fn qualified_name_of((namespace, name): &Key) -> String {
-    format!("{namespace}/{name}")
-}
-
 /// `value` as it reads back from the API server: through JSON, so times have the precision
 /// their types store (`Time` whole seconds, `MicroTime` microseconds), as in a cluster.
 fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
@@ -248,11 +237,7 @@ fn as_stored<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T 
         .expect("extctl's own types read back what they write")
 }
 
-fn key(object: &impl ResourceExt) -> Key {
-    (object.namespace().unwrap_or_default(), object.name_any())
-}
-
-impl ControlRegistry for MemoryStore {
+impl EndpointStore for MemoryStore {
     fn ready(&self) -> bool {
         true
     }
@@ -340,14 +325,14 @@ impl ControlStore for MemoryStore {
 
     async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, WriteError> {
         let cell = self.cell(control);
-        let cell = cell.ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+        let cell = cell.ok_or_else(|| WriteError::NotFound(ObjectKey::of(control).to_string()))?;
         Ok(cell.readiness.clone())
     }
 
     async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
         match self.cell(control) {
             Some(cell) => cell.tokens.clone(),
-            None => Err(format!("{} is gone", qualified_name(control))),
+            None => Err(format!("{} is gone", ObjectKey::of(control).to_string())),
         }
     }
 
@@ -363,10 +348,10 @@ impl ControlStore for MemoryStore {
     ) -> Result<(), WriteError> {
         let mut cell = self
             .cell(control)
-            .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+            .ok_or_else(|| WriteError::NotFound(ObjectKey::of(control).to_string()))?;
         let current = Some(cell.revision.to_string());
         if control.metadata.resource_version != current {
-            return Err(WriteError::Conflict(qualified_name(control)));
+            return Err(WriteError::Conflict(ObjectKey::of(control).to_string()));
         }
         // The version matched, so `desired` was computed from exactly this status.
         let mut object = (*cell.current()).clone();
@@ -385,7 +370,7 @@ impl ControlStore for MemoryStore {
         {
             let mut cell = self
                 .cell(control)
-                .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+                .ok_or_else(|| WriteError::NotFound(ObjectKey::of(control).to_string()))?;
             cell.current();
             let object = Arc::make_mut(&mut cell.object);
             let status = object.status.get_or_insert_default();
@@ -397,7 +382,7 @@ impl ControlStore for MemoryStore {
             cell.revision = self.next_revision();
         }
         // The outcome may start a pending timeout: look again.
-        let _ = self.changes.send(key(control));
+        let _ = self.changes.send(ObjectKey::of(control));
         Ok(())
     }
 
@@ -406,7 +391,7 @@ impl ControlStore for MemoryStore {
         control: &ExternalControl,
         name: &str,
     ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
-        let key = (control.namespace().unwrap_or_default(), name.to_owned());
+        let key = ObjectKey::new(control.namespace().unwrap_or_default(), name);
         Ok(self
             .secrets
             .get(&key)
@@ -422,7 +407,7 @@ impl ControlStore for MemoryStore {
     ) -> Result<bool, WriteError> {
         let mut cell = self
             .cell(control)
-            .ok_or_else(|| WriteError::NotFound(qualified_name(control)))?;
+            .ok_or_else(|| WriteError::NotFound(ObjectKey::of(control).to_string()))?;
         cell.current();
         let object = Arc::make_mut(&mut cell.object);
         let status = object.status.get_or_insert_default();
@@ -443,7 +428,7 @@ impl ControlStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::ControlStatus;
+    use extctl_core::crd::ControlStatus;
     use serde_json::json;
 
     fn control(name: &str, control_id: i64) -> ExternalControl {

@@ -3,10 +3,9 @@
 //!
 //! This module is the HTTP adapter only: it reads the request (bounded), runs the checks in
 //! GitLab's order (see [`verify`]) and maps each [`Rejection`] to GitLab's answer. Controls,
-//! tokens and writes come from a [`ControlRegistry`].
+//! tokens and writes come from a [`EndpointStore`].
 
 mod request;
-mod serve;
 mod verify;
 
 use std::sync::Arc;
@@ -22,12 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
 use serde_json::json;
 
-pub use serve::serve;
-
-use crate::core::freshness::TimestampWindow;
-use crate::core::protocol::Rejection;
-use crate::metrics::metrics;
-use crate::registry::ControlRegistry;
+use extctl_core::freshness::TimestampWindow;
+use extctl_core::protocol::Rejection;
+use crate::metrics::Metrics;
+use extctl_core::ports::EndpointStore;
 
 /// The route GitLab serves, with axum's parameter syntax.
 pub const STATUS_ROUTE: &str =
@@ -43,28 +40,37 @@ pub struct EndpointConfig {
     pub request_timeout: Duration,
 }
 
-struct Endpoint<R> {
-    registry: Arc<R>,
+struct Endpoint<S> {
+    store: Arc<S>,
     config: EndpointConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// The endpoint's routes: the status API, `/healthz`, `/readyz`, and GitLab-style JSON 404/405s.
-pub fn router<R: ControlRegistry>(registry: Arc<R>, config: EndpointConfig) -> Router {
-    let endpoint = Arc::new(Endpoint { registry, config });
+pub fn router<S: EndpointStore>(
+    store: Arc<S>,
+    config: EndpointConfig,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let endpoint = Arc::new(Endpoint {
+        store,
+        config,
+        metrics,
+    });
     Router::new()
         .route(
             STATUS_ROUTE,
-            on(MethodFilter::PATCH.or(MethodFilter::POST), set_status::<R>)
+            on(MethodFilter::PATCH.or(MethodFilter::POST), set_status::<S>)
                 .fallback(method_not_allowed),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz::<R>))
+        .route("/readyz", get(readyz::<S>))
         .fallback(not_found)
         .with_state(endpoint)
 }
 
-async fn set_status<R: ControlRegistry>(
-    State(endpoint): State<Arc<Endpoint<R>>>,
+async fn set_status<S: EndpointStore>(
+    State(endpoint): State<Arc<Endpoint<S>>>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -75,7 +81,7 @@ async fn set_status<R: ControlRegistry>(
     let (project, control) = match path {
         Ok(Path(ids)) => ids,
         Err(rejection) => {
-            metrics().status_call("bad_request", started.elapsed());
+            endpoint.metrics.status_call("bad_request", started.elapsed());
             return error_response(rejection.status(), rejection.body_text());
         }
     };
@@ -83,7 +89,7 @@ async fn set_status<R: ControlRegistry>(
     let body = match request::read_body(body, config.max_body_bytes, config.request_timeout).await {
         Ok(body) => body,
         Err(refusal) => {
-            metrics().status_call("bad_request", started.elapsed());
+            endpoint.metrics.status_call("bad_request", started.elapsed());
             return refusal;
         }
     };
@@ -95,17 +101,17 @@ async fn set_status<R: ControlRegistry>(
         body: &body,
     };
     let now = jiff::Timestamp::now();
-    let outcome = verify::verify_and_record(&endpoint.registry, &config, &call, now).await;
+    let outcome = verify::verify_and_record(&endpoint.store, &config, &call, now, &endpoint.metrics).await;
     let result = outcome.as_ref().map_or_else(Rejection::label, |_| "stored");
-    metrics().status_call(result, started.elapsed());
+    endpoint.metrics.status_call(result, started.elapsed());
     match outcome {
         Ok(stored) => Json(json!({ "status": stored })).into_response(),
         Err(rejection) => rejection_response(&rejection),
     }
 }
 
-async fn readyz<R: ControlRegistry>(State(endpoint): State<Arc<Endpoint<R>>>) -> Response {
-    if endpoint.registry.ready() {
+async fn readyz<S: EndpointStore>(State(endpoint): State<Arc<Endpoint<S>>>) -> Response {
+    if endpoint.store.ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "controls not loaded yet").into_response()

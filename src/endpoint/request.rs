@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::error_response;
-use crate::core::protocol::Rejection;
-use crate::crd::ControlStatus;
+use extctl_core::protocol::Rejection;
+use extctl_core::crd::ControlStatus;
 
 /// Everything the checks need from one request.
 pub struct StatusCall<'a> {

@@ -10,25 +10,27 @@ use jiff::Timestamp;
 
 use super::EndpointConfig;
 use super::request::StatusCall;
-use crate::core::protocol::{
+use extctl_core::protocol::{
     NONCE_HEADER, Rejection, SIGNATURE_HEADER, SignatureHeaders, TIMESTAMP_HEADER,
 };
-use crate::core::report::{self, Report};
-use crate::core::signature::{signed_string, status_path};
-use crate::core::tokens::SigningTokens;
-use crate::crd::ControlStatus;
-use crate::metrics::metrics;
-use crate::registry::{ControlRegistry, Freshness};
+use extctl_core::report::{self, Report};
+use extctl_core::signature::{signed_string, status_path};
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::ControlStatus;
+use crate::metrics::Metrics;
+use extctl_core::ports::Recorder;
+use extctl_core::ports::{EndpointStore, Freshness};
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
-pub async fn verify_and_record<R: ControlRegistry>(
-    registry: &Arc<R>,
+pub async fn verify_and_record<S: EndpointStore>(
+    store: &Arc<S>,
     config: &EndpointConfig,
     call: &StatusCall<'_>,
     now: Timestamp,
+    metrics: &Arc<Metrics>,
 ) -> Result<ControlStatus, Rejection> {
     let status = call.reported_status()?;
-    let control = registry.lookup(control_id(call.control)?)?;
+    let control = store.lookup(control_id(call.control)?)?;
     let (timestamp, nonce, signature) = (
         call.header(TIMESTAMP_HEADER),
         call.header(NONCE_HEADER),
@@ -42,11 +44,11 @@ pub async fn verify_and_record<R: ControlRegistry>(
     let path = status_path(call.project, call.control);
     let message = signed_string(headers.timestamp, headers.nonce, &path, status.as_str());
     let verifies = |tokens: &SigningTokens| tokens.verify(message.as_bytes(), headers.signature);
-    let kept = registry.tokens(&control, Freshness::Kept).await;
+    let kept = store.tokens(&control, Freshness::Kept).await;
     if !kept.as_ref().is_ok_and(verifies) {
         // The Secret may have been created, or its token rotated, since it was read: look
         // once more (the store limits how often).
-        let fresh = registry
+        let fresh = store
             .tokens(&control, Freshness::Reread)
             .await
             .map_err(|why| {
@@ -76,11 +78,11 @@ pub async fn verify_and_record<R: ControlRegistry>(
     // request timeout) must not cut off what follows a write the store did accept, its Event,
     // audit line and metric. (The store starts no new attempt after the timeout, so a late
     // retry never stores this report over a newer one.)
-    let registry = Arc::clone(registry);
+    let (store, metrics) = (Arc::clone(store), Arc::clone(metrics));
     let write = tokio::spawn(async move {
-        let recorded = registry.record(&control, report).await?;
+        let recorded = store.record(&control, report).await?;
         if let Some(change) = recorded.change() {
-            metrics().transition(change);
+            metrics.transition(change);
         }
         Ok::<_, Rejection>(recorded)
     });

@@ -2,6 +2,7 @@
 //! and outcome (a tower layer on kube's own stack, so nothing can bypass it).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -11,16 +12,17 @@ use kube::Client;
 use kube::client::ClientBuilder;
 use tower::{Layer, Service};
 
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 
-/// A client from the in-cluster service account, or KUBECONFIG / `~/.kube/config`.
+/// A client from the in-cluster service account, or KUBECONFIG / `~/.kube/config`, for a
+/// one-off command (its requests are counted in metrics nobody serves).
 pub async fn client() -> anyhow::Result<Client> {
-    Ok(connect().await?.0)
+    Ok(connect(Arc::default()).await?.0)
 }
 
 /// The client, and the socket addresses of the API server it talks to (those of its URL, and
 /// in a pod those of the `kubernetes` Service too): outbound calls must not reach them.
-pub async fn connect() -> anyhow::Result<(Client, Vec<SocketAddr>)> {
+pub async fn connect(metrics: Arc<Metrics>) -> anyhow::Result<(Client, Vec<SocketAddr>)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
@@ -33,8 +35,8 @@ pub async fn connect() -> anyhow::Result<(Client, Vec<SocketAddr>)> {
         api_server.extend(resolve(&host, port).await);
     }
     let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
-    metrics().declare_kube_requests();
-    Ok((builder.with_layer(&CountRequests).build(), api_server))
+    metrics.declare_kube_requests();
+    Ok((builder.with_layer(&CountRequests(metrics)).build(), api_server))
 }
 
 async fn resolve_uri(uri: &axum::http::Uri) -> Vec<SocketAddr> {
@@ -76,19 +78,24 @@ fn verb<B>(request: &Request<B>) -> &'static str {
     }
 }
 
-struct CountRequests;
+/// Counts every request the client makes, by verb and outcome.
+struct CountRequests(Arc<Metrics>);
 
 impl<S> Layer<S> for CountRequests {
     type Service = Counted<S>;
 
     fn layer(&self, inner: S) -> Counted<S> {
-        Counted { inner }
+        Counted {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Counted<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B, R> Service<Request<B>> for Counted<S>
@@ -109,10 +116,11 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let verb = verb(&request);
         let answer = self.inner.call(request);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let answer = answer.await;
             let code = answer.as_ref().ok().map(|r| r.status().as_u16());
-            metrics().kube_request(verb, code);
+            metrics.kube_request(verb, code);
             answer
         })
     }

@@ -17,24 +17,26 @@ use serde_json::json;
 
 use super::events::StatusEvents;
 use super::lease::Leadership;
-use super::registry::is_conflict;
-use super::secrets::Freshness;
-use super::watch::Stores;
-use crate::core::readiness::Readiness;
-use crate::core::tokens::SigningTokens;
-use crate::crd::{
+use super::endpoint_store::is_conflict;
+use extctl_core::ports::Freshness;
+use super::watch::Reflectors;
+use crate::outbound::Outbound;
+use extctl_core::readiness::Readiness;
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::{
     DurationString, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
-    qualified_name,
 };
-use crate::reconciler::{ControlStore, Reconciler, duration_until};
+use extctl_core::key::ObjectKey;
+use extctl_core::ports::ControlStore;
+use extctl_core::reconciler::{Reconciler, duration_until};
 
-pub type Context = Reconciler<KubeStore, StatusEvents>;
+pub type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
 
 /// Controls and Secrets as the watches see them; writes go to the API server, while this
 /// replica leads.
-pub struct KubeStore {
+pub struct KubeControlStore {
     pub client: Client,
-    pub stores: Stores,
+    pub reflectors: Reflectors,
     pub leadership: Leadership,
 }
 
@@ -105,17 +107,17 @@ pub fn error_policy(_: Arc<ExternalControl>, error: &ReconcileError, _: Arc<Cont
     }
 }
 
-impl ControlStore for KubeStore {
+impl ControlStore for KubeControlStore {
     type Error = ReconcileError;
 
     async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, ReconcileError> {
-        let claimants = self.stores.controls_with_id(control.spec.control_id);
+        let claimants = self.reflectors.controls_with_id(control.spec.control_id);
         let secret = self
-            .stores
+            .reflectors
             .secret_of(control, Freshness::Kept)
             .await
             .map_err(|source| ReconcileError::Secret {
-                control: qualified_name(control),
+                control: ObjectKey::of(control).to_string(),
                 source,
             })?;
         Ok(Readiness::among(
@@ -126,11 +128,11 @@ impl ControlStore for KubeStore {
     }
 
     async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
-        self.stores.tokens(control, Freshness::Kept).await
+        self.reflectors.tokens(control, Freshness::Kept).await
     }
 
     fn recheck_not_ready(&self) -> Option<Duration> {
-        Some(self.stores.secrets.ttl())
+        Some(self.reflectors.secrets.ttl())
     }
 
     async fn write_status(
@@ -177,7 +179,7 @@ impl ControlStore for KubeStore {
             // The test failed: a later reset owns `lastPing` now. Any other refusal (a 422 for
             // an invalid value among them) is an error to report, not a superseded outcome.
             Err(ReconcileError::Status { source, .. }) if is_failed_json_patch(&source) => {
-                let control = qualified_name(control);
+                let control = ObjectKey::of(control);
                 tracing::info!(%control, "a later reset superseded this ping's outcome");
                 Ok(())
             }
@@ -190,8 +192,8 @@ impl ControlStore for KubeStore {
         control: &ExternalControl,
         name: &str,
     ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
-        let key = (control.namespace().unwrap_or_default(), name.to_owned());
-        match self.stores.secrets.get(&key, Freshness::Kept).await {
+        let key = ObjectKey::new(control.namespace().unwrap_or_default(), name);
+        match self.reflectors.secrets.get(&key, Freshness::Kept).await {
             Ok(secret) => Ok(secret.map(|s| s.data.clone().unwrap_or_default())),
             Err(error) => Err(format!("reading Secret {name:?} failed: {error}")),
         }
@@ -233,7 +235,7 @@ fn is_failed_json_patch(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 422 && status.message == JSON_PATCH_FAILED)
 }
 
-impl KubeStore {
+impl KubeControlStore {
     /// A patch of the control's status subresource.
     async fn patch_status<P: serde::Serialize + std::fmt::Debug>(
         &self,
@@ -246,7 +248,7 @@ impl KubeStore {
             .await
             .map(|_| ())
             .map_err(|source| ReconcileError::Status {
-                control: qualified_name(control),
+                control: ObjectKey::of(control).to_string(),
                 source,
             })
     }

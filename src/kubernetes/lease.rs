@@ -1,7 +1,7 @@
 //! One reconciling replica: leader election on a `coordination.k8s.io/v1` Lease.
 //!
 //! Every replica serves the endpoint; only the Lease holder reconciles (resets, pings,
-//! timeouts). The rules are client-go's (see [`crate::core::lease`]): the holder renews every
+//! timeouts). The rules are client-go's (see [`extctl_core::lease`]): the holder renews every
 //! retry period with a resourceVersion-conditioned update, stops leading once it has failed to
 //! renew for the renew deadline, and the others take over only after seeing the Lease unchanged
 //! for its whole duration, so the old leader has stopped before a new one starts. The status
@@ -19,16 +19,18 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::core::lease::{Timing, may_hold, still_leading};
-use crate::metrics::metrics;
+use extctl_core::lease::{Timing, may_hold, still_leading};
+use std::sync::Arc;
 
-/// Where the Lease lives and who this replica is.
+use crate::metrics::Metrics;
+
+/// Which Lease elects the reconciling replica (`--lease-name`, `--lease-namespace`, the
+/// `--lease-*` durations).
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
     pub name: String,
-    pub namespace: String,
-    /// This replica's name in the Lease (the pod name).
-    pub identity: String,
+    /// Default: the namespace served, else the client's default namespace.
+    pub namespace: Option<String>,
     pub timing: Timing,
 }
 
@@ -74,6 +76,11 @@ impl Leadership {
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// Where the Lease is, `settings.namespace` resolved.
+    namespace: String,
+    /// This replica's name in the Lease (the pod name).
+    identity: String,
+    metrics: Arc<Metrics>,
     leading: watch::Sender<bool>,
     /// The Lease as last seen, and since when (on this replica's clock) it has not changed.
     observed: Option<(Lease, Instant)>,
@@ -81,11 +88,20 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        metrics().set_leader(false);
+    pub fn new(
+        client: Client,
+        settings: LeaseSettings,
+        namespace: String,
+        identity: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.set_leader(false);
         Self {
-            api: Api::namespaced(client, &settings.namespace),
+            api: Api::namespaced(client, &namespace),
             settings,
+            namespace,
+            identity,
+            metrics,
             leading: watch::channel(false).0,
             observed: None,
             last_renewal: None,
@@ -158,12 +174,12 @@ impl Elector {
 
     fn set_leading(&self, leading: bool) {
         tracing::info!(
-            identity = %self.settings.identity,
+            identity = %self.identity,
             lease = %self.settings.name,
             "{}",
             if leading { "leading: this replica reconciles" } else { "not leading: reconciling stopped" }
         );
-        metrics().set_leader(leading);
+        self.metrics.set_leader(leading);
         self.leading.send_replace(leading);
     }
 
@@ -180,14 +196,14 @@ impl Elector {
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.settings.timing.lease_duration, Duration::from_secs);
         let holder = spec.holder_identity.as_deref();
-        if !may_hold(holder, &self.settings.identity, unchanged_for, declared) {
+        if !may_hold(holder, &self.identity, unchanged_for, declared) {
             return Ok(false);
         }
         let now = MicroTime(jiff::Timestamp::now());
-        let taking_over = holder != Some(self.settings.identity.as_str());
+        let taking_over = holder != Some(self.identity.as_str());
         let mut lease = current;
         lease.spec = Some(LeaseSpec {
-            holder_identity: Some(self.settings.identity.clone()),
+            holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration_seconds()),
             renew_time: Some(now.clone()),
             acquire_time: if taking_over {
@@ -211,11 +227,11 @@ impl Elector {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(self.settings.name.clone()),
-                namespace: Some(self.settings.namespace.clone()),
+                namespace: Some(self.namespace.clone()),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
-                holder_identity: Some(self.settings.identity.clone()),
+                holder_identity: Some(self.identity.clone()),
                 lease_duration_seconds: Some(self.duration_seconds()),
                 acquire_time: Some(now.clone()),
                 renew_time: Some(now),
@@ -270,7 +286,7 @@ impl Elector {
         let Some(spec) = lease.spec.as_mut() else {
             return;
         };
-        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
         }
         spec.holder_identity = None;

@@ -1,13 +1,14 @@
-//! Kubernetes adapters: watches and stores, the registry the endpoint uses, Events, and the
-//! reconciler, wired together by [`run`].
+//! Kubernetes adapters: the watch and its reflectors, the endpoint's store, the reconciler's
+//! store and its controller, Events, the Lease and the policy reports, wired together by
+//! [`run`].
 
 pub mod client;
 pub mod controller;
 pub mod events;
 pub mod lease;
 pub mod recheck;
-pub mod registry;
-pub mod reports;
+pub mod endpoint_store;
+pub mod policy_reports;
 pub mod secrets;
 pub mod watch;
 
@@ -22,19 +23,19 @@ use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
-use crate::core::destinations::Rule;
-use crate::core::history::HistoryPolicy;
-use crate::core::lease::Timing;
+use extctl_core::destinations::Rule;
+use extctl_core::history::HistoryPolicy;
 use crate::endpoint::{self, EndpointConfig};
-use crate::metrics;
+use crate::metrics::{Census, Metrics};
+use crate::scrape;
 use crate::outbound::{Outbound, OutboundSettings};
-use crate::reconciler::Reconciler;
+use extctl_core::reconciler::Reconciler;
 use crate::shutdown::shutdown_signal;
-use controller::{KubeStore, error_policy, reconcile};
+use controller::{KubeControlStore, error_policy, reconcile};
 use events::StatusEvents;
 use lease::{Elector, Leadership, LeaseSettings};
-use registry::KubeRegistry;
-use watch::{Scope, Stores, Triggers};
+use endpoint_store::KubeEndpointStore;
+use watch::{Scope, Reflectors, Triggers};
 
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]
@@ -55,25 +56,17 @@ pub struct RunSettings {
     /// calls keep headroom when many resets fall due together.
     pub reconcile_concurrency: u16,
     /// Leader election: only the Lease holder reconciles. `None`: this replica always does.
-    pub election: Option<Election>,
+    pub election: Option<LeaseSettings>,
     /// Status changes kept per control in `status.history`.
     pub history_limit: usize,
     /// Which compliance report to keep per namespace (`--reports`); `None`: none.
-    pub reports: Option<crate::core::reports::Flavor>,
-}
-
-/// Which Lease elects the reconciling replica.
-#[derive(Debug, Clone)]
-pub struct Election {
-    pub lease_name: String,
-    /// Default: the namespace served, else the client's default namespace.
-    pub lease_namespace: Option<String>,
-    pub timing: Timing,
+    pub reports: Option<extctl_core::policy_reports::Flavor>,
 }
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
-    let (client, api_server) = client::connect().await?;
+    let metrics = Arc::new(Metrics::new());
+    let (client, api_server) = client::connect(metrics.clone()).await?;
     let mut outbound = settings.outbound.clone();
     outbound.destinations.api_server = api_server.into_iter().map(Rule::Socket).collect();
     let listener = bind(settings.listen, "--listen").await?;
@@ -93,61 +86,66 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         &settings.scope,
         triggers.clone(),
         settings.secret_ttl,
+        metrics.clone(),
     );
-    let stores = watches.stores.clone();
+    let reflectors = watches.reflectors.clone();
     tokio::spawn(watches.driver);
 
-    let census: Arc<dyn metrics::Census> = Arc::new(stores.clone());
-    let metrics_server = metrics::serve(metrics_listener, census, shutdown_signal());
+    let census: Arc<dyn Census> = Arc::new(reflectors.clone());
+    let metrics_server = scrape::serve(
+        metrics_listener,
+        metrics.clone(),
+        census,
+        settings.endpoint.request_timeout,
+        shutdown_signal(),
+    );
 
     let history = HistoryPolicy {
         limit: settings.history_limit,
         replica: Some(identity.clone()),
     };
     let events = StatusEvents::new(client.clone(), settings.instance.clone());
-    let registry = Arc::new(KubeRegistry::new(
+    let endpoint_store = Arc::new(KubeEndpointStore::new(
         client.clone(),
-        stores.clone(),
+        reflectors.clone(),
         events.clone(),
         history.clone(),
         settings.endpoint.request_timeout,
     ));
-    let router = endpoint::router(registry, settings.endpoint);
+    let router = endpoint::router(endpoint_store, settings.endpoint, metrics.clone());
     let header_timeout = settings.endpoint.request_timeout;
-    let server = endpoint::serve(listener, router, header_timeout, shutdown_signal());
+    let server = crate::serve::serve(listener, router, header_timeout, shutdown_signal());
 
     let (leadership, elector) = match &settings.election {
         Some(election) => {
             let namespace = election
-                .lease_namespace
+                .namespace
                 .clone()
                 .or_else(|| scope_namespace(&settings.scope))
                 .unwrap_or_else(|| client.default_namespace().to_owned());
             let elector = Elector::new(
                 client.clone(),
-                LeaseSettings {
-                    name: election.lease_name.clone(),
-                    namespace,
-                    identity,
-                    timing: election.timing,
-                },
+                election.clone(),
+                namespace,
+                identity,
+                metrics.clone(),
             );
             (elector.leadership(), Some(elector))
         }
         None => (Leadership::Always, None),
     };
-    metrics::metrics().set_leader(leadership.is_leader());
+    metrics.set_leader(leadership.is_leader());
     tokio::spawn(reconcile_all_when_leading(
         leadership.clone(),
-        stores.clone(),
+        reflectors.clone(),
         triggers,
     ));
     if let Some(flavor) = settings.reports {
-        let writer = reports::ReportWriter::new(
+        let writer = policy_reports::PolicyReportWriter::new(
             client.clone(),
             settings.scope.clone(),
             flavor,
-            stores.clone(),
+            reflectors.clone(),
             leadership.clone(),
         );
         tokio::spawn(writer.run());
@@ -161,9 +159,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         }))
     });
 
-    let store = KubeStore {
+    let store = KubeControlStore {
         client,
-        stores: stores.clone(),
+        reflectors: reflectors.clone(),
         leadership,
     };
     let context = Arc::new(Reconciler::new(
@@ -171,10 +169,11 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         events,
         Outbound::new(outbound)?,
         history,
+        metrics,
     ));
 
     let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
-    let reconciler = Controller::for_shared_stream(watches.control_events, stores.controls)
+    let reconciler = Controller::for_shared_stream(watches.control_events, reflectors.controls)
         .with_config(config)
         .reconcile_on(triggered)
         .graceful_shutdown_on(shutdown_signal())
@@ -185,8 +184,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
             }
         });
 
-    let (_, _, served) = tokio::join!(server, reconciler, metrics_server);
-    served.context("serving /metrics")?;
+    tokio::join!(server, reconciler, metrics_server);
     let _ = stop_elector.send(());
     if let Some(elector) = elector {
         let _ = elector.await;
@@ -220,12 +218,12 @@ fn default_identity() -> String {
 /// every control is looked at, so no reset waits for a change to its object.
 async fn reconcile_all_when_leading(
     mut leadership: Leadership,
-    stores: Stores,
+    reflectors: Reflectors,
     triggers: Triggers,
 ) {
     loop {
         leadership.gained().await;
-        for control in stores.controls.state() {
+        for control in reflectors.controls.state() {
             if triggers
                 .unbounded_send(ObjectRef::from_obj(control.as_ref()))
                 .is_err()

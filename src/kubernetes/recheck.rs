@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::crd::{ExternalControl, REQUESTED_AT_ANNOTATION};
+use extctl_core::crd::{ExternalControl, REQUESTED_AT_ANNOTATION};
 
 /// What to ask for.
 #[derive(Debug, Clone)]

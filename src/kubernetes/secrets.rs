@@ -21,20 +21,21 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use crate::core::index::SecretKey;
-pub use crate::registry::Freshness;
+use extctl_core::key::ObjectKey;
+use extctl_core::ports::Freshness;
+use extctl_core::sync::lock;
 
 /// The shortest time between two reads of one Secret forced by a failed verification.
 pub const MIN_REREAD: Duration = Duration::from_secs(2);
 
 /// Called with a Secret whose content a read found changed.
-pub type OnChange = Arc<dyn Fn(&SecretKey) + Send + Sync>;
+pub type OnChange = Arc<dyn Fn(&ObjectKey) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct SecretCache {
     client: Client,
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<SecretKey, Slot>>>,
+    entries: Arc<Mutex<HashMap<ObjectKey, Slot>>>,
     on_change: OnChange,
 }
 
@@ -62,7 +63,7 @@ impl SecretCache {
     /// rather than none.
     pub async fn get(
         &self,
-        key: &SecretKey,
+        key: &ObjectKey,
         freshness: Freshness,
     ) -> Result<Option<Arc<Secret>>, kube::Error> {
         let slot = self.slot(key);
@@ -78,7 +79,7 @@ impl SecretCache {
             Ok(secret) => secret,
             Err(error) => match kept.as_ref() {
                 Some(stale) => {
-                    tracing::warn!(%error, secret = %key.1, namespace = %key.0, "cannot read a Secret; using the copy read before");
+                    tracing::warn!(%error, secret = %key, "cannot read a Secret; using the copy read before");
                     return Ok(stale.secret.clone());
                 }
                 None => return Err(error),
@@ -103,22 +104,16 @@ impl SecretCache {
         self.ttl
     }
 
-    fn slot(&self, key: &SecretKey) -> Slot {
-        self.lock().entry(key.clone()).or_default().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SecretKey, Slot>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn slot(&self, key: &ObjectKey) -> Slot {
+        lock(&self.entries).entry(key.clone()).or_default().clone()
     }
 
     async fn read(
         &self,
-        (namespace, name): &SecretKey,
+        key: &ObjectKey,
     ) -> Result<Option<Arc<Secret>>, kube::Error> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api.get_opt(name).await?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        let secret = api.get_opt(&key.name).await?;
         Ok(secret.map(|mut secret| {
             // Only `data` is needed: `kubectl apply` leaves a full copy of the Secret, data
             // included, in an annotation, and managed fields are dead weight.

@@ -7,22 +7,25 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
-use super::secrets::{Freshness, SecretCache};
-use crate::core::index::{ControlIndex, Entry, SecretKey};
-use crate::core::readiness::READY;
-use crate::core::report::current_status;
-use crate::core::tokens::SigningTokens;
-use crate::crd::ExternalControl;
-use crate::metrics::{Census, ControlCounts, metrics};
+use super::secrets::SecretCache;
+use extctl_core::ports::Freshness;
+use extctl_core::index::{ControlIndex, Entry};
+use extctl_core::key::ObjectKey;
+use extctl_core::readiness::READY;
+use extctl_core::report::current_status;
+use extctl_core::sync::{read, write};
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::ExternalControl;
+use crate::metrics::{Census, ControlCounts, Metrics};
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
 #[derive(Debug, Clone)]
@@ -47,19 +50,16 @@ impl Scope {
 /// Reconcile requests for controls affected by a change to some other object.
 pub type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 
-/// A control, by namespace and name (the index's key).
-pub type ControlKey = (String, String);
-
 /// The in-memory view of the cluster that lookups are answered from.
 #[derive(Clone)]
-pub struct Stores {
+pub struct Reflectors {
     pub controls: Store<ExternalControl>,
-    index: Arc<RwLock<ControlIndex<ControlKey>>>,
+    index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     pub secrets: SecretCache,
     loaded: Arc<AtomicBool>,
 }
 
-impl Stores {
+impl Reflectors {
     /// The control's Secret, as fresh as asked (`None`: it does not exist).
     pub async fn secret_of(
         &self,
@@ -88,9 +88,7 @@ impl Stores {
     pub fn controls_with_id(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
         let keys = read(&self.index).with_id(control_id);
         keys.into_iter()
-            .filter_map(|(namespace, name)| {
-                self.controls.get(&ObjectRef::new(&name).within(&namespace))
-            })
+            .filter_map(|key| self.controls.get(&object_ref(&key)))
             // The store and the index follow the same stream; during an update they may
             // briefly disagree, and the store has the last word.
             .filter(|control| control.spec.control_id == control_id)
@@ -104,7 +102,7 @@ impl Stores {
     }
 }
 
-impl Census for Stores {
+impl Census for Reflectors {
     fn count(&self) -> ControlCounts {
         let mut counts = ControlCounts::default();
         for control in self.controls.state() {
@@ -124,19 +122,10 @@ impl Census for Stores {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// What [`start`] hands out: the stores, the shared control stream for the reconciler, and the
+/// What [`start`] hands out: the reflectors, the shared control stream for the reconciler, and the
 /// future that must be polled to keep the watch running.
 pub struct Watches {
-    pub stores: Stores,
+    pub reflectors: Reflectors,
     pub control_events: ReflectHandle<ExternalControl>,
     pub driver: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -145,7 +134,13 @@ pub struct Watches {
 const SHARED_BUFFER: usize = 1024;
 
 /// Starts the control watch; Secrets are read on use and kept for `secret_ttl`.
-pub fn start(client: Client, scope: &Scope, triggers: Triggers, secret_ttl: Duration) -> Watches {
+pub fn start(
+    client: Client,
+    scope: &Scope,
+    triggers: Triggers,
+    secret_ttl: Duration,
+    metrics: Arc<Metrics>,
+) -> Watches {
     let (controls, control_writer) = reflector::store_shared(SHARED_BUFFER);
     let control_events = control_writer
         .subscribe()
@@ -157,27 +152,28 @@ pub fn start(client: Client, scope: &Scope, triggers: Triggers, secret_ttl: Dura
     .default_backoff()
     .reflect_shared(control_writer);
 
-    let index: Arc<RwLock<ControlIndex<ControlKey>>> = Arc::default();
+    let index: Arc<RwLock<ControlIndex<ObjectKey>>> = Arc::default();
     let on_secret_change = {
         let (index, triggers) = (index.clone(), triggers.clone());
-        Arc::new(move |secret: &SecretKey| {
+        Arc::new(move |secret: &ObjectKey| {
             trigger_all(&triggers, read(&index).using_secret(secret));
         })
     };
-    let stores = Stores {
+    let reflectors = Reflectors {
         controls,
         index: index.clone(),
         secrets: SecretCache::new(client, secret_ttl, on_secret_change),
         loaded: Arc::default(),
     };
-    let loaded = stores.loaded.clone();
+    let loaded = reflectors.loaded.clone();
     let driver = drive(
         control_stream,
         IndexKeeper::new(index, triggers),
         move || loaded.store(true, Ordering::Release),
+        metrics,
     );
     Watches {
-        stores,
+        reflectors,
         control_events,
         driver: Box::pin(driver),
     }
@@ -185,14 +181,14 @@ pub fn start(client: Client, scope: &Scope, triggers: Triggers, secret_ttl: Dura
 
 /// Keeps the index current from the watch, and triggers the controls a change affects.
 struct IndexKeeper {
-    index: Arc<RwLock<ControlIndex<ControlKey>>>,
+    index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     triggers: Triggers,
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
-    relisting: Vec<(ControlKey, Entry)>,
+    relisting: Vec<(ObjectKey, Entry)>,
 }
 
 impl IndexKeeper {
-    fn new(index: Arc<RwLock<ControlIndex<ControlKey>>>, triggers: Triggers) -> Self {
+    fn new(index: Arc<RwLock<ControlIndex<ObjectKey>>>, triggers: Triggers) -> Self {
         Self {
             index,
             triggers,
@@ -203,7 +199,7 @@ impl IndexKeeper {
     /// An applied control: when it claims a new id (or is new), the controls of the id it
     /// left and of the id it joined may change their duplicate state.
     fn applied(&mut self, control: &ExternalControl) {
-        let (key, entry) = (control_key(control), Entry::of(control));
+        let (key, entry) = (ObjectKey::of(control), Entry::of(control));
         let mut index = write(&self.index);
         let previous = index.upsert(key.clone(), entry.clone());
         if previous.as_ref() == Some(&entry) {
@@ -219,7 +215,7 @@ impl IndexKeeper {
     }
 
     fn deleted(&mut self, control: &ExternalControl) {
-        let key = control_key(control);
+        let key = ObjectKey::of(control);
         let mut index = write(&self.index);
         if let Some(entry) = index.remove(&key) {
             let affected = index.with_id(entry.control_id);
@@ -235,7 +231,7 @@ impl IndexKeeper {
             watcher::Event::Init => self.relisting.clear(),
             watcher::Event::InitApply(control) => self
                 .relisting
-                .push((control_key(&control), Entry::of(&control))),
+                .push((ObjectKey::of(&control), Entry::of(&control))),
             // The controller reconciles every listed control, so nothing to trigger here.
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut self.relisting);
@@ -246,7 +242,7 @@ impl IndexKeeper {
 }
 
 /// Polls the control stream for ever, keeping the index; `on_loaded` after each full list.
-async fn drive<S>(stream: S, mut keeper: IndexKeeper, on_loaded: impl Fn())
+async fn drive<S>(stream: S, mut keeper: IndexKeeper, on_loaded: impl Fn(), metrics: Arc<Metrics>)
 where
     S: Stream<Item = Result<watcher::Event<ExternalControl>, watcher::Error>>,
 {
@@ -258,7 +254,7 @@ where
                 if matches!(event, watcher::Event::Init) {
                     // A list after the first: the watch could not resume (such as `410 Gone`).
                     if listed_before {
-                        metrics().watch_restarted();
+                        metrics.watch_restarted();
                     }
                     listed_before = true;
                 }
@@ -271,20 +267,20 @@ where
             }
             // The watcher retries with backoff; say why, once per failure.
             Err(error) => {
-                metrics().watch_restarted();
+                metrics.watch_restarted();
                 tracing::warn!(%error, "watch of ExternalControls failed, retrying");
             }
         }
     }
 }
 
-fn control_key(control: &ExternalControl) -> ControlKey {
-    (control.namespace().unwrap_or_default(), control.name_any())
+fn object_ref(key: &ObjectKey) -> ObjectRef<ExternalControl> {
+    ObjectRef::new(&key.name).within(&key.namespace)
 }
 
-fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = ControlKey>) {
-    for (namespace, name) in controls {
+fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = ObjectKey>) {
+    for key in controls {
         // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
-        let _ = triggers.unbounded_send(ObjectRef::new(&name).within(&namespace));
+        let _ = triggers.unbounded_send(object_ref(&key));
     }
 }

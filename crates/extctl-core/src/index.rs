@@ -3,8 +3,8 @@
 //! duplicates of an id, or the controls a Secret change affects costs O(1) in the number of
 //! controls rather than a scan of all of them.
 //!
-//! Pure and I/O-free; `K` identifies a control (an `ObjectRef` on Kubernetes, a
-//! `(namespace, name)` pair in memory).
+//! Pure and I/O-free; `K` identifies a control (an [`ObjectKey`] on Kubernetes, a position
+//! in the dev store's table).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -12,24 +12,22 @@ use std::hash::Hash;
 use kube::ResourceExt;
 
 use crate::crd::ExternalControl;
-
-/// A Secret, by namespace and name.
-pub type SecretKey = (String, String);
+use crate::key::ObjectKey;
 
 /// What the index knows of one control: the id it claims and the Secret it references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub control_id: i64,
-    pub secret: SecretKey,
+    pub secret: ObjectKey,
 }
 
 impl Entry {
     pub fn of(control: &ExternalControl) -> Self {
         Self {
             control_id: control.spec.control_id,
-            secret: (
+            secret: ObjectKey::new(
                 control.namespace().unwrap_or_default(),
-                control.spec.secret_ref.name.clone(),
+                &control.spec.secret_ref.name,
             ),
         }
     }
@@ -40,7 +38,7 @@ pub struct ControlIndex<K> {
     entries: HashMap<K, Entry>,
     /// Sorted, without repeats; small (one control per id, unless duplicated), so a vector.
     by_id: HashMap<i64, Vec<K>>,
-    by_secret: HashMap<SecretKey, Vec<K>>,
+    by_secret: HashMap<ObjectKey, Vec<K>>,
 }
 
 impl<K> Default for ControlIndex<K> {
@@ -101,7 +99,7 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
     }
 
     /// The controls that reference `secret`.
-    pub fn using_secret(&self, secret: &SecretKey) -> Vec<K> {
+    pub fn using_secret(&self, secret: &ObjectKey) -> Vec<K> {
         collect(self.by_secret.get(secret))
     }
 
@@ -143,12 +141,12 @@ mod tests {
     fn entry(control_id: i64, secret: &str) -> Entry {
         Entry {
             control_id,
-            secret: ("ns".into(), secret.into()),
+            secret: ObjectKey::new("ns", secret),
         }
     }
 
-    fn secret(name: &str) -> SecretKey {
-        ("ns".into(), name.into())
+    fn secret(name: &str) -> ObjectKey {
+        ObjectKey::new("ns", name)
     }
 
     #[test]

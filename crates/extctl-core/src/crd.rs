@@ -12,9 +12,9 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::core::duration;
-use crate::core::history::MAX_HISTORY;
-use crate::core::report::{Cause, StatusChange};
+use crate::duration;
+use crate::history::MAX_HISTORY;
+use crate::report::{Cause, StatusChange};
 
 /// The name of the generated CustomResourceDefinition.
 pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
@@ -176,7 +176,7 @@ impl ExternalControlSpec {
     pub fn max_staleness(&self) -> Option<std::time::Duration> {
         match self.gate.as_ref().and_then(|g| g.max_staleness.as_ref()) {
             Some(given) => given.parse().ok(),
-            None => Some(crate::core::compliance::default_max_staleness(
+            None => Some(crate::compliance::default_max_staleness(
                 self.ping_interval.parse().ok()?,
                 self.pending_timeout.parse().ok()?,
             )),
@@ -518,15 +518,6 @@ fn default_notify_statuses() -> Vec<ControlStatus> {
         ControlStatus::Fail,
         ControlStatus::NotApplicable,
     ]
-}
-
-/// `namespace/name`, as people write it.
-pub fn qualified_name(object: &impl kube::ResourceExt) -> String {
-    format!(
-        "{}/{}",
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
 }
 
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.

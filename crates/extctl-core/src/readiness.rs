@@ -5,7 +5,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::tokens::{SigningTokens, TokenProblem};
-use crate::crd::{ExternalControl, qualified_name};
+use crate::crd::ExternalControl;
+use crate::key::ObjectKey;
 
 pub const READY: &str = "Ready";
 
@@ -61,12 +62,13 @@ impl Readiness {
         secret: Option<&Secret>,
         controls: impl IntoIterator<Item = &'a ExternalControl>,
     ) -> Self {
-        let me = qualified_name(control);
+        let me = ObjectKey::of(control);
         let mut others: Vec<String> = controls
             .into_iter()
             .filter(|other| other.spec.control_id == control.spec.control_id)
-            .map(qualified_name)
+            .map(ObjectKey::of)
             .filter(|other| *other != me)
+            .map(|other| other.to_string())
             .collect();
         others.sort();
         Self::evaluate(control, secret, others)

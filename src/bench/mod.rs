@@ -11,7 +11,7 @@
 //! the generator stays cheap enough not to be what is measured (`--bare` shows its ceiling).
 //! `--bare` and `--compare-bare` serve the same route in this process with a handler that only
 //! reads the body and answers `200 {"status":"pass"}`, through the endpoint's own serving loop
-//! ([`crate::endpoint::serve`]): the ratio is the cost of extctl's checks and store per call.
+//! ([`crate::serve::serve`]): the ratio is the cost of extctl's checks and store per call.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -35,10 +35,10 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::{SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now};
-use crate::core::duration;
-use crate::core::tokens::SigningTokens;
-use crate::crd::ControlStatus;
+use crate::checker::{SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now};
+use extctl_core::duration;
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::ControlStatus;
 use crate::endpoint::STATUS_ROUTE;
 
 #[derive(Debug, Args)]
@@ -74,7 +74,7 @@ pub struct BenchArgs {
     pub warmup: Duration,
 
     /// The status every call reports: pass, fail or not_applicable.
-    #[arg(long, default_value = "pass", value_parser = super::parse_status)]
+    #[arg(long, default_value = "pass", value_parser = crate::checker::parse_status)]
     pub status: ControlStatus,
 
     /// Instead of --url, call a bare handler on the same route in this process (no checks,
@@ -308,7 +308,7 @@ impl BareServer {
         // Served as extctl serves it, with its default request timeout for the headers.
         let header_timeout = std::time::Duration::from_secs(10);
         let serve =
-            crate::endpoint::serve(listener, router, header_timeout, std::future::pending());
+            crate::serve::serve(listener, router, header_timeout, std::future::pending());
         Ok(Self {
             url,
             task: tokio::spawn(serve),

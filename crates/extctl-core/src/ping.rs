@@ -61,7 +61,7 @@ pub fn timeout_deadline(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::signature;
+    use crate::signature;
     use crate::crd::PingOutcome;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 

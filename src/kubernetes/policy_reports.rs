@@ -1,5 +1,5 @@
 //! `--reports`: keeps one OpenReports `Report` (or wgpolicyk8s.io `PolicyReport`) per namespace
-//! whose results are its controls (the body is [`crate::core::reports`]'), for Policy Reporter
+//! whose results are its controls (the body is [`extctl_core::policy_reports`]'), for Policy Reporter
 //! and other compliance dashboards.
 //!
 //! - Only the Lease holder writes. On taking the lead it lists the reports extctl keeps (those
@@ -31,9 +31,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::lease::Leadership;
-use super::watch::{Scope, Stores};
-use crate::core::reports::{self, Flavor, MANAGED_BY, MANAGED_BY_LABEL, REPORT_NAME};
-use crate::crd::ExternalControl;
+use super::watch::{Scope, Reflectors};
+use extctl_core::policy_reports::{self, Flavor, MANAGED_BY, MANAGED_BY_LABEL, REPORT_NAME};
+use extctl_core::crd::ExternalControl;
 
 /// How often the controls are compared with the reports: a change (a deletion included) is in
 /// its namespace's report within about this, plus the write.
@@ -49,20 +49,20 @@ pub const ATTEMPTS: usize = 3;
 /// Reports per list page.
 const PAGE: u32 = 50;
 
-/// The report writer: [`ReportWriter::run`] until the process ends.
-pub struct ReportWriter {
+/// The report writer: [`PolicyReportWriter::run`] until the process ends.
+pub struct PolicyReportWriter {
     client: Client,
     scope: Scope,
     flavor: Flavor,
     resource: ApiResource,
-    stores: Stores,
+    reflectors: Reflectors,
     leadership: Leadership,
 }
 
 /// A report as last seen on the server.
 struct Stored {
     resource_version: String,
-    /// Of [`reports::managed`]: whether it says what extctl would write.
+    /// Of [`policy_reports::managed`]: whether it says what extctl would write.
     digest: [u8; 32],
     /// Labelled as extctl's: one that is not (someone else's object of that name) is left alone.
     ours: bool,
@@ -90,12 +90,12 @@ enum SyncError {
     NotOurs,
 }
 
-impl ReportWriter {
+impl PolicyReportWriter {
     pub fn new(
         client: Client,
         scope: Scope,
         flavor: Flavor,
-        stores: Stores,
+        reflectors: Reflectors,
         leadership: Leadership,
     ) -> Self {
         let resource = ApiResource {
@@ -110,7 +110,7 @@ impl ReportWriter {
             scope,
             flavor,
             resource,
-            stores,
+            reflectors,
             leadership,
         }
     }
@@ -138,7 +138,7 @@ impl ReportWriter {
                 _ = ticks.tick() => {}
             }
             // Before the controls are loaded, an empty store would delete every report.
-            if !self.stores.loaded() {
+            if !self.reflectors.loaded() {
                 continue;
             }
             let stale = state
@@ -213,7 +213,7 @@ impl ReportWriter {
     /// Brings every namespace whose controls changed up to date.
     async fn sweep(&self, state: &mut State) {
         let mut by_namespace: BTreeMap<String, Vec<Arc<ExternalControl>>> = BTreeMap::new();
-        for control in self.stores.controls.state() {
+        for control in self.reflectors.controls.state() {
             let namespace = control.namespace().unwrap_or_default();
             by_namespace.entry(namespace).or_default().push(control);
         }
@@ -237,8 +237,8 @@ impl ReportWriter {
             if !self.leadership.is_leader() {
                 return;
             }
-            let desired = reports::report(controls.iter().map(AsRef::as_ref))
-                .map(|report| reports::object(self.flavor, &namespace, &report));
+            let desired = policy_reports::report(controls.iter().map(AsRef::as_ref))
+                .map(|report| policy_reports::object(self.flavor, &namespace, &report));
             match self.sync(state, &namespace, desired.as_ref()).await {
                 Ok(()) => {
                     state.synced.insert(namespace, print);
@@ -277,7 +277,7 @@ impl ReportWriter {
             let outcome = match (desired, current) {
                 (None, None) => return Ok(()),
                 (Some(desired), Some(stored))
-                    if stored.digest == digest(&reports::managed(desired)) =>
+                    if stored.digest == digest(&policy_reports::managed(desired)) =>
                 {
                     return Ok(());
                 }
@@ -298,7 +298,7 @@ impl ReportWriter {
                     api.create(&PostParams::default(), &object).await.map(Some)
                 }
                 (Some(desired), Some(stored)) => {
-                    let patch = reports::patch(desired, &stored.resource_version);
+                    let patch = policy_reports::patch(desired, &stored.resource_version);
                     api.patch(REPORT_NAME, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map(Some)
@@ -342,7 +342,7 @@ impl Stored {
         let value = serde_json::to_value(report).unwrap_or_default();
         Self {
             resource_version: report.resource_version().unwrap_or_default(),
-            digest: digest(&reports::managed(&value)),
+            digest: digest(&policy_reports::managed(&value)),
             ours: report.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY),
         }
     }

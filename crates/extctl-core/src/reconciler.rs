@@ -5,103 +5,37 @@
 //!
 //! `extctl run` drives it from kube-rs's `Controller` with a [`ControlStore`] on the Kubernetes
 //! API; `extctl dev` drives it from a timer loop with an in-memory store. The decisions are made
-//! here once, on top of the pure rules in [`crate::core`].
+//! here once, on top of the pure rules of this crate, and reach the world only through
+//! [`crate::ports`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
-use crate::core::compliance::{Compliance, GateFacts};
-use crate::core::history::HistoryPolicy;
-use crate::core::notify;
-use crate::core::ping::{self, PingSubject};
-use crate::core::readiness::{READY, Readiness};
-use crate::core::report::{Cause, StatusChange, current_status};
-use crate::core::schedule::{self, PingFacts, PingPlan};
-use crate::core::signature;
-use crate::core::tokens::SigningTokens;
-use crate::core::webhooks::{self, ChangeData};
+use crate::compliance::{Compliance, GateFacts};
+use crate::history::HistoryPolicy;
+use crate::notify;
+use crate::ping::{self, PingSubject};
+use crate::readiness::{READY, Readiness};
+use crate::report::{Cause, StatusChange, current_status};
+use crate::schedule::{self, PingFacts, PingPlan};
+use crate::signature;
+use crate::tokens::SigningTokens;
+use crate::webhooks::{self, ChangeData};
 use crate::crd::{
     CaBundleRef, ControlStatus, DeliveryOutcome, ExternalControl, ExternalControlStatus,
     NotificationStatus, NotifyTarget, PingOutcome, REQUESTED_AT_ANNOTATION, StatusChangeRecord,
-    qualified_name,
 };
-use crate::metrics::{DeliveryResult, PingResult, metrics};
-use crate::outbound::{Outbound, Post, shown_url};
-
-/// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.
-/// Telling must not fail the write it reports (the status is already stored).
-pub trait Journal: Send + Sync + 'static {
-    /// A stored change of status (also kept in `status.history`, when that is on).
-    fn status_changed(&self, control: &ExternalControl, record: &StatusChangeRecord);
-
-    /// Something about `control` needs attention (a failed or skipped ping); `reason` is
-    /// PascalCase.
-    fn warning(&self, control: &ExternalControl, reason: &str, note: String);
-}
-
-/// What the reconciler needs from wherever controls live.
-pub trait ControlStore: Send + Sync + 'static {
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// Whether calls for `control` can succeed, judged from its Secret and the other controls.
-    fn readiness(
-        &self,
-        control: &ExternalControl,
-    ) -> impl Future<Output = Result<Readiness, Self::Error>> + Send;
-
-    /// The control's signing tokens, or why there are none (never the token itself).
-    fn signing_tokens(
-        &self,
-        control: &ExternalControl,
-    ) -> impl Future<Output = Result<SigningTokens, String>> + Send;
-
-    /// How soon a control that is not ready is looked at again, when the store does not tell
-    /// of every change to Secrets (`None`: it does).
-    fn recheck_not_ready(&self) -> Option<std::time::Duration>;
-
-    /// Writes the reconciler's status fields, conditioned on the version `control` was read at:
-    /// a report stored meanwhile is never overwritten, and of several writers exactly one
-    /// carries out a reset.
-    fn write_status(
-        &self,
-        control: &ExternalControl,
-        desired: &ExternalControlStatus,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-
-    /// Records a notification's outcome, if `lastPingTime` is still the reset it notified
-    /// (`outcome.time`); otherwise a later reset superseded it, and it is dropped.
-    fn write_last_ping(
-        &self,
-        control: &ExternalControl,
-        outcome: &PingOutcome,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-
-    /// The data of a Secret in the control's namespace (`None`: it does not exist), or why it
-    /// could not be read.
-    fn secret_data(
-        &self,
-        control: &ExternalControl,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<BTreeMap<String, ByteString>>, String>> + Send;
-
-    /// Replaces `status.notifications[index]` with `entry`, if it still is the entry for
-    /// `entry.name` with the cursor `since`; `Ok(false)` when it is not (another sender moved
-    /// it, or the targets changed), and nothing is written.
-    fn write_notification(
-        &self,
-        control: &ExternalControl,
-        index: usize,
-        since: &MicroTime,
-        entry: &NotificationStatus,
-    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
-}
+use crate::destinations::shown_url;
+use crate::key::ObjectKey;
+use crate::ports::{
+    ControlStore, DeliveryResult, Journal, Notifier, Outcome, PingResult, Post, Recorder,
+};
+use crate::sync::lock;
 
 /// What a reconcile did and leaves to do.
 #[derive(Debug)]
@@ -138,13 +72,14 @@ pub struct Ping {
 /// The status a control reports before anyone has written it.
 pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
 
-/// The reconciler: its store, where it tells what happened, how it calls out, and what
-/// history it keeps.
-pub struct Reconciler<S, J> {
+/// The reconciler: its store, where it tells what happened, how it calls out, what history it
+/// keeps, and where it counts what it did.
+pub struct Reconciler<S, J, N> {
     pub store: S,
     pub journal: J,
-    outbound: Outbound,
+    notifier: N,
     history: HistoryPolicy,
+    metrics: Arc<dyn Recorder>,
     /// Per (control uid, target): one delivery at a time, and the cursor it last wrote.
     targets: Mutex<HashMap<(String, String), TargetState>>,
 }
@@ -160,13 +95,20 @@ struct TargetState {
     written: Option<MicroTime>,
 }
 
-impl<S: ControlStore, J: Journal> Reconciler<S, J> {
-    pub fn new(store: S, journal: J, outbound: Outbound, history: HistoryPolicy) -> Self {
+impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
+    pub fn new(
+        store: S,
+        journal: J,
+        notifier: N,
+        history: HistoryPolicy,
+        metrics: Arc<dyn Recorder>,
+    ) -> Self {
         Self {
             store,
             journal,
-            outbound,
+            notifier,
             history,
+            metrics,
             targets: Mutex::default(),
         }
     }
@@ -182,7 +124,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
     ) -> Result<Reconciled, S::Error> {
         let started = std::time::Instant::now();
         let reconciled = self.reconcile_at(control, now).await;
-        metrics().reconciled(started.elapsed());
+        self.metrics.reconciled(started.elapsed());
         reconciled
     }
 
@@ -235,14 +177,14 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         if desired != current {
             self.store.write_status(control, &desired).await?;
             if let PingPlan::Reset { due, .. } = plan {
-                metrics().reset(duration_until(due, now));
+                self.metrics.reset(duration_until(due, now));
             }
             if let Some(record) = &record {
-                metrics().transition(record.change());
+                self.metrics.transition(record.change());
                 self.journal.status_changed(control, record);
             }
             if !readiness.is_ready() {
-                tracing::info!(control = %qualified_name(control), reason = readiness.reason(), "control not ready");
+                tracing::info!(control = %ObjectKey::of(control), reason = readiness.reason(), "control not ready");
             }
             if change == Some(Cause::PingReset) && control.spec.external_url.is_some() {
                 // Only the writer whose reset won gets here: one ping per reset.
@@ -329,7 +271,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         let shown = shown_url(url);
         let outcome = match self.store.signing_tokens(control).await {
             Err(why) => {
-                metrics().ping(PingResult::Skipped);
+                self.metrics.ping(PingResult::Skipped);
                 let note = format!("Not notifying {shown}: {why}");
                 self.journal.warning(control, "PingSkipped", note);
                 PingOutcome {
@@ -363,12 +305,9 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                             ca_bundle: ca_bundle.as_deref(),
                             headers: &headers,
                         };
-                        self.outbound.post(&post).await
+                        self.notifier.post(&post).await
                     }
-                    Err(why) => crate::outbound::Outcome {
-                        answer: Err(why),
-                        attempts: 0,
-                    },
+                    Err(why) => Outcome::not_sent(why),
                 };
                 let outcome = PingOutcome {
                     time: MicroTime(reset_at),
@@ -376,7 +315,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                     error: sent.answer.as_ref().err().cloned(),
                     attempts: Some(sent.attempts),
                 };
-                metrics().ping(match sent.answer {
+                self.metrics.ping(match sent.answer {
                     _ if outcome.accepted() => PingResult::Accepted,
                     Ok(_) => PingResult::Refused,
                     Err(_) => PingResult::Failed,
@@ -462,7 +401,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                 .write_notification(control, *index, &since, &entry)
                 .await?
             {
-                tracing::info!(control = %qualified_name(control), target = %target.name, "another sender moved this notification target on");
+                tracing::info!(control = %ObjectKey::of(control), target = %target.name, "another sender moved this notification target on");
                 return Ok(());
             }
             since = change.time.clone();
@@ -507,7 +446,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
                     (result, sent.attempts, sent.answer)
                 }
             };
-        metrics().delivery(result);
+        self.metrics.delivery(result);
         DeliveryOutcome {
             webhook_id,
             to: change.to,
@@ -527,7 +466,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
         target: &NotifyTarget,
         change: &StatusChangeRecord,
         webhook_id: &str,
-    ) -> Result<crate::outbound::Outcome, String> {
+    ) -> Result<Outcome, String> {
         let (tokens, ca_bundle) = self.prepare(control, target).await?;
         let namespace = control.namespace().unwrap_or_default();
         let name = control.name_any();
@@ -553,7 +492,7 @@ impl<S: ControlStore, J: Journal> Reconciler<S, J> {
             ca_bundle: ca_bundle.as_deref(),
             headers: &headers,
         };
-        Ok(self.outbound.post(&post).await)
+        Ok(self.notifier.post(&post).await)
     }
 
     /// The target's signing tokens (checked for its format) and CA bundle.
@@ -642,7 +581,7 @@ fn spread_seed(control: &ExternalControl) -> u64 {
         .metadata
         .uid
         .clone()
-        .unwrap_or_else(|| qualified_name(control));
+        .unwrap_or_else(|| ObjectKey::of(control).to_string());
     let digest = sha2::Sha256::digest(identity.as_bytes());
     u64::from_be_bytes(
         digest[..8]
@@ -703,12 +642,6 @@ fn desired_status(
     let (gate, expires) = Compliance::assess(&facts, now);
     desired.conditions = gate.conditions(status, &desired.conditions, generation, now);
     (desired, expires)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn replace_ready(conditions: &[Condition], ready: Condition) -> Vec<Condition> {

@@ -191,9 +191,34 @@ impl DestinationPolicy {
     }
 }
 
+/// `url` as it may be shown in Events and output: without user info, query and fragment,
+/// where credentials for a checker's endpoint would be.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "(an invalid URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(
+            shown_url("https://bot:s3cret@checker.example.com/ping?token=abc#x"),
+            "https://checker.example.com/ping"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9/p"), "http://127.0.0.1:9/p");
+        assert_eq!(shown_url("not a url"), "(an invalid URL)");
+    }
 
     fn at(text: &str) -> SocketAddr {
         text.parse().unwrap()

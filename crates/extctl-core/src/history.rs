@@ -68,7 +68,7 @@ impl HistoryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::report::Cause;
+    use crate::report::Cause;
     use crate::crd::ControlStatus::{Fail, Pass, Pending};
 
     fn policy(limit: usize) -> HistoryPolicy {

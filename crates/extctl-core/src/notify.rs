@@ -55,7 +55,7 @@ pub fn due<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::report::Cause;
+    use crate::report::Cause;
     use crate::crd::ControlStatus::{self, Fail, NotApplicable, Pass, Pending};
 
     fn at(second: i64) -> MicroTime {

@@ -1,4 +1,4 @@
-//! [`ControlRegistry`] on Kubernetes: lookups from the reflector stores, writes to the status
+//! [`EndpointStore`] on Kubernetes: lookups from the reflector stores, writes to the status
 //! subresource with a resourceVersion precondition.
 
 use std::sync::Arc;
@@ -8,40 +8,41 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::events::StatusEvents;
-use super::watch::Stores;
-use crate::core::history::HistoryPolicy;
-use crate::core::protocol::Rejection;
-use crate::core::report::{self, Cause, Report, ReportUpdate, StatusChange};
-use crate::core::tokens::SigningTokens;
-use crate::crd::{ExternalControl, StatusChangeRecord, qualified_name};
-use crate::reconciler::Journal;
-use crate::registry::{ControlRegistry, Freshness, Recorded, the_only};
+use super::watch::Reflectors;
+use extctl_core::history::HistoryPolicy;
+use extctl_core::protocol::Rejection;
+use extctl_core::report::{self, Cause, Report, ReportUpdate, StatusChange};
+use extctl_core::tokens::SigningTokens;
+use extctl_core::crd::{ExternalControl, StatusChangeRecord};
+use extctl_core::key::ObjectKey;
+use extctl_core::ports::Journal;
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
 /// means another write succeeded, so this bounds contention, not progress.
 const MAX_WRITE_ATTEMPTS: usize = 32;
 
-pub struct KubeRegistry {
+pub struct KubeEndpointStore {
     client: Client,
-    stores: Stores,
+    reflectors: Reflectors,
     events: StatusEvents,
     history: HistoryPolicy,
     /// The request timeout: no write is *started* after it has passed since the call came.
     answer_within: std::time::Duration,
 }
 
-impl KubeRegistry {
-    /// The registry answers `Unavailable` until both stores have their first full list.
+impl KubeEndpointStore {
+    /// Answers `Unavailable` until the controls have been listed in full.
     pub fn new(
         client: Client,
-        stores: Stores,
+        reflectors: Reflectors,
         events: StatusEvents,
         history: HistoryPolicy,
         answer_within: std::time::Duration,
     ) -> Self {
         Self {
             client,
-            stores,
+            reflectors,
             events,
             history,
             answer_within,
@@ -56,16 +57,16 @@ impl KubeRegistry {
     }
 }
 
-impl ControlRegistry for KubeRegistry {
+impl EndpointStore for KubeEndpointStore {
     fn ready(&self) -> bool {
-        self.stores.loaded()
+        self.reflectors.loaded()
     }
 
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         if !self.ready() {
             return Err(Rejection::Unavailable("controls are still loading".into()));
         }
-        the_only(self.stores.controls_with_id(control_id))
+        the_only(self.reflectors.controls_with_id(control_id))
     }
 
     async fn tokens(
@@ -73,7 +74,7 @@ impl ControlRegistry for KubeRegistry {
         control: &ExternalControl,
         freshness: Freshness,
     ) -> Result<SigningTokens, String> {
-        self.stores.tokens(control, freshness).await
+        self.reflectors.tokens(control, freshness).await
     }
 
     async fn record(
@@ -116,7 +117,7 @@ impl ControlRegistry for KubeRegistry {
                     if let Some(record) = &change {
                         self.events.status_changed(control, record);
                     }
-                    tracing::info!(control = %qualified_name(control), from = %update.previous, to = %update.status, "status stored");
+                    tracing::info!(control = %ObjectKey::of(control), from = %update.previous, to = %update.status, "status stored");
                     return Ok(recorded);
                 }
                 Err(error) if is_conflict(&error) => {
