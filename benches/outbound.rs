@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use extctl::core::retry::RetryPolicy;
-use extctl::outbound::{Outbound, OutboundSettings, Post};
+use extctl::outbound::{Outbound, OutboundSettings};
+use extctl_core::ports::{Notifier, Post};
+use extctl_core::retry::RetryPolicy;
 
 fn calls() -> usize {
     std::env::var("EXTCTL_BENCH_CALLS")

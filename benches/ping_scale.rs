@@ -60,7 +60,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

@@ -17,7 +17,7 @@
 //! `EXTCTL_BENCH_ARGS` adds flags.
 //!
 //! 1. Throughput, extctl's kubeconfig straight to the server (HTTPS on loopback):
-//!    `EXTCTL_BENCH_CONCURRENCY` (32) checkers with `extctl::checker::load` (each call signed
+//!    `EXTCTL_BENCH_CONCURRENCY` (32) checkers with `extctl::bench` (each call signed
 //!    anew, round-robin over the called controls) against extctl, then the same number of
 //!    workers sending merge patches of the twins' status straight to the server, one
 //!    keep-alive HTTPS connection each, measured the same way. The two take turns for
@@ -63,8 +63,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use extctl::checker::load::{self, ControlRange, Figures, Load};
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl::bench::{self, ControlRange, Figures, Load};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -129,7 +129,7 @@ async fn main() -> ExitCode {
     };
     let mut warm_calls = 0;
     for _ in 0..30 {
-        let figures = load::measure(&operator.url, &warm).await;
+        let figures = bench::measure(&operator.url, &warm).await;
         warm_calls += figures.expect("extctl called").calls;
         if warm_calls >= 2 * called {
             break;
@@ -450,7 +450,7 @@ async fn compare(
             "added latency {latency:?}, round {round} of {rounds}: extctl, {} checkers; then direct patches",
             load.concurrency
         );
-        let (figures, cpu) = with_cpu(&pids, load::measure(&operator.url, &turn)).await;
+        let (figures, cpu) = with_cpu(&pids, bench::measure(&operator.url, &turn)).await;
         extctl.push(Rate::from(figures.expect("extctl measured")));
         extctl_cpu.add(cpu);
         let (rate, cpu) = with_cpu(&pids, measure_direct(target, &turn)).await;
@@ -684,7 +684,7 @@ async fn priority(
     ];
     let calling = {
         let (url, load) = (operator.url.clone(), load.clone());
-        tokio::spawn(async move { with_cpu(&pids, load::measure(&url, &load)).await })
+        tokio::spawn(async move { with_cpu(&pids, bench::measure(&url, &load)).await })
     };
     let done = completion(&progress, names, due).await;
     let (figures, (seconds, wall)) = calling.await.unwrap();

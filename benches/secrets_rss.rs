@@ -9,7 +9,7 @@
 //! extctl reads each referenced Secret with a GET and never lists or watches Secrets, so the
 //! Secrets that Helm and others keep (often 100 KiB each) should cost it nothing. With the
 //! controls (`EXTCTL_BENCH_CONTROLS`, 100, ping off) ready, a few signed calls are made through
-//! `extctl::checker::load` and the operator's `VmRSS` is read a few seconds later; then
+//! `extctl::bench` and the operator's `VmRSS` is read a few seconds later; then
 //! `EXTCTL_BENCH_SECRETS` (2,000) Secrets of 100 KiB of random data are created, half in the
 //! controls' namespace and half in another; `EXTCTL_BENCH_WAIT` (10 s) later, after the same
 //! calls and pause, `VmRSS` and `VmHWM` are read again. Printed: both readings and the
@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use extctl::checker::load::{self, ControlRange, Load};
-use extctl::crd::ControlStatus;
+use extctl::bench::{self, ControlRange, Load};
+use extctl_core::crd::ControlStatus;
 use futures::StreamExt;
 use reqwest::Url;
 use serde_json::json;
@@ -132,7 +132,7 @@ async fn settle(url: &Url, controls: u64) {
         status: ControlStatus::Pass,
         token: TOKEN.as_bytes().to_vec(),
     };
-    let figures = load::measure(url, &load).await.expect("calls made");
+    let figures = bench::measure(url, &load).await.expect("calls made");
     assert!(figures.all_ok(), "a call failed: {:?}", figures.first_error);
     tokio::time::sleep(Duration::from_secs(3)).await;
 }

@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::dev::{ControlIds, DevSettings};
+use crate::endpoint::EndpointConfig;
+use crate::kubernetes::RunSettings;
+use crate::kubernetes::lease::LeaseSettings;
+use crate::kubernetes::watch::Scope;
+use crate::outbound::OutboundSettings;
 use extctl_core::destinations::{DestinationPolicy, Rule};
 use extctl_core::duration;
 use extctl_core::freshness::TimestampWindow;
 use extctl_core::lease::Timing;
 use extctl_core::retry::RetryPolicy;
-use crate::dev::{ControlIds, DevSettings};
-use crate::endpoint::EndpointConfig;
-use crate::kubernetes::watch::Scope;
-use crate::kubernetes::RunSettings;
-use crate::kubernetes::lease::LeaseSettings;
-use crate::outbound::OutboundSettings;
 
 #[derive(Debug, Parser)]
 #[command(

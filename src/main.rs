@@ -4,9 +4,11 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use extctl::checker::{load, send, sign};
+use extctl::bench;
+use extctl::checker::{send, sign};
 use extctl::cli::{Cli, Command};
-use extctl::{crd, kubernetes, telemetry};
+use extctl::{kubernetes, telemetry};
+use extctl_core::crd;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -42,7 +44,7 @@ async fn main() -> ExitCode {
                 }
             }
         },
-        Command::Bench(args) => match load::run(&args).await {
+        Command::Bench(args) => match bench::run(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(error) => {

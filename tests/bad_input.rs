@@ -1615,7 +1615,7 @@ async fn bad_durations_are_refused_on_create_with_the_api_servers_answer() {
     let mut wrong = Vec::new();
     for (i, (duration, refusal)) in bad_durations().into_iter().enumerate() {
         let name = format!("d{i}");
-        let manifest: extctl::crd::ExternalControl = serde_json::from_value(json!({
+        let manifest: extctl_core::crd::ExternalControl = serde_json::from_value(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
             "metadata": {"name": name},
             "spec": {"projectId": 1, "controlId": 1, "secretRef": {"name": "t"}, "pingInterval": duration}

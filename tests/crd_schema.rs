@@ -3,7 +3,7 @@
 
 mod support;
 
-use extctl::crd::ExternalControl;
+use extctl_core::crd::ExternalControl;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use support::Cluster;

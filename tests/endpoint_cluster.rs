@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use extctl::crd::ControlStatus;
+use extctl_core::crd::ControlStatus;
 use support::{Cluster, Operator, TOKEN, checker, wait_for};
 
 async fn cluster_with_control() -> (Cluster, String) {

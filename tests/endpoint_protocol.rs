@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use extctl::crd::ControlStatus;
+use extctl_core::crd::ControlStatus;
 use serde_json::json;
 use support::chart_rbac::{Chart, own_namespace, whole_server};
 use support::{Cluster, Dev, Operator, TOKEN, checker, wait_for};

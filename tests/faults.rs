@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::Method;
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use jiff::Timestamp;
 use serde_json::json;
 use support::apiserver::{Faults, RequestRecord};

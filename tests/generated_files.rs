@@ -27,7 +27,7 @@ fn run_flags() -> Vec<(String, String)> {
 #[test]
 fn committed_crd_matches_the_rust_definition() {
     assert!(
-        committed("crds/externalcontrols.extctl.dev.yaml") == extctl::crd::crd_yaml(),
+        committed("crds/externalcontrols.extctl.dev.yaml") == extctl_core::crd::crd_yaml(),
         "crds/externalcontrols.extctl.dev.yaml is out of date: run \
          `cargo run -- crd > crds/externalcontrols.extctl.dev.yaml`"
     );
@@ -36,7 +36,8 @@ fn committed_crd_matches_the_rust_definition() {
 #[test]
 fn chart_ships_the_same_crd() {
     assert!(
-        committed("charts/extctl/crds/externalcontrols.extctl.dev.yaml") == extctl::crd::crd_yaml(),
+        committed("charts/extctl/crds/externalcontrols.extctl.dev.yaml")
+            == extctl_core::crd::crd_yaml(),
         "the chart's CRD is out of date: run \
          `cargo run -- crd > charts/extctl/crds/externalcontrols.extctl.dev.yaml`"
     );

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use regex::Regex;

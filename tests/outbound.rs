@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use extctl::crd::{ControlStatus, ExternalControl, PingOutcome, REQUESTED_AT_ANNOTATION};
+use extctl_core::crd::{ControlStatus, ExternalControl, PingOutcome, REQUESTED_AT_ANNOTATION};
 use kube::Api;
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};

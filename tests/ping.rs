@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
@@ -429,7 +429,7 @@ async fn an_accepted_ping_then_silence_times_out_to_fail() {
 /// `lastPingTime`, never an earlier round's), and checks that round once its pending timeout
 /// (1 s) is 1 s past: still `pending`, that outcome kept. A round that ends before it could be
 /// checked (a slow machine) hands over to the next.
-async fn a_round_stays_pending(cluster: &Cluster, name: &str) -> extctl::crd::PingOutcome {
+async fn a_round_stays_pending(cluster: &Cluster, name: &str) -> extctl_core::crd::PingOutcome {
     for _ in 0..3 {
         let (reset_at, outcome) = wait_for(Duration::from_secs(10), || async {
             let status = cluster.control(name).await.status?;
@@ -604,11 +604,11 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
-    use extctl::crd::PingOutcome;
     use extctl::kubernetes::controller::KubeControlStore;
     use extctl::kubernetes::lease::Leadership;
     use extctl::kubernetes::watch::{self, Scope};
-    use extctl::reconciler::ControlStore;
+    use extctl_core::crd::PingOutcome;
+    use extctl_core::ports::ControlStore;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     let (cluster, _) = cluster_with(json!({"pingInterval": "1h"})).await;
@@ -633,6 +633,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
             &Scope::Namespace(cluster.namespace.clone()),
             triggers,
             Duration::from_secs(60),
+            Default::default(),
         )
         .reflectors,
         leadership: Leadership::Always,

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use extctl::core::nonces::NonceSet;
-use extctl::core::protocol::Rejection;
-use extctl::core::report::{self, Report};
-use extctl::core::schedule::{PingFacts, PingPlan, plan};
-use extctl::core::signature::{sign, signed_string, status_path, verify};
-use extctl::crd::{ControlStatus, ExternalControlStatus};
+use extctl_core::crd::{ControlStatus, ExternalControlStatus};
+use extctl_core::nonces::NonceSet;
+use extctl_core::protocol::Rejection;
+use extctl_core::report::{self, Report};
+use extctl_core::schedule::{PingFacts, PingPlan, plan};
+use extctl_core::signature::{sign, signed_string, status_path, verify};
 use jiff::Timestamp;
 use proptest::prelude::*;
 

@@ -20,7 +20,7 @@ mod support;
 use std::time::Duration;
 
 use axum::http::Method;
-use extctl::crd::{ControlStatus, ExternalControl};
+use extctl_core::crd::{ControlStatus, ExternalControl};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};

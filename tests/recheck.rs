@@ -7,7 +7,7 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use extctl::crd::{ControlStatus, ExternalControl, REQUESTED_AT_ANNOTATION};
+use extctl_core::crd::{ControlStatus, ExternalControl, REQUESTED_AT_ANNOTATION};
 use kube::ResourceExt;
 use serde_json::json;
 use support::{Cluster, Operator, PingReceiver, TOKEN};

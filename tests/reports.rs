@@ -111,7 +111,7 @@ async fn stored_report(cluster: &Cluster, namespace: &str, kind: Kind) -> Option
 
 /// A control as the server returns it.
 async fn stored_control(cluster: &Cluster, namespace: &str, name: &str) -> Value {
-    let resource = ApiResource::erase::<extctl::crd::ExternalControl>(&());
+    let resource = ApiResource::erase::<extctl_core::crd::ExternalControl>(&());
     let api: Api<DynamicObject> =
         Api::namespaced_with(cluster.client.clone(), namespace, &resource);
     serde_json::to_value(api.get(name).await.unwrap()).unwrap()
@@ -300,12 +300,14 @@ async fn create_control(cluster: &Cluster, namespace: &str, name: &str, id: i64,
         "spec": spec,
     }))
     .unwrap();
-    let api: Api<extctl::crd::ExternalControl> = Api::namespaced(cluster.client.clone(), namespace);
+    let api: Api<extctl_core::crd::ExternalControl> =
+        Api::namespaced(cluster.client.clone(), namespace);
     api.create(&PostParams::default(), &control).await.unwrap();
 }
 
 async fn delete_control(cluster: &Cluster, namespace: &str, name: &str) {
-    let api: Api<extctl::crd::ExternalControl> = Api::namespaced(cluster.client.clone(), namespace);
+    let api: Api<extctl_core::crd::ExternalControl> =
+        Api::namespaced(cluster.client.clone(), namespace);
     api.delete(name, &DeleteParams::default()).await.unwrap();
 }
 
@@ -346,7 +348,8 @@ async fn closed_url() -> String {
 
 /// Asks for a re-check of `name` (a reset and a ping at once) and waits for the ping's outcome.
 async fn ping_now(cluster: &Cluster, namespace: &str, name: &str) {
-    let api: Api<extctl::crd::ExternalControl> = Api::namespaced(cluster.client.clone(), namespace);
+    let api: Api<extctl_core::crd::ExternalControl> =
+        Api::namespaced(cluster.client.clone(), namespace);
     let now = jiff::Timestamp::now().to_string();
     let patch = json!({"metadata": {"annotations": {"extctl.dev/requestedAt": now}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(patch))

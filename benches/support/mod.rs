@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use extctl::crd::ExternalControl;
+use extctl_core::crd::ExternalControl;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Uri};
-use extctl::core::duration;
-use extctl::core::freshness::TimestampWindow;
-use extctl::core::protocol::{NONCE_HEADER, Rejection, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use extctl::core::report::Report;
-use extctl::core::tokens::SigningTokens;
-use extctl::crd::{ControlStatus, ExternalControl};
 use extctl::dev::manifests::{self, Manifests};
 use extctl::endpoint::{EndpointConfig, router};
-use extctl::registry::{ControlRegistry, Freshness, Recorded, the_only};
+use extctl_core::crd::{ControlStatus, ExternalControl};
+use extctl_core::duration;
+use extctl_core::freshness::TimestampWindow;
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
+use extctl_core::protocol::{NONCE_HEADER, Rejection, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use extctl_core::report::Report;
+use extctl_core::tokens::SigningTokens;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -101,12 +101,12 @@ fn tokens_of(list: &[&str]) -> Result<SigningTokens, String> {
     );
     if let Some(previous) = previous.first() {
         let previous = k8s_openapi::ByteString(previous.as_bytes().to_vec());
-        data.insert(extctl::crd::PREVIOUS_TOKEN_KEY.to_owned(), previous);
+        data.insert(extctl_core::crd::PREVIOUS_TOKEN_KEY.to_owned(), previous);
     }
     SigningTokens::from_secret_data(&data, "token").map_err(|problem| problem.to_string())
 }
 
-impl ControlRegistry for Registry {
+impl EndpointStore for Registry {
     fn ready(&self) -> bool {
         true
     }
@@ -182,7 +182,7 @@ thread_local! {
                 .enable_time()
                 .build()
                 .expect("a runtime"),
-            router: router(registry.clone(), config),
+            router: router(registry.clone(), config, Default::default()),
             registry,
         }
     };
@@ -197,7 +197,7 @@ struct Signed {
     project: String,
     control: String,
     status: String,
-    /// Lowercase hex HMAC-SHA256, computed here independently of `extctl::core::signature`.
+    /// Lowercase hex HMAC-SHA256, computed here independently of `extctl_core::signature`.
     signature: String,
 }
 

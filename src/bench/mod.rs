@@ -35,11 +35,13 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::checker::{SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now};
+use crate::checker::{
+    SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now,
+};
+use crate::endpoint::STATUS_ROUTE;
+use extctl_core::crd::ControlStatus;
 use extctl_core::duration;
 use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::ControlStatus;
-use crate::endpoint::STATUS_ROUTE;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("token"))]
@@ -307,8 +309,7 @@ impl BareServer {
         let router = Router::new().route(STATUS_ROUTE, patch(bare_status));
         // Served as extctl serves it, with its default request timeout for the headers.
         let header_timeout = std::time::Duration::from_secs(10);
-        let serve =
-            crate::serve::serve(listener, router, header_timeout, std::future::pending());
+        let serve = crate::serve::serve(listener, router, header_timeout, std::future::pending());
         Ok(Self {
             url,
             task: tokio::spawn(serve),

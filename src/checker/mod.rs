@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::Url;
 
+use extctl_core::crd::ControlStatus;
 use extctl_core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use extctl_core::signature::{sign, signed_string, status_path};
 use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::ControlStatus;
 
 /// What a signed status call is made of. The token comes from a file, stdin or an environment
 /// variable, never from a bare command-line value (which would land in shell history and `ps`).

@@ -8,10 +8,10 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use extctl_core::readiness::Readiness;
 use extctl_core::crd::{ExternalControl, StatusChangeRecord};
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::Journal;
+use extctl_core::readiness::Readiness;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Console {
@@ -78,7 +78,10 @@ impl Console {
 
     fn event(&self, control: &ExternalControl, reason: &str, message: &str, extra: Value) {
         let time = Timestamp::now().strftime("%H:%M:%S");
-        let text = format!("{time}  {}  {reason}: {message}", ObjectKey::of(control).to_string());
+        let text = format!(
+            "{time}  {}  {reason}: {message}",
+            ObjectKey::of(control).to_string()
+        );
         let mut object = json!({
             "control": ObjectKey::of(control).to_string(),
             "namespace": control.namespace(),

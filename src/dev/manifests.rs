@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use extctl_core::duration;
 use extctl_core::crd::ExternalControl;
+use extctl_core::duration;
 
 /// The namespace of objects whose manifest names none, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -28,18 +28,18 @@ use tokio::task::JoinSet;
 use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::checker::shell_quote;
-use extctl_core::history::HistoryPolicy;
-use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::ExternalControl;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{Census, Metrics};
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::scrape;
 use crate::shutdown::shutdown_signal;
+pub use console::Console;
+use extctl_core::crd::ExternalControl;
+use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::{ControlStore, Journal};
 use extctl_core::reconciler::{Reconciler, duration_until};
-pub use console::Console;
+use extctl_core::tokens::SigningTokens;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
 pub use store::MemoryStore;
 

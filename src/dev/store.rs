@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -24,22 +23,22 @@ use tokio::sync::mpsc;
 
 use super::console::Console;
 use super::manifests::DEFAULT_NAMESPACE;
+use crate::metrics::{Census, ControlCounts};
+use extctl_core::crd::{
+    ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
+};
 use extctl_core::history::HistoryPolicy;
 use extctl_core::index::{ControlIndex, Entry};
+use extctl_core::key::ObjectKey;
 use extctl_core::nonces::NonceSet;
+use extctl_core::ports::{ControlStore, Journal};
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
 use extctl_core::protocol::Rejection;
 use extctl_core::readiness::Readiness;
 use extctl_core::report::{Report, current_status, record_result};
 use extctl_core::schedule::to_microsecond;
-use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
-};
-use extctl_core::key::ObjectKey;
 use extctl_core::sync::lock;
-use crate::metrics::{Census, ControlCounts};
-use extctl_core::ports::{ControlStore, Journal};
-use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
+use extctl_core::tokens::SigningTokens;
 
 /// A cheap handle; clones share the same state.
 #[derive(Clone)]

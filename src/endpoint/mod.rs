@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
 use serde_json::json;
 
-use extctl_core::freshness::TimestampWindow;
-use extctl_core::protocol::Rejection;
 use crate::metrics::Metrics;
+use extctl_core::freshness::TimestampWindow;
 use extctl_core::ports::EndpointStore;
+use extctl_core::protocol::Rejection;
 
 /// The route GitLab serves, with axum's parameter syntax.
 pub const STATUS_ROUTE: &str =
@@ -81,7 +81,9 @@ async fn set_status<S: EndpointStore>(
     let (project, control) = match path {
         Ok(Path(ids)) => ids,
         Err(rejection) => {
-            endpoint.metrics.status_call("bad_request", started.elapsed());
+            endpoint
+                .metrics
+                .status_call("bad_request", started.elapsed());
             return error_response(rejection.status(), rejection.body_text());
         }
     };
@@ -89,7 +91,9 @@ async fn set_status<S: EndpointStore>(
     let body = match request::read_body(body, config.max_body_bytes, config.request_timeout).await {
         Ok(body) => body,
         Err(refusal) => {
-            endpoint.metrics.status_call("bad_request", started.elapsed());
+            endpoint
+                .metrics
+                .status_call("bad_request", started.elapsed());
             return refusal;
         }
     };
@@ -101,7 +105,8 @@ async fn set_status<S: EndpointStore>(
         body: &body,
     };
     let now = jiff::Timestamp::now();
-    let outcome = verify::verify_and_record(&endpoint.store, &config, &call, now, &endpoint.metrics).await;
+    let outcome =
+        verify::verify_and_record(&endpoint.store, &config, &call, now, &endpoint.metrics).await;
     let result = outcome.as_ref().map_or_else(Rejection::label, |_| "stored");
     endpoint.metrics.status_call(result, started.elapsed());
     match outcome {

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::error_response;
-use extctl_core::protocol::Rejection;
 use extctl_core::crd::ControlStatus;
+use extctl_core::protocol::Rejection;
 
 /// Everything the checks need from one request.
 pub struct StatusCall<'a> {

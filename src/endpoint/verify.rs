@@ -10,16 +10,16 @@ use jiff::Timestamp;
 
 use super::EndpointConfig;
 use super::request::StatusCall;
+use crate::metrics::Metrics;
+use extctl_core::crd::ControlStatus;
+use extctl_core::ports::Recorder;
+use extctl_core::ports::{EndpointStore, Freshness};
 use extctl_core::protocol::{
     NONCE_HEADER, Rejection, SIGNATURE_HEADER, SignatureHeaders, TIMESTAMP_HEADER,
 };
 use extctl_core::report::{self, Report};
 use extctl_core::signature::{signed_string, status_path};
 use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::ControlStatus;
-use crate::metrics::Metrics;
-use extctl_core::ports::Recorder;
-use extctl_core::ports::{EndpointStore, Freshness};
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
 pub async fn verify_and_record<S: EndpointStore>(

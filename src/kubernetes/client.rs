@@ -36,7 +36,10 @@ pub async fn connect(metrics: Arc<Metrics>) -> anyhow::Result<(Client, Vec<Socke
     }
     let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
     metrics.declare_kube_requests();
-    Ok((builder.with_layer(&CountRequests(metrics)).build(), api_server))
+    Ok((
+        builder.with_layer(&CountRequests(metrics)).build(),
+        api_server,
+    ))
 }
 
 async fn resolve_uri(uri: &axum::http::Uri) -> Vec<SocketAddr> {

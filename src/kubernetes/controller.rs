@@ -15,20 +15,20 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use super::endpoint_store::is_conflict;
 use super::events::StatusEvents;
 use super::lease::Leadership;
-use super::endpoint_store::is_conflict;
-use extctl_core::ports::Freshness;
 use super::watch::Reflectors;
 use crate::outbound::Outbound;
-use extctl_core::readiness::Readiness;
-use extctl_core::tokens::SigningTokens;
 use extctl_core::crd::{
     DurationString, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
 };
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::ControlStore;
+use extctl_core::ports::Freshness;
+use extctl_core::readiness::Readiness;
 use extctl_core::reconciler::{Reconciler, duration_until};
+use extctl_core::tokens::SigningTokens;
 
 pub type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
 

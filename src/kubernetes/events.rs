@@ -7,9 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use extctl_core::schedule::to_microsecond;
 use extctl_core::crd::{ControlStatus, ExternalControl, StatusChangeRecord};
 use extctl_core::ports::Journal;
+use extctl_core::schedule::to_microsecond;
 
 /// The `reportingController` of extctl's Events.
 const CONTROLLER: &str = "extctl";

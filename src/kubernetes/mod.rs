@@ -4,11 +4,11 @@
 
 pub mod client;
 pub mod controller;
+pub mod endpoint_store;
 pub mod events;
 pub mod lease;
-pub mod recheck;
-pub mod endpoint_store;
 pub mod policy_reports;
+pub mod recheck;
 pub mod secrets;
 pub mod watch;
 
@@ -23,19 +23,19 @@ use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
-use extctl_core::destinations::Rule;
-use extctl_core::history::HistoryPolicy;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{Census, Metrics};
-use crate::scrape;
 use crate::outbound::{Outbound, OutboundSettings};
-use extctl_core::reconciler::Reconciler;
+use crate::scrape;
 use crate::shutdown::shutdown_signal;
 use controller::{KubeControlStore, error_policy, reconcile};
-use events::StatusEvents;
-use lease::{Elector, Leadership, LeaseSettings};
 use endpoint_store::KubeEndpointStore;
-use watch::{Scope, Reflectors, Triggers};
+use events::StatusEvents;
+use extctl_core::destinations::Rule;
+use extctl_core::history::HistoryPolicy;
+use extctl_core::reconciler::Reconciler;
+use lease::{Elector, Leadership, LeaseSettings};
+use watch::{Reflectors, Scope, Triggers};
 
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]

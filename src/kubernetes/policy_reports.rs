@@ -31,9 +31,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::lease::Leadership;
-use super::watch::{Scope, Reflectors};
-use extctl_core::policy_reports::{self, Flavor, MANAGED_BY, MANAGED_BY_LABEL, REPORT_NAME};
+use super::watch::{Reflectors, Scope};
 use extctl_core::crd::ExternalControl;
+use extctl_core::policy_reports::{self, Flavor, MANAGED_BY, MANAGED_BY_LABEL, REPORT_NAME};
 
 /// How often the controls are compared with the reports: a change (a deletion included) is in
 /// its namespace's report within about this, plus the write.

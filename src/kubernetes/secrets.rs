@@ -108,10 +108,7 @@ impl SecretCache {
         lock(&self.entries).entry(key.clone()).or_default().clone()
     }
 
-    async fn read(
-        &self,
-        key: &ObjectKey,
-    ) -> Result<Option<Arc<Secret>>, kube::Error> {
+    async fn read(&self, key: &ObjectKey) -> Result<Option<Arc<Secret>>, kube::Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
         let secret = api.get_opt(&key.name).await?;
         Ok(secret.map(|mut secret| {

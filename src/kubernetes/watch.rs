@@ -17,15 +17,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use super::secrets::SecretCache;
-use extctl_core::ports::Freshness;
+use crate::metrics::{Census, ControlCounts, Metrics};
+use extctl_core::crd::ExternalControl;
 use extctl_core::index::{ControlIndex, Entry};
 use extctl_core::key::ObjectKey;
+use extctl_core::ports::Freshness;
 use extctl_core::readiness::READY;
 use extctl_core::report::current_status;
 use extctl_core::sync::{read, write};
 use extctl_core::tokens::SigningTokens;
-use extctl_core::crd::ExternalControl;
-use crate::metrics::{Census, ControlCounts, Metrics};
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use extctl::crd::ExternalControl;
+use extctl_core::crd::ExternalControl;
 use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::{WatchEvent, WatchParams};

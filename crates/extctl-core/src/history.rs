@@ -68,8 +68,8 @@ impl HistoryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Cause;
     use crate::crd::ControlStatus::{Fail, Pass, Pending};
+    use crate::report::Cause;
 
     fn policy(limit: usize) -> HistoryPolicy {
         HistoryPolicy {

@@ -61,8 +61,8 @@ pub fn timeout_deadline(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature;
     use crate::crd::PingOutcome;
+    use crate::signature;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     fn t(seconds: i64) -> Timestamp {

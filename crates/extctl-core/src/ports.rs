@@ -17,14 +17,14 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
-use crate::protocol::Rejection;
-use crate::readiness::Readiness;
-use crate::report::{Cause, Report, StatusChange};
-use crate::tokens::SigningTokens;
 use crate::crd::{
     ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
     StatusChangeRecord,
 };
+use crate::protocol::Rejection;
+use crate::readiness::Readiness;
+use crate::report::{Cause, Report, StatusChange};
+use crate::tokens::SigningTokens;
 
 /// How fresh the copy of a control's Secret must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,6 @@ pub trait ControlStore: Send + Sync + 'static {
         entry: &NotificationStatus,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 }
-
 
 /// One POST to make: where, what, and the headers to sign each attempt with (a signature may
 /// cover the attempt's time).

@@ -17,25 +17,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
 use crate::compliance::{Compliance, GateFacts};
-use crate::history::HistoryPolicy;
-use crate::notify;
-use crate::ping::{self, PingSubject};
-use crate::readiness::{READY, Readiness};
-use crate::report::{Cause, StatusChange, current_status};
-use crate::schedule::{self, PingFacts, PingPlan};
-use crate::signature;
-use crate::tokens::SigningTokens;
-use crate::webhooks::{self, ChangeData};
 use crate::crd::{
     CaBundleRef, ControlStatus, DeliveryOutcome, ExternalControl, ExternalControlStatus,
     NotificationStatus, NotifyTarget, PingOutcome, REQUESTED_AT_ANNOTATION, StatusChangeRecord,
 };
 use crate::destinations::shown_url;
+use crate::history::HistoryPolicy;
 use crate::key::ObjectKey;
+use crate::notify;
+use crate::ping::{self, PingSubject};
 use crate::ports::{
     ControlStore, DeliveryResult, Journal, Notifier, Outcome, PingResult, Post, Recorder,
 };
+use crate::readiness::{READY, Readiness};
+use crate::report::{Cause, StatusChange, current_status};
+use crate::schedule::{self, PingFacts, PingPlan};
+use crate::signature;
 use crate::sync::lock;
+use crate::tokens::SigningTokens;
+use crate::webhooks::{self, ChangeData};
 
 /// What a reconcile did and leaves to do.
 #[derive(Debug)]
