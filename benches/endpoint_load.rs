@@ -46,7 +46,7 @@ fn load(controls: u64, hot: u64) -> Load {
         controls: ControlRange {
             project: 1,
             first: 1,
-            last: hot.min(controls),
+            last: i64::try_from(hot.min(controls)).expect("a control count fits an id"),
         },
         concurrency: setting("EXTCTL_BENCH_CONCURRENCY", 32) as usize,
         warmup: Duration::from_secs(setting("EXTCTL_BENCH_WARMUP", 1)),

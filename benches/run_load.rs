@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
         controls: ControlRange {
             project: 1,
             first: 1,
-            last: called.max(1),
+            last: i64::try_from(called.max(1)).expect("a control count fits an id"),
         },
         concurrency: setting("EXTCTL_BENCH_CONCURRENCY", 32) as usize,
         warmup: Duration::from_secs(setting("EXTCTL_BENCH_WARMUP", 2)),
@@ -409,7 +409,7 @@ impl Target {
 }
 
 /// The status subresource of called control `c<control>`, under `base`.
-fn status_url(base: &str, control: u64) -> String {
+fn status_url(base: &str, control: i64) -> String {
     let namespace = DIRECT_NAMESPACE;
     format!("{base}/apis/{GROUP_VERSION}/namespaces/{namespace}/externalcontrols/c{control}/status")
 }
@@ -601,14 +601,14 @@ impl PatchWorker {
     /// Patches until `until`; keeps what it saw from `from`.
     async fn run(self, from: Instant, until: Instant) -> Calls {
         let mut calls = Calls::default();
-        let count = self.controls.last - self.controls.first + 1;
+        let count = self.controls.count();
         loop {
             let started = Instant::now();
             if started >= until {
                 return calls;
             }
             let call = DIRECT_PATCHES.fetch_add(1, Ordering::Relaxed);
-            let control = self.controls.first + call % count;
+            let control = self.controls.nth(call);
             let body = json!({"status": {
                 "status": direct_status(call, count),
                 "lastUpdateTime": MicroTime(Timestamp::now()),

@@ -124,7 +124,7 @@ async fn settle(url: &Url, controls: u64) {
         controls: ControlRange {
             project: 1,
             first: 1,
-            last: controls.max(1),
+            last: i64::try_from(controls.max(1)).expect("a control count fits an id"),
         },
         concurrency: 2,
         warmup: Duration::ZERO,

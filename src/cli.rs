@@ -14,6 +14,7 @@ use crate::kubernetes::RunSettings;
 use crate::kubernetes::lease::LeaseSettings;
 use crate::kubernetes::watch::Scope;
 use crate::outbound::OutboundSettings;
+use crate::telemetry::LogFormat;
 use extctl_core::destinations::{DestinationPolicy, Rule};
 use extctl_core::duration;
 use extctl_core::freshness::TimestampWindow;
@@ -90,7 +91,7 @@ pub struct PingArgs {
     pub namespace: Option<String>,
 
     /// Wait up to this long for the operator to act on the request, e.g. 30s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub wait: Option<Duration>,
 }
 
@@ -102,12 +103,6 @@ impl PingArgs {
             wait: self.wait,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +126,7 @@ pub struct RunArgs {
     /// How long a control's Secret, once read, is used before it is read again. A call whose
     /// signature does not verify reads it at once (at most every 2s per Secret), so a rotated
     /// token works immediately; a removed token stops working within this time.
-    #[arg(long, env = "EXTCTL_SECRET_TTL", default_value = "60s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "EXTCTL_SECRET_TTL", default_value = "60s", value_parser = duration::parse_positive)]
     pub secret_ttl: Duration,
 
     /// Controls reconciled at once. Bounds the reconciler's status writes (the resets) so that
@@ -207,11 +202,11 @@ impl ReportsFlag {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Calls signed this long ago or earlier are refused as expired (GitLab: 15s).
-    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = duration::parse_positive)]
     pub timestamp_max_age: Duration,
 
     /// How far ahead of this clock a call's timestamp may be (GitLab: 0s, none).
-    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_SKEW", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_SKEW", default_value = "0s", value_parser = duration::parse)]
     pub timestamp_max_skew: Duration,
 
     /// Largest request body accepted, in bytes; larger ones are refused with 413.
@@ -220,12 +215,12 @@ pub struct CommonArgs {
 
     /// Time allowed to receive a request's headers, then its body, and to store a status,
     /// before giving up.
-    #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration::parse_positive)]
     pub request_timeout: Duration,
 
     /// Time one attempt of an outbound call (a ping to externalUrl, a spec.notify
     /// notification) may take, connection included.
-    #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = duration::parse_positive)]
     pub ping_timeout: Duration,
 
     /// Retries of an outbound call after a network error or a 5xx answer (never after a 4xx
@@ -235,7 +230,7 @@ pub struct CommonArgs {
 
     /// The first retry waits a random part of this; each further retry doubles the bound, up
     /// to 30s.
-    #[arg(long, env = "EXTCTL_OUTBOUND_BACKOFF", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "EXTCTL_OUTBOUND_BACKOFF", default_value = "1s", value_parser = duration::parse_positive)]
     pub outbound_backoff: Duration,
 
     /// Networks or addresses outbound calls must never connect to: CIDRs (10.0.0.0/8), IP
@@ -374,21 +369,10 @@ fn parse_control_ids(text: &str) -> Result<ControlIds, String> {
     })
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|error| error.to_string())
-}
-
-pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        zero if zero.is_zero() => Err(format!("duration {text:?} must be at least 1s")),
-        duration => Ok(duration),
-    }
-}
-
 /// At least 3s: the leader renews every 2/15 of it, and must get a few tries before its
 /// renew deadline.
 fn parse_lease_duration(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
+    match duration::parse(text).map_err(|error| error.to_string())? {
         short if short < Duration::from_secs(3) => {
             Err(format!("lease duration {text:?} must be at least 3s"))
         }

@@ -537,6 +537,9 @@ pub fn duration(data: &[u8]) {
         (Some(_), Err(duration::DurationError::Syntax(_))) => {
             panic!("{text:?} is admitted by the pattern: {parsed:?}")
         }
+        (Some(_), Err(duration::DurationError::Zero(_))) => {
+            panic!("{text:?}: only parse_positive refuses zero: {parsed:?}")
+        }
     }
     // The manifest reader is slow next to the parser: ask it only about texts the pattern
     // admits or nearly admits (one character off).

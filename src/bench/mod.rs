@@ -27,6 +27,7 @@ use axum::http::{Request, StatusCode, header};
 use axum::routing::patch;
 use bytes::Bytes;
 use clap::Args;
+use hdrhistogram::Histogram;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -68,11 +69,11 @@ pub struct BenchArgs {
     pub concurrency: u16,
 
     /// How long to measure (after the warm-up).
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration::parse_positive)]
     pub duration: Duration,
 
     /// How long to call before measuring (connections opened, caches warm); not counted.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
     pub warmup: Duration,
 
     /// The status every call reports: pass, fail or not_applicable.
@@ -94,23 +95,19 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|error| error.to_string())
-}
-
 /// Controls `first..=last` of one project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlRange {
-    pub project: u64,
-    pub first: u64,
-    pub last: u64,
+    pub project: i64,
+    pub first: i64,
+    pub last: i64,
 }
 
 impl ControlRange {
     /// `PROJECT:FIRST-LAST` or `PROJECT:ID`, ids from 1.
     pub fn parse(text: &str) -> Result<Self, String> {
         let usage = || format!("{text:?} is not PROJECT:FIRST-LAST or PROJECT:ID, such as 1:1-100");
-        let id = |part: &str| part.parse::<u64>().ok().filter(|id| *id >= 1);
+        let id = |part: &str| part.parse::<i64>().ok().filter(|id| *id >= 1);
         let (project, controls) = text.split_once(':').ok_or_else(usage)?;
         let (first, last) = controls.split_once('-').unwrap_or((controls, controls));
         let range = Self {
@@ -124,9 +121,16 @@ impl ControlRange {
         }
     }
 
+    /// How many controls the range holds.
+    pub fn count(&self) -> u64 {
+        // `first >= 1`: the span fits.
+        (self.last - self.first + 1).unsigned_abs()
+    }
+
     /// The `n`th call's control, round-robin.
-    fn nth(&self, n: u64) -> u64 {
-        self.first + n % (self.last - self.first + 1)
+    pub fn nth(&self, n: u64) -> i64 {
+        // Below `count()`, which fits an i64.
+        self.first + (n % self.count()) as i64
     }
 }
 
@@ -416,20 +420,38 @@ pub async fn measure(base: &Url, load: &Load) -> anyhow::Result<Figures> {
     Ok(total.figures(base, &shared))
 }
 
+/// The longest latency told apart: an hour.
+const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+
 /// What one worker saw.
-#[derive(Default)]
 struct Record {
-    latencies_ns: Vec<u64>,
+    /// Latencies in nanoseconds, to 3 significant digits (0.1%): quantiles without keeping
+    /// or sorting every sample.
+    latencies_ns: Histogram<u64>,
     answers: BTreeMap<u16, u64>,
     transport_errors: u64,
     first_error: Option<String>,
     finished: Option<Instant>,
 }
 
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            latencies_ns: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                .expect("valid bounds and 3 significant digits"),
+            answers: BTreeMap::new(),
+            transport_errors: 0,
+            first_error: None,
+            finished: None,
+        }
+    }
+}
+
 impl Record {
     fn answer(&mut self, code: StatusCode, latency: Duration, body: &[u8]) {
-        self.latencies_ns
-            .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        // Beyond an hour, counted as an hour rather than lost.
+        self.latencies_ns.saturating_record(nanos);
         *self.answers.entry(code.as_u16()).or_default() += 1;
         if code != StatusCode::OK && self.first_error.is_none() {
             let body = String::from_utf8_lossy(body);
@@ -444,7 +466,9 @@ impl Record {
     }
 
     fn merge(&mut self, other: Record) {
-        self.latencies_ns.extend(other.latencies_ns);
+        self.latencies_ns
+            .add(&other.latencies_ns)
+            .expect("histograms of the same bounds merge");
         for (code, count) in other.answers {
             *self.answers.entry(code).or_default() += count;
         }
@@ -453,14 +477,14 @@ impl Record {
         self.finished = self.finished.max(other.finished);
     }
 
-    fn figures(mut self, base: &Url, shared: &Shared) -> Figures {
-        self.latencies_ns.sort_unstable();
+    fn figures(self, base: &Url, shared: &Shared) -> Figures {
         let end = self.finished.unwrap_or(shared.until);
         let seconds = end
             .saturating_duration_since(shared.measure_from)
             .as_secs_f64();
-        let calls = self.latencies_ns.len() as u64;
-        let ms = |q: f64| percentile(&self.latencies_ns, q) as f64 / 1e6;
+        let calls = self.latencies_ns.len();
+        let ms = |nanos: u64| nanos as f64 / 1e6;
+        let quantile = |q: f64| ms(self.latencies_ns.value_at_quantile(q));
         Figures {
             target: base.to_string(),
             controls: shared.load.controls.to_string(),
@@ -475,20 +499,14 @@ impl Record {
             answers: self.answers,
             transport_errors: self.transport_errors,
             latency_ms: Latency {
-                p50: ms(0.50),
-                p99: ms(0.99),
-                max: ms(1.0),
+                p50: quantile(0.50),
+                p99: quantile(0.99),
+                max: ms(self.latencies_ns.max()),
             },
             first_error: self.first_error,
             ratio_to_bare: None,
         }
     }
-}
-
-/// The `q` quantile of sorted values (nearest rank), 0 for none.
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.saturating_sub(1)).copied().unwrap_or(0)
 }
 
 /// One checker: calls over one connection until the end, reconnecting when it is lost.
@@ -567,7 +585,7 @@ mod tests {
     fn control_ranges_are_parsed_and_walked_in_turn() {
         let range = ControlRange::parse("1:3-5").unwrap();
         assert_eq!((range.project, range.first, range.last), (1, 3, 5));
-        let walked: Vec<u64> = (0..4).map(|n| range.nth(n)).collect();
+        let walked: Vec<i64> = (0..4).map(|n| range.nth(n)).collect();
         assert_eq!(walked, [3, 4, 5, 3]);
         assert_eq!(range.to_string(), "1:3-5");
         let one = ControlRange::parse("42:7").unwrap();
@@ -579,12 +597,21 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let values: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 0.5), 50);
-        assert_eq!(percentile(&values, 0.99), 99);
-        assert_eq!(percentile(&values, 1.0), 100);
-        assert_eq!(percentile(&[], 0.5), 0);
+    fn quantiles_come_from_the_histogram_to_a_thousandth() {
+        let mut record = Record::default();
+        for ms in 1..=100 {
+            record.answer(StatusCode::OK, Duration::from_millis(ms), b"");
+        }
+        let mut other = Record::default();
+        other.answer(StatusCode::OK, Duration::from_millis(1000), b"");
+        record.merge(other);
+        let near = |value: u64, ms: u64| value.abs_diff(ms * 1_000_000) <= ms * 1_000;
+        let latencies = &record.latencies_ns;
+        assert_eq!(latencies.len(), 101);
+        let median = latencies.value_at_quantile(0.5);
+        assert!(near(median, 51), "{median}");
+        assert!(near(latencies.value_at_quantile(0.99), 100));
+        assert!(near(latencies.max(), 1000));
     }
 
     #[tokio::test]

@@ -32,11 +32,11 @@ pub struct CallArgs {
     pub token_env: Option<String>,
 
     /// GitLab project id (the `:id` in the path).
-    #[arg(long)]
-    pub project: u64,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub project: i64,
     /// Control id (the `:control_id` in the path).
-    #[arg(long)]
-    pub control: u64,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub control: i64,
     /// The status to report: pass, fail or not_applicable.
     #[arg(long, value_parser = parse_status)]
     pub status: ControlStatus,
@@ -67,8 +67,8 @@ impl SignedCall {
     /// seconds, decimal) with `nonce`.
     pub fn new(
         token: &[u8],
-        project: u64,
-        control: u64,
+        project: i64,
+        control: i64,
         status: ControlStatus,
         timestamp: String,
         nonce: String,

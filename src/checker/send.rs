@@ -25,7 +25,7 @@ pub struct SendArgs {
     pub explain: bool,
 
     /// Time the whole call may take, connection included.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = extctl_core::duration::parse_positive)]
     pub timeout: Duration,
 }
 

@@ -25,6 +25,16 @@ pub enum DurationError {
     Syntax(String),
     #[error("duration {0:?} is too large: at most 2562047h47m16s")]
     Overflow(String),
+    #[error("duration {0:?} must be at least 1s")]
+    Zero(String),
+}
+
+/// [`parse`], refusing zero: for timeouts, intervals and waits, which must pass.
+pub fn parse_positive(text: &str) -> Result<Duration, DurationError> {
+    match parse(text)? {
+        zero if zero.is_zero() => Err(DurationError::Zero(text.to_owned())),
+        duration => Ok(duration),
+    }
 }
 
 /// Parses `12h`, `30m`, `90s`, `1h30m` into a [`Duration`]: the text must match [`PATTERN`]
@@ -93,6 +103,20 @@ impl fmt::Display for Formatted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_durations_refuse_zero() {
+        assert_eq!(parse_positive("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            parse_positive("0s").unwrap_err().to_string(),
+            "duration \"0s\" must be at least 1s"
+        );
+        assert_eq!(
+            parse_positive("0h0m"),
+            Err(DurationError::Zero("0h0m".into()))
+        );
+        assert_eq!(parse_positive("x"), Err(DurationError::Syntax("x".into())));
+    }
 
     #[test]
     fn parses_single_units() {

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::crd::{ControlStatus, ExternalControlStatus};
 
 /// Header carrying the lowercase hex HMAC-SHA256 of the raw body, keyed with the token (GitLab's).
-pub const SIGNATURE_HEADER: &str = "X-GitLab-Signature";
+pub const PING_SIGNATURE_HEADER: &str = "X-GitLab-Signature";
 
 /// What identifies the control in a ping.
 pub struct PingSubject<'a> {

@@ -298,7 +298,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                     .await
                 {
                     Ok(ca_bundle) => {
-                        let headers = |_| vec![(ping::SIGNATURE_HEADER, signature.clone())];
+                        let headers = |_| vec![(ping::PING_SIGNATURE_HEADER, signature.clone())];
                         let post = Post {
                             url,
                             body,
