@@ -1550,7 +1550,7 @@ async fn dev_explains_secrets_that_cannot_sign_and_duplicate_ids() {
     }
     let yaml: Vec<String> = documents
         .iter()
-        .map(|d| serde_yaml::to_string(d).unwrap())
+        .map(|d| serde_norway::to_string(d).unwrap())
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("controls.yaml");
@@ -1673,7 +1673,7 @@ async fn bad_durations_are_refused_by_extctl_dev() {
         .into_iter()
         .enumerate()
         .map(|(i, (duration, _))| {
-            serde_yaml::to_string(&json!({
+            serde_norway::to_string(&json!({
                 "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
                 "metadata": {"name": format!("d{i}")},
                 "spec": {"projectId": 1, "controlId": i + 1, "secretRef": {"name": "t"}, "pingInterval": duration}

@@ -1328,7 +1328,7 @@ fn chart_file(name: &str) -> String {
 /// it as an object with properties of its own (free-form maps such as labels, and lists, are
 /// leaves). Also fails when values.yaml and the schema disagree on the keys.
 fn leaves() -> Vec<(String, Value)> {
-    let values: Value = serde_yaml::from_str(&chart_file("values.yaml")).unwrap();
+    let values: Value = serde_norway::from_str(&chart_file("values.yaml")).unwrap();
     let schema: Value = serde_json::from_str(&chart_file("values.schema.json")).unwrap();
     fn walk(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String, Value)>) {
         match (value.as_object(), schema["properties"].as_object()) {

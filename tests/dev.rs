@@ -136,7 +136,7 @@ fn control(name: &str, control_id: i64, spec: serde_json::Value) -> String {
         "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
         "metadata": {"name": name}, "spec": full
     });
-    serde_yaml::to_string(&manifest).unwrap()
+    serde_norway::to_string(&manifest).unwrap()
 }
 
 /// `extctl dev` serving `controls` (from [`control`]) and their Secret `sast-token`, with

@@ -33,7 +33,7 @@ fn read_example(name: &str) -> String {
 
 /// The documents of a YAML file, as JSON.
 fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|document| serde::Deserialize::deserialize(document).unwrap())
         .filter(|document: &Value| !document.is_null())
         .collect()
@@ -634,7 +634,7 @@ async fn admission_policy_holds_deployments_until_the_control_is_compliant() {
         json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
     let manifest: Vec<String> = objects
         .iter()
-        .map(|o| serde_yaml::to_string(o).unwrap())
+        .map(|o| serde_norway::to_string(o).unwrap())
         .collect();
     let kubectl = Kubectl::new(&cluster).await;
     let applied = kubectl

@@ -532,7 +532,7 @@ async fn the_notification_example_is_accepted_with_its_defaults_and_bad_targets_
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/notify/notifications.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     let mut kinds = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
+    for document in serde_norway::Deserializer::from_str(&text) {
         let object: Value = serde::Deserialize::deserialize(document).unwrap();
         let kind = object["kind"].as_str().unwrap().to_owned();
         match kind.as_str() {

@@ -85,7 +85,7 @@ async fn install_crds(cluster: &Cluster) {
     for key in ["openreports", "policyreport"] {
         let path = files[key].as_str().unwrap();
         let text = std::fs::read_to_string(path).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
         let name = crd.metadata.name.clone().unwrap();
         match crds.create(&PostParams::default(), &crd).await {
             Ok(_) => {}

@@ -658,7 +658,7 @@ fn check_accepted(manifests: &Manifests) {
     // Written back (as `kubectl get -o yaml` would), the same objects read the same.
     let yaml: Vec<String> = documents
         .iter()
-        .map(|document| serde_yaml::to_string(document).expect("YAML"))
+        .map(|document| serde_norway::to_string(document).expect("YAML"))
         .collect();
     let again = load_text(yaml.join("---\n").as_bytes())
         .unwrap_or_else(|problems| panic!("written back, refused: {problems:?}\n{yaml:?}"));
@@ -690,7 +690,7 @@ fn check_no_secret_quoted(data: &[u8], problems: &[manifests::ManifestError]) {
     };
     let mut values = Vec::new();
     for document in text.split("\n---") {
-        let Ok(value) = serde_yaml::from_str::<Value>(document) else {
+        let Ok(value) = serde_norway::from_str::<Value>(document) else {
             continue;
         };
         if value["kind"] != "Secret" {

@@ -142,7 +142,7 @@ impl Reader {
             location: place.describe(object),
             problem,
         };
-        let value: Value = serde_yaml::from_str(text)
+        let value: Value = serde_norway::from_str(text)
             .map_err(|error| fail(None, yaml_problem(&error, place.line)))?;
         if value.is_null() {
             return Ok(()); // an empty document, such as after a trailing `---`
@@ -216,8 +216,8 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     documents
 }
 
-/// serde_yaml's message, with its line made relative to the file rather than the document.
-fn yaml_problem(error: &serde_yaml::Error, first_line: usize) -> String {
+/// serde_norway's message, with its line made relative to the file rather than the document.
+fn yaml_problem(error: &serde_norway::Error, first_line: usize) -> String {
     let message = error.to_string();
     match error.location() {
         Some(location) => {

@@ -522,7 +522,7 @@ fn default_notify_statuses() -> Vec<ControlStatus> {
 
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&ExternalControl::crd()).expect("a CRD always serializes")
+    serde_norway::to_string(&ExternalControl::crd()).expect("a CRD always serializes")
 }
 
 #[cfg(test)]

@@ -54,30 +54,16 @@ pub fn verify(token: &[u8], message: &[u8], signature: &str) -> bool {
     keyed(token, message).verify_slice(&expected).is_ok()
 }
 
-/// The 32 bytes that 64 lowercase hex digits spell, or `None` for anything else. Into a fixed
-/// array through a lookup table, without the `hex` crate's generic decoder: this runs on every
-/// call.
+/// The 32 bytes that 64 lowercase hex digits spell, or `None` for anything else, decoded into
+/// a fixed array (nothing allocated: this runs on every call).
 fn lowercase_hex_digest(signature: &str) -> Option<[u8; SIGNATURE_HEX_LEN / 2]> {
-    /// Each byte's value as a lowercase hex digit, or `INVALID`.
-    const INVALID: u8 = 0xff;
-    const NIBBLES: [u8; 256] = {
-        let mut table = [INVALID; 256];
-        let mut digit = 0;
-        while digit < 16 {
-            table[b"0123456789abcdef"[digit] as usize] = digit as u8;
-            digit += 1;
-        }
-        table
-    };
-    let digits: &[u8; SIGNATURE_HEX_LEN] = signature.as_bytes().try_into().ok()?;
-    let mut bytes = [0_u8; SIGNATURE_HEX_LEN / 2];
-    let mut invalid = 0;
-    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-        let (high, low) = (NIBBLES[pair[0] as usize], NIBBLES[pair[1] as usize]);
-        invalid |= (high | low) & 0xf0;
-        *byte = high << 4 | (low & 0x0f);
+    // GitLab compares the lowercase hex digest as text: an uppercase digit never matches.
+    if signature.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        return None;
     }
-    (invalid == 0).then_some(bytes)
+    let mut bytes = [0_u8; SIGNATURE_HEX_LEN / 2];
+    hex::decode_to_slice(signature, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn keyed(token: &[u8], message: &[u8]) -> HmacSha256 {

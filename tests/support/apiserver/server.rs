@@ -179,7 +179,7 @@ async fn become_ready(server: &Server, exits: &[Exit]) {
     for entry in std::fs::read_dir(&crd_dir).expect("reading crds/") {
         let path = entry.expect("a directory entry").path();
         let text = std::fs::read_to_string(&path).expect("reading a CRD");
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not a CRD: {e}", path.display()));
         let name = crd.metadata.name.clone().expect("a CRD has a name");
         crds.create(&PostParams::default(), &crd)
