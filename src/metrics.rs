@@ -21,8 +21,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use extctl_core::crd::ControlStatus;
+use extctl_core::crd::{Cause, StatusChange};
 use extctl_core::ports::{DeliveryResult, PingResult, Recorder};
-use extctl_core::report::{Cause, StatusChange};
 use extctl_core::sync::lock;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -16,12 +16,12 @@ use sha2::Sha256;
 
 use extctl::dev::{Console, MemoryStore};
 use extctl::metrics::Metrics;
+use extctl_core::crd::Cause;
 use extctl_core::crd::{ControlStatus, ExternalControl, StatusChangeRecord};
 use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::{Journal, Notifier, Outcome, Post};
 use extctl_core::reconciler::Reconciler;
-use extctl_core::report::Cause;
 
 const CHECKER_URL: &str = "https://checker.example/ping";
 const HOOK_URL: &str = "https://hooks.example/receiver";
@@ -91,7 +91,10 @@ impl Journal for Recorded {
     }
 
     fn warning(&self, _: &ExternalControl, reason: &str, note: String) {
-        self.warnings.lock().unwrap().push((reason.to_owned(), note));
+        self.warnings
+            .lock()
+            .unwrap()
+            .push((reason.to_owned(), note));
     }
 }
 
@@ -176,14 +179,21 @@ impl Setup {
         let next = status.next_ping_time.expect("a reset is scheduled").0;
         // One interval, plus this control's place in the first reset's spread (at most 5 min).
         let latest = now + SignedDuration::from_mins(65);
-        assert!(next > now + SignedDuration::from_mins(59) && next <= latest, "{now} {next}");
+        assert!(
+            next > now + SignedDuration::from_mins(59) && next <= latest,
+            "{now} {next}"
+        );
         assert_eq!(first.wake, Some(next));
         next
     }
 
     /// Carries out the reset due at `at` and sends its ping.
     async fn reset_and_ping(&self, at: Timestamp) {
-        let reset = self.reconciler.reconcile(&self.control(), at).await.unwrap();
+        let reset = self
+            .reconciler
+            .reconcile(&self.control(), at)
+            .await
+            .unwrap();
         let ping = reset.ping.expect("a ping is owed after the reset");
         self.reconciler.ping(ping).await.unwrap();
     }
@@ -222,7 +232,10 @@ async fn a_reset_pings_the_checker_signed_and_an_accepted_ping_times_out_to_fail
         "signed with the control's token"
     );
     assert_eq!(ping.body["object_kind"], "compliance_control_ping");
-    assert_eq!((&ping.body["project"]["id"], &ping.body["control"]["id"]), (&json!(1), &json!(7)));
+    assert_eq!(
+        (&ping.body["project"]["id"], &ping.body["control"]["id"]),
+        (&json!(1), &json!(7))
+    );
     let status = setup.control().status.clone().unwrap();
     assert_eq!(status.status, Some(ControlStatus::Pending));
     let outcome = status.last_ping.expect("the ping's outcome is recorded");
@@ -231,7 +244,9 @@ async fn a_reset_pings_the_checker_signed_and_an_accepted_ping_times_out_to_fail
 
     // Before the timeout nothing changes; after it, the control fails.
     let control = setup.control();
-    let early = setup.reconciler.reconcile(&control, due + SignedDuration::from_secs(30));
+    let early = setup
+        .reconciler
+        .reconcile(&control, due + SignedDuration::from_secs(30));
     let early = early.await.unwrap();
     assert!(early.deliveries.is_empty());
     assert_eq!(early.wake, Some(due + SignedDuration::from_mins(1)));
@@ -244,14 +259,26 @@ async fn a_reset_pings_the_checker_signed_and_an_accepted_ping_times_out_to_fail
     let change = status.history.last().expect("the change is kept");
     assert_eq!(
         (change.from, change.to, change.cause),
-        (ControlStatus::Pending, ControlStatus::Fail, Cause::PendingTimeout)
+        (
+            ControlStatus::Pending,
+            ControlStatus::Fail,
+            Cause::PendingTimeout
+        )
     );
     assert_eq!(setup.journal.changes.lock().unwrap().len(), 1);
-    assert_eq!(timed_out.deliveries.len(), 1, "the fail is owed to the target");
+    assert_eq!(
+        timed_out.deliveries.len(),
+        1,
+        "the fail is owed to the target"
+    );
 
     assert_eq!(setup.metric("extctl_resets_total"), 1.0);
-    assert_eq!(setup.metric(r#"extctl_pings_total{outcome="accepted"}"#), 1.0);
-    let transition = r#"extctl_status_transitions_total{cause="pending_timeout",from="pending",to="fail"}"#;
+    assert_eq!(
+        setup.metric(r#"extctl_pings_total{outcome="accepted"}"#),
+        1.0
+    );
+    let transition =
+        r#"extctl_status_transitions_total{cause="pending_timeout",from="pending",to="fail"}"#;
     assert_eq!(setup.metric(transition), 1.0);
 }
 
@@ -281,7 +308,10 @@ async fn a_change_is_told_once_even_to_a_reconcile_of_the_object_before_its_curs
     let entry = setup.control().status.clone().unwrap().notifications[0].clone();
     let delivery = entry.last_delivery.expect("the outcome is recorded");
     assert!(delivery.delivered);
-    assert_eq!((delivery.to, delivery.http_status), (ControlStatus::Fail, Some(200)));
+    assert_eq!(
+        (delivery.to, delivery.http_status),
+        (ControlStatus::Fail, Some(200))
+    );
 
     let again = setup.reconciler.reconcile(&before_cursor, late).await;
     assert!(
@@ -292,7 +322,10 @@ async fn a_change_is_told_once_even_to_a_reconcile_of_the_object_before_its_curs
     let current = setup.reconciler.reconcile(&control, late).await;
     assert!(current.unwrap().deliveries.is_empty());
     assert_eq!(setup.notifier.sent().len(), 2);
-    assert_eq!(setup.metric(r#"extctl_notifications_total{outcome="delivered"}"#), 1.0);
+    assert_eq!(
+        setup.metric(r#"extctl_notifications_total{outcome="delivered"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -305,18 +338,29 @@ async fn a_refused_ping_warns_and_never_times_the_control_out() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     let (reason, note) = &warnings[0];
     assert_eq!(reason, "PingFailed");
-    assert!(note.contains("HTTP 503") && note.contains("the status stays pending"), "{note}");
+    assert!(
+        note.contains("HTTP 503") && note.contains("the status stays pending"),
+        "{note}"
+    );
     assert!(!note.contains(TOKEN));
     let outcome = setup.control().status.clone().unwrap().last_ping.unwrap();
-    assert_eq!((outcome.http_status, outcome.accepted()), (Some(503), false));
+    assert_eq!(
+        (outcome.http_status, outcome.accepted()),
+        (Some(503), false)
+    );
 
     // Only a checker that accepted the ping owes a result: no timeout.
     let control = setup.control();
-    let late = setup.reconciler.reconcile(&control, due + SignedDuration::from_mins(5));
+    let late = setup
+        .reconciler
+        .reconcile(&control, due + SignedDuration::from_mins(5));
     assert!(late.await.unwrap().deliveries.is_empty());
     let status = setup.control().status.clone().unwrap();
     assert_eq!(status.status, Some(ControlStatus::Pending));
-    assert_eq!(setup.metric(r#"extctl_pings_total{outcome="refused"}"#), 1.0);
+    assert_eq!(
+        setup.metric(r#"extctl_pings_total{outcome="refused"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -328,10 +372,20 @@ async fn two_reconcilers_in_one_process_count_apart() {
     assert_eq!(other.metric("extctl_resets_total"), 0.0);
     let due = other.initialised(Timestamp::now()).await;
     other.reset_and_ping(due).await;
-    let next = other.control().status.clone().unwrap().next_ping_time.unwrap().0;
+    let next = other
+        .control()
+        .status
+        .clone()
+        .unwrap()
+        .next_ping_time
+        .unwrap()
+        .0;
     other.reset_and_ping(next).await;
     assert_eq!(one.metric(r#"extctl_pings_total{outcome="accepted"}"#), 1.0);
-    assert_eq!(other.metric(r#"extctl_pings_total{outcome="accepted"}"#), 2.0);
+    assert_eq!(
+        other.metric(r#"extctl_pings_total{outcome="accepted"}"#),
+        2.0
+    );
     // The reconcile durations are each reconciler's own too.
     let count = |setup: &Setup| setup.metric("extctl_reconcile_duration_seconds_count");
     assert_eq!((count(&one), count(&other)), (2.0, 3.0));

@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
+use extctl_core::crd::Cause;
 use extctl_core::crd::{ControlStatus, ExternalControl, StatusChangeRecord};
-use extctl_core::report::Cause;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

@@ -9,13 +9,14 @@ use serde_json::json;
 
 use super::events::StatusEvents;
 use super::watch::Reflectors;
+use extctl_core::crd::{Cause, StatusChange};
 use extctl_core::crd::{ExternalControl, StatusChangeRecord};
 use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::Journal;
 use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
 use extctl_core::protocol::Rejection;
-use extctl_core::report::{self, Cause, Report, ReportUpdate, StatusChange};
+use extctl_core::report::{self, Report, ReportUpdate};
 use extctl_core::tokens::SigningTokens;
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict

@@ -216,12 +216,6 @@ impl Compliance {
     }
 }
 
-/// The default `maxStaleness`: one ping interval plus the pending timeout, the longest a
-/// working checker leaves a control without a result.
-pub fn default_max_staleness(ping_interval: Duration, pending_timeout: Duration) -> Duration {
-    ping_interval.saturating_add(pending_timeout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,10 +382,20 @@ mod tests {
 
     #[test]
     fn the_default_staleness_is_an_interval_and_the_timeout() {
+        let spec = |gate: serde_json::Value| -> crate::crd::ExternalControlSpec {
+            let mut spec = serde_json::json!({
+                "projectId": 1, "controlId": 1, "secretRef": {"name": "s"},
+                "pingInterval": "12h", "pendingTimeout": "30m",
+            });
+            spec["gate"] = gate;
+            serde_json::from_value(spec).unwrap()
+        };
         let hour = Duration::from_secs(3600);
         assert_eq!(
-            default_max_staleness(12 * hour, hour / 2),
-            12 * hour + hour / 2
+            spec(serde_json::Value::Null).max_staleness(),
+            Some(12 * hour + hour / 2)
         );
+        let given = spec(serde_json::json!({"maxStaleness": "2h"}));
+        assert_eq!(given.max_staleness(), Some(2 * hour));
     }
 }

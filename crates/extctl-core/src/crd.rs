@@ -13,8 +13,6 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
-use crate::history::MAX_HISTORY;
-use crate::report::{Cause, StatusChange};
 
 /// The name of the generated CustomResourceDefinition.
 pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
@@ -176,10 +174,11 @@ impl ExternalControlSpec {
     pub fn max_staleness(&self) -> Option<std::time::Duration> {
         match self.gate.as_ref().and_then(|g| g.max_staleness.as_ref()) {
             Some(given) => given.parse().ok(),
-            None => Some(crate::compliance::default_max_staleness(
-                self.ping_interval.parse().ok()?,
-                self.pending_timeout.parse().ok()?,
-            )),
+            // A result is kept through one re-check: the ping interval plus its timeout.
+            None => {
+                let interval: std::time::Duration = self.ping_interval.parse().ok()?;
+                Some(interval.saturating_add(self.pending_timeout.parse().ok()?))
+            }
         }
     }
 }
@@ -518,6 +517,57 @@ fn default_notify_statuses() -> Vec<ControlStatus> {
         ControlStatus::Fail,
         ControlStatus::NotApplicable,
     ]
+}
+
+/// The most changes `status.history` keeps (the schema's bound; `--status-history` at most).
+pub const MAX_HISTORY: usize = 100;
+
+/// Why a control's status changed; in `status.history` and the audit log by its Event reason.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub enum Cause {
+    /// A checker's signed call.
+    #[serde(rename = "StatusReported")]
+    Reported,
+    /// The scheduled reset of a pinged control.
+    PingReset,
+    /// A notified checker did not answer within `pendingTimeout`.
+    PendingTimeout,
+}
+
+impl Cause {
+    /// The reason, as Kubernetes Events (and `extctl dev`'s output) name it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Reported => "StatusReported",
+            Self::PingReset => "PingReset",
+            Self::PendingTimeout => "PendingTimeout",
+        }
+    }
+}
+
+/// A stored change of status, and why it happened: what an audit event tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusChange {
+    pub cause: Cause,
+    pub from: ControlStatus,
+    pub to: ControlStatus,
+}
+
+impl StatusChange {
+    /// The change, or `None` when the status stayed the same (GitLab records no event then).
+    pub fn between(cause: Cause, from: ControlStatus, to: ControlStatus) -> Option<Self> {
+        (from != to).then_some(Self { cause, from, to })
+    }
+
+    /// GitLab's audit-event wording.
+    pub fn message(&self) -> String {
+        format!(
+            "Changed compliance control status from '{}' to '{}'",
+            self.from, self.to
+        )
+    }
 }
 
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.

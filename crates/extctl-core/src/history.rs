@@ -8,12 +8,9 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
-use super::report::StatusChange;
 use super::schedule::to_microsecond;
 use crate::crd::{ExternalControl, StatusChangeRecord};
-
-/// The most changes a control may keep (the CRD's `maxItems`).
-pub const MAX_HISTORY: usize = 100;
+use crate::crd::{MAX_HISTORY, StatusChange};
 
 /// How many changes each control keeps, and the name this replica signs them with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,8 +65,8 @@ impl HistoryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Cause;
     use crate::crd::ControlStatus::{Fail, Pass, Pending};
-    use crate::report::Cause;
 
     fn policy(limit: usize) -> HistoryPolicy {
         HistoryPolicy {

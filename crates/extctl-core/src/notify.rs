@@ -55,8 +55,8 @@ pub fn due<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Cause;
     use crate::crd::ControlStatus::{self, Fail, NotApplicable, Pass, Pending};
-    use crate::report::Cause;
 
     fn at(second: i64) -> MicroTime {
         MicroTime(Timestamp::from_second(second).unwrap())

@@ -17,13 +17,14 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
+use crate::crd::{Cause, StatusChange};
 use crate::crd::{
     ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
     StatusChangeRecord,
 };
 use crate::protocol::Rejection;
 use crate::readiness::Readiness;
-use crate::report::{Cause, Report, StatusChange};
+use crate::report::Report;
 use crate::tokens::SigningTokens;
 
 /// How fresh the copy of a control's Secret must be.

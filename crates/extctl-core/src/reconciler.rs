@@ -21,6 +21,7 @@ use crate::crd::{
     CaBundleRef, ControlStatus, DeliveryOutcome, ExternalControl, ExternalControlStatus,
     NotificationStatus, NotifyTarget, PingOutcome, REQUESTED_AT_ANNOTATION, StatusChangeRecord,
 };
+use crate::crd::{Cause, StatusChange};
 use crate::destinations::shown_url;
 use crate::history::HistoryPolicy;
 use crate::key::ObjectKey;
@@ -30,7 +31,7 @@ use crate::ports::{
     ControlStore, DeliveryResult, Journal, Notifier, Outcome, PingResult, Post, Recorder,
 };
 use crate::readiness::{READY, Readiness};
-use crate::report::{Cause, StatusChange, current_status};
+use crate::report::current_status;
 use crate::schedule::{self, PingFacts, PingPlan};
 use crate::signature;
 use crate::sync::lock;

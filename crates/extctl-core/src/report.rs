@@ -114,57 +114,10 @@ pub fn current_status(status: Option<&ExternalControlStatus>) -> ControlStatus {
         .unwrap_or(ControlStatus::Pending)
 }
 
-/// Why a control's status changed; in `status.history` and the audit log by its Event reason.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-pub enum Cause {
-    /// A checker's signed call.
-    #[serde(rename = "StatusReported")]
-    Reported,
-    /// The scheduled reset of a pinged control.
-    PingReset,
-    /// A notified checker did not answer within `pendingTimeout`.
-    PendingTimeout,
-}
-
-impl Cause {
-    /// The reason, as Kubernetes Events (and `extctl dev`'s output) name it.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Reported => "StatusReported",
-            Self::PingReset => "PingReset",
-            Self::PendingTimeout => "PendingTimeout",
-        }
-    }
-}
-
-/// A stored change of status, and why it happened: what an audit event tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusChange {
-    pub cause: Cause,
-    pub from: ControlStatus,
-    pub to: ControlStatus,
-}
-
-impl StatusChange {
-    /// The change, or `None` when the status stayed the same (GitLab records no event then).
-    pub fn between(cause: Cause, from: ControlStatus, to: ControlStatus) -> Option<Self> {
-        (from != to).then_some(Self { cause, from, to })
-    }
-
-    /// GitLab's audit-event wording.
-    pub fn message(&self) -> String {
-        format!(
-            "Changed compliance control status from '{}' to '{}'",
-            self.from, self.to
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::{Cause, StatusChange};
 
     const NONCE: &str = "0123456789abcdef0123456789abcdef";
 

@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::report::Cause;
 use super::tokens::SigningTokens;
+use crate::crd::Cause;
 use crate::crd::{ControlStatus, NotifyFormat};
 
 /// The prefix Standard Webhooks secrets are written with.
