@@ -2,6 +2,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 # Cargo.toml declares the benchmark, so its file must exist for any build.
 COPY benches ./benches

@@ -25,7 +25,7 @@
 //!
 //! - Steady state (default): controls are created evenly over one interval, as schedules
 //!   anchored at creation spread in a cluster. A first reset falls one interval after creation
-//!   plus an offset fixed per control of less than one more interval (`core::schedule`), so
+//!   plus an offset fixed per control of less than one more interval (`extctl_core::schedule`), so
 //!   first resets spread over less than two intervals; the window is the one interval that
 //!   ends just after the last first reset, which holds exactly one due time of every control
 //!   (its first, or its second).

@@ -5,7 +5,7 @@
 //!
 //! A call here is parsing the three headers, the timestamp window, the signed string, the
 //! HMAC check (constant-time compare) and the replay check: a set lookup and insert
-//! (`core::nonces::NonceSet`, as `extctl dev` keeps them), with the clock advancing so that
+//! (`extctl_core::nonces::NonceSet`, as `extctl dev` keeps them), with the clock advancing so that
 //! about `CALLS` nonces are remembered at any time. The list kept in a control's status on
 //! Kubernetes (`report::ensure_nonce_unused`, shared by all replicas) is measured apart, with
 //! `RECENT_NONCES` remembered.

@@ -347,7 +347,7 @@ async fn conflicts_are_retried_and_running_out_of_retries_is_a_clear_503() {
     let stored = cluster.control("sast").await;
     assert!(stored_nonces(&stored).contains(&call.nonce));
 
-    // Conflicts without end: `MAX_WRITE_ATTEMPTS` (32, src/kubernetes/registry.rs) attempts,
+    // Conflicts without end: `MAX_WRITE_ATTEMPTS` (32, src/kubernetes/endpoint_store.rs) attempts,
     // each conflict followed by a re-read, then 503; nothing stored. kube's client does not
     // retry a 409 itself, so every attempt is one PATCH through the proxy.
     const MAX_WRITE_ATTEMPTS: usize = 32;

@@ -1,6 +1,6 @@
 //! The fault proxy fabricates few answers, and those it does agree with what a genuine
-//! kube-apiserver v1.36 was recorded answering (`../shared/fixtures/kube-apiserver/v1.36/`,
-//! recorded outside this repository): a conflict on a status write (fixture 05) and a watch
+//! kube-apiserver v1.36 was recorded answering (`tests/fixtures/kube-apiserver/v1.36/`): a
+//! conflict on a status write (fixture 05) and a watch
 //! resumed from an expired resourceVersion (fixture 15), compared on each fixture's
 //! significant fields. Not recorded by any fixture, and so not compared: the server's own 500,
 //! 503 (with `Retry-After`) and 429, and a 422 for a write that was valid; the proxy gives
@@ -15,15 +15,9 @@ use serde_json::{Value, json};
 use support::{ADMIN_TOKEN, Cluster, TOKEN};
 
 fn fixture(name: &str) -> Value {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kube-apiserver/v1.36");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube-apiserver/v1.36");
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the recorded fixtures live in ../shared beside the repository)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 

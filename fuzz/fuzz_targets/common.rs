@@ -444,7 +444,7 @@ fn hmac_key_equivalent(a: &[u8], b: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target `duration`: `core::duration`'s parser and formatter, against the CRD's pattern and an
+// Target `duration`: `extctl_core::duration`'s parser and formatter, against the CRD's pattern and an
 // independent model, and (for short inputs) the CRD's own validation of `pingInterval`.
 // ---------------------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ impl Console {
         };
         let mut text = format!(
             "  {}  project {}  control {}  {}  {state}",
-            ObjectKey::of(control).to_string(),
+            ObjectKey::of(control),
             spec.project_id,
             spec.control_id,
             ping.map_or("ping off".to_owned(), |every| format!("ping every {every}")),
@@ -78,10 +78,7 @@ impl Console {
 
     fn event(&self, control: &ExternalControl, reason: &str, message: &str, extra: Value) {
         let time = Timestamp::now().strftime("%H:%M:%S");
-        let text = format!(
-            "{time}  {}  {reason}: {message}",
-            ObjectKey::of(control).to_string()
-        );
+        let text = format!("{time}  {}  {reason}: {message}", ObjectKey::of(control));
         let mut object = json!({
             "control": ObjectKey::of(control).to_string(),
             "namespace": control.namespace(),

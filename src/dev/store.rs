@@ -331,7 +331,7 @@ impl ControlStore for MemoryStore {
     async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
         match self.cell(control) {
             Some(cell) => cell.tokens.clone(),
-            None => Err(format!("{} is gone", ObjectKey::of(control).to_string())),
+            None => Err(format!("{} is gone", ObjectKey::of(control))),
         }
     }
 

@@ -473,7 +473,7 @@ fn status_response(code: u16, message: String, details: Option<serde_json::Value
 }
 
 /// An injected refusal. A conflict on an object is worded as kube-apiserver words it, with its
-/// `details` (recorded: `../shared/fixtures/kube-apiserver/v1.36/05-status-stale-rv.json`,
+/// `details` (recorded: `tests/fixtures/kube-apiserver/v1.36/05-status-stale-rv.json`,
 /// compared by `tests/proxy.rs`). No fixture records the server's own 500, 503, 429 or an
 /// injected 422 for these paths: those keep the real reason for their code and say plainly
 /// that they were injected (extctl reads only the code, and passes the message on).
@@ -527,7 +527,7 @@ async fn current_version(
 }
 
 /// What the server streams to a watch whose resourceVersion was compacted away (recorded:
-/// `../shared/fixtures/kube-apiserver/v1.36/15-list-watch.json`, compared by `tests/proxy.rs`):
+/// `tests/fixtures/kube-apiserver/v1.36/15-list-watch.json`, compared by `tests/proxy.rs`):
 /// one ERROR event, then the end of the stream.
 fn expired_watch(query: &str, current: &str) -> Response {
     let requested = query
