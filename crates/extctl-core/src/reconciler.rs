@@ -8,11 +8,12 @@
 //! here once, on top of the pure rules of this crate, and reach the world only through
 //! [`crate::ports`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
@@ -346,10 +347,8 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         };
         let name = &reference.name;
         let data = self
-            .store
-            .secret_data(control, name)
-            .await?
-            .ok_or_else(|| format!("CA bundle Secret {name:?} not found"))?;
+            .existing_secret(control, name, "CA bundle Secret")
+            .await?;
         match data.get(&reference.key) {
             Some(pem) if !pem.0.is_empty() => Ok(Some(pem.0.clone())),
             _ => Err(format!(
@@ -496,6 +495,20 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         Ok(self.notifier.post(&post).await)
     }
 
+    /// The data of Secret `name` in the control's namespace; a missing one is an error that
+    /// calls it `what`.
+    async fn existing_secret(
+        &self,
+        control: &ExternalControl,
+        name: &str,
+        what: &str,
+    ) -> Result<BTreeMap<String, ByteString>, String> {
+        self.store
+            .secret_data(control, name)
+            .await?
+            .ok_or_else(|| format!("{what} {name:?} not found"))
+    }
+
     /// The target's signing tokens (checked for its format) and CA bundle.
     async fn prepare(
         &self,
@@ -504,11 +517,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
     ) -> Result<(SigningTokens, Option<Vec<u8>>), String> {
         let reference = &target.secret_ref;
         let name = &reference.name;
-        let data = self
-            .store
-            .secret_data(control, name)
-            .await?
-            .ok_or_else(|| format!("Secret {name:?} not found"))?;
+        let data = self.existing_secret(control, name, "Secret").await?;
         let tokens = SigningTokens::from_secret_data(&data, &reference.key)
             .map_err(|problem| format!("Secret {name:?}: {problem}"))?;
         if target.format == crate::crd::NotifyFormat::StandardWebhooks {
