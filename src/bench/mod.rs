@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::checker::{
-    SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now,
+    Project, SignedCall, endpoint_url, parse_base_url, random_nonce, read_token, timestamp_now,
 };
 use crate::endpoint::STATUS_ROUTE;
 use extctl_core::crd::ControlStatus;
@@ -381,7 +381,7 @@ impl Shared {
         let controls = self.load.controls;
         let call = SignedCall::new(
             &self.load.token,
-            controls.project,
+            &Project::Id(controls.project),
             controls.nth(n),
             self.load.status,
             timestamp_now(),

@@ -12,6 +12,7 @@ use clap::Args;
 use reqwest::Url;
 
 use extctl_core::crd::ControlStatus;
+use extctl_core::project;
 use extctl_core::protocol::{NONCE_HEADER, NONCE_LENGTH, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use extctl_core::signature::{sign, signed_string, status_path};
 use extctl_core::tokens::SigningTokens;
@@ -31,9 +32,10 @@ pub struct CallArgs {
     #[arg(long, group = "token", value_name = "VAR")]
     pub token_env: Option<String>,
 
-    /// GitLab project id (the `:id` in the path).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
-    pub project: i64,
+    /// GitLab project: its id (`42`) or its full path (`group/sub/my.project`, as
+    /// `$CI_PROJECT_PATH` gives it; sent URL-encoded, signed decoded, as GitLab does).
+    #[arg(long, value_parser = parse_project)]
+    pub project: Project,
     /// Control id (the `:control_id` in the path).
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     pub control: i64,
@@ -49,10 +51,46 @@ pub struct CallArgs {
     pub nonce: Option<String>,
 }
 
+/// The `:id` of a status call: the project's id, or its full path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Project {
+    Id(i64),
+    Path(String),
+}
+
+impl Project {
+    /// As GitLab reads it, and as the signed path holds it.
+    fn decoded(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Path(path) => path.clone(),
+        }
+    }
+
+    /// As it goes on the request line: a path URL-encoded (`/` as `%2F`), as python-gitlab
+    /// and gitbeaker send it.
+    fn encoded(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Path(path) => form_urlencoded::byte_serialize(path.as_bytes()).collect(),
+        }
+    }
+}
+
+pub(crate) fn parse_project(text: &str) -> Result<Project, String> {
+    if let Some(id) = project::decimal_id(text) {
+        return Ok(Project::Id(id));
+    }
+    project::check_path(text)
+        .map(|()| Project::Path(text.to_owned()))
+        .map_err(|why| format!("not a project id (digits) nor a full path: {why}"))
+}
+
 /// A status call, signed: everything that goes on the wire, and the string that was signed.
 #[derive(Debug)]
 pub struct SignedCall {
-    /// `/api/v4/projects/<id>/compliance_external_controls/<control_id>/status`.
+    /// `/api/v4/projects/<id>/compliance_external_controls/<control_id>/status`, the project
+    /// URL-encoded when it is a path.
     pub path: String,
     pub status: ControlStatus,
     pub timestamp: String,
@@ -67,14 +105,16 @@ impl SignedCall {
     /// seconds, decimal) with `nonce`.
     pub fn new(
         token: &[u8],
-        project: i64,
+        project: &Project,
         control: i64,
         status: ControlStatus,
         timestamp: String,
         nonce: String,
     ) -> Self {
-        let path = status_path(&project.to_string(), &control.to_string());
-        let message = signed_string(&timestamp, &nonce, &path, status.as_str());
+        let control = control.to_string();
+        let path = status_path(&project.encoded(), &control);
+        let signed_path = status_path(&project.decoded(), &control);
+        let message = signed_string(&timestamp, &nonce, &signed_path, status.as_str());
         let signature = sign(token, message.as_bytes());
         Self {
             path,
@@ -132,7 +172,7 @@ impl CallArgs {
         };
         Ok(SignedCall::new(
             tokens.current(),
-            self.project,
+            &self.project,
             self.control,
             self.status,
             timestamp,
@@ -235,6 +275,34 @@ mod tests {
             let url = endpoint_url(&parse_base_url(base).unwrap(), PATH);
             assert_eq!(url.as_str(), format!("{expected}{PATH}"), "{base}");
         }
+    }
+
+    #[test]
+    fn a_project_path_is_sent_encoded_and_signed_decoded() {
+        let path = parse_project("group/sub/my.project").unwrap();
+        let call = SignedCall::new(
+            b"foo",
+            &path,
+            7,
+            ControlStatus::Pass,
+            "1700000000".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        );
+        assert_eq!(
+            call.path,
+            "/api/v4/projects/group%2Fsub%2Fmy.project/compliance_external_controls/7/status"
+        );
+        assert_eq!(
+            call.signed_string,
+            "17000000000123456789abcdef0123456789abcdef\
+             /api/v4/projects/group/sub/my.project/compliance_external_controls/7/status\
+             status=pass"
+        );
+        assert_eq!(parse_project("042"), Ok(Project::Id(42)));
+        let refused = parse_project("my-project").unwrap_err();
+        assert!(refused.contains("group/my-project"), "{refused}");
+        assert!(parse_project("-1").is_err());
+        assert!(parse_project("group/proj.git").is_err());
     }
 
     #[test]

@@ -37,10 +37,13 @@ impl Console {
             Readiness::Ready => "ready".to_owned(),
             other => format!("not ready: {}: {}", other.reason(), other.message()),
         };
+        let project = match &spec.project_path {
+            Some(path) => format!("{} ({path})", spec.project_id),
+            None => spec.project_id.to_string(),
+        };
         let mut text = format!(
-            "  {}  project {}  control {}  {}  {state}",
+            "  {}  project {project}  control {}  {}  {state}",
             ObjectKey::of(control),
-            spec.project_id,
             spec.control_id,
             ping.map_or("ping off".to_owned(), |every| format!("ping every {every}")),
         );
@@ -53,6 +56,7 @@ impl Console {
                 "event": "control",
                 "control": ObjectKey::of(control).to_string(),
                 "projectId": spec.project_id,
+                "projectPath": spec.project_path,
                 "controlId": spec.control_id,
                 "status": extctl_core::report::current_status(control.status.as_ref()),
                 "pingInterval": ping,

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use extctl_core::crd::ControlStatus;
 use extctl_core::ports::Recorder;
 use extctl_core::ports::{EndpointStore, Freshness};
+use extctl_core::project;
 use extctl_core::protocol::{
     NONCE_HEADER, Rejection, SIGNATURE_HEADER, SignatureHeaders, TIMESTAMP_HEADER,
 };
@@ -63,8 +64,9 @@ pub async fn verify_and_record<S: EndpointStore>(
     headers.check_nonce_format()?;
     // Cheap early refusal from the cached status; `record` checks again against fresh state.
     report::ensure_nonce_unused(control.status.as_ref(), headers.nonce, now)?;
-    // Read as the control id is (`042` is 42): the signature covers the path as sent.
-    if decimal_id(call.project) != Some(control.spec.project_id) {
+    // The id read as the control id is (`042` is 42), or the full path ignoring case: the
+    // signature covers the project as sent.
+    if !project::names_project(call.project, &control.spec) {
         return Err(Rejection::ProjectNotFound);
     }
 
@@ -95,13 +97,7 @@ pub async fn verify_and_record<S: EndpointStore>(
 
 /// A control id is plain decimal digits; anything else names no control.
 fn control_id(text: &str) -> Result<i64, Rejection> {
-    decimal_id(text).ok_or(Rejection::ControlNotFound)
-}
-
-/// An id in the path: plain decimal digits that fit an `i64`.
-fn decimal_id(text: &str) -> Option<i64> {
-    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    digits.then(|| text.parse().ok()).flatten()
+    project::decimal_id(text).ok_or(Rejection::ControlNotFound)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::duration;
+use crate::{duration, project};
 
 /// The name of the generated CustomResourceDefinition.
 pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
@@ -29,6 +29,7 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     category = "compliance",
     doc = "An external compliance control whose status (pending, pass, fail or not_applicable) is set by a signed call from an external checker, GitLab-compatible.",
     printcolumn = r#"{"name":"Project","type":"integer","jsonPath":".spec.projectId"}"#,
+    printcolumn = r#"{"name":"Path","type":"string","priority":1,"jsonPath":".spec.projectPath"}"#,
     printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
     printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
@@ -44,6 +45,15 @@ pub struct ExternalControlSpec {
     /// GitLab project id the control belongs to; the `:id` of the status API path.
     #[schemars(range(min = 1))]
     pub project_id: i64,
+
+    /// The project's full path in GitLab (`group/sub/my.project`, as `$CI_PROJECT_PATH` gives
+    /// it), for checkers that address the project by path: a call whose `:id` is this path,
+    /// URL-encoded (`group%2Fsub%2Fmy.project`), reaches the control as a call by `projectId`
+    /// does (compared ignoring case, as GitLab finds paths). Also sent in pings and
+    /// notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "project_path_schema")]
+    pub project_path: Option<String>,
 
     /// Control id, unique among the controls extctl serves; the `:external_control_id` of the
     /// status API path.
@@ -458,6 +468,20 @@ impl JsonSchema for DurationString {
     }
 }
 
+/// A GitLab project's full path: the pattern, length and CEL rules of [`project`].
+fn project_path_schema(_: &mut SchemaGenerator) -> Schema {
+    let rules: Vec<serde_json::Value> = project::CEL_RULES
+        .iter()
+        .map(|(rule, message)| serde_json::json!({"rule": rule, "message": message}))
+        .collect();
+    json_schema!({
+        "type": "string",
+        "pattern": project::PATTERN,
+        "maxLength": project::MAX_LENGTH,
+        "x-kubernetes-validations": rules,
+    })
+}
+
 /// The status value without the `null` that schemars adds for an `Option<enum>`: a structural
 /// schema must not list `null` among enum values, and extctl never writes a null status.
 fn status_value_schema(_: &mut SchemaGenerator) -> Schema {
@@ -611,6 +635,7 @@ mod tests {
             names,
             [
                 "Project",
+                "Path",
                 "Control",
                 "Status",
                 "Compliant",

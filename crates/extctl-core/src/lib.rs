@@ -4,7 +4,8 @@
 //! and `tests/structure.rs` in the binary crate checks it.
 //!
 //! - [`crd`]: the `ExternalControl` resource and its status;
-//! - the protocol: [`protocol`] (GitLab's answers), [`signature`], [`tokens`], [`freshness`],
+//! - the protocol: [`protocol`] (GitLab's answers), [`project`] (a project by id or path),
+//!   [`signature`], [`tokens`], [`freshness`],
 //!   [`nonces`], [`report`] (a verified pass/fail and what it changes);
 //! - state: [`schedule`] (when resets fall due), [`ping`], [`compliance`] (the `Compliant`
 //!   condition), [`readiness`] (`Ready`), [`history`], [`index`] (controls by id and Secret),
@@ -29,6 +30,7 @@ pub mod notify;
 pub mod ping;
 pub mod policy_reports;
 pub mod ports;
+pub mod project;
 pub mod protocol;
 pub mod readiness;
 pub mod reconciler;

@@ -288,10 +288,12 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                 let name = control.name_any();
                 let subject = PingSubject {
                     project_id: control.spec.project_id,
+                    project_path: control.spec.project_path.as_deref(),
                     control_id: control.spec.control_id,
                     namespace: &namespace,
                     name: &name,
                     display_name: control.spec.display_name.as_deref(),
+                    created: control.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 };
                 let body = ping::payload(&subject, reset_at);
                 let signature = signature::sign(tokens.current(), &body);
@@ -475,6 +477,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             name: &name,
             display_name: control.spec.display_name.as_deref(),
             project_id: control.spec.project_id,
+            project_path: control.spec.project_path.as_deref(),
             control_id: control.spec.control_id,
             from: change.from,
             to: change.to,

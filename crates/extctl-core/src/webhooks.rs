@@ -40,6 +40,9 @@ pub struct ChangeData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<&'a str>,
     pub project_id: i64,
+    /// `spec.projectPath`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_path: Option<&'a str>,
     pub control_id: i64,
     pub from: ControlStatus,
     pub to: ControlStatus,
@@ -245,6 +248,7 @@ mod tests {
             name: "sast",
             display_name: Some("SAST"),
             project_id: 42,
+            project_path: Some("group/sast"),
             control_id: 7,
             from: ControlStatus::Pass,
             to: ControlStatus::Fail,
@@ -259,7 +263,8 @@ mod tests {
                 "timestamp": "2023-11-14T22:13:20.000000Z",
                 "data": {
                     "namespace": "team-a", "name": "sast", "displayName": "SAST",
-                    "projectId": 42, "controlId": 7, "from": "pass", "to": "fail",
+                    "projectId": 42, "projectPath": "group/sast", "controlId": 7,
+                    "from": "pass", "to": "fail",
                     "cause": "StatusReported", "time": "2023-11-14T22:13:20.000000Z"
                 }
             })
