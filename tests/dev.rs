@@ -222,7 +222,11 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         pings[0]["valid"], true,
         "signed with the control's token: {pings:?}"
     );
-    assert_eq!(pings[0]["body"]["control"]["id"], 7, "{pings:?}");
+    assert_eq!(
+        pings[0]["body"]["project_control_compliance_status"]["compliance_requirements_control_id"],
+        7,
+        "{pings:?}"
+    );
 
     // A ping nobody answers leaves the status pending and is told as a warning; the pending
     // timeout (1 s) starts only on an accepted ping, so two rounds (2 s apart) pass without one.
@@ -245,6 +249,69 @@ async fn pinged_controls_are_reset_notified_and_timed_out_in_seconds() {
         dev.changes("default/quiet"),
         [change("StatusReported", "pending", "pass")]
     );
+}
+
+/// The checker written for GitLab (`gitlab_ping_checker.py`, as in `ping.rs` for `extctl
+/// run`) answers `extctl dev`'s pings unchanged: by `path_with_namespace` for a control with a
+/// `projectPath`, by `id` for one without; each goes pending → pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_written_for_gitlab_answers_the_ping_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    // The checker is started first (the controls name it): it reads dev's URL at each ping.
+    let api_url_file = dir.path().join("api-url");
+    let gitlab_checker = PythonServer::start(
+        "gitlab_ping_checker.py",
+        dir.path(),
+        TOKEN,
+        &["--api-url-file", api_url_file.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("{}/ping", gitlab_checker.base_url);
+    let controls = [
+        control(
+            "by-path",
+            7,
+            json!({"pingInterval": "2s", "externalUrl": url, "projectPath": "group/sub/my.project"}),
+        ),
+        control(
+            "by-id",
+            8,
+            json!({"pingInterval": "2s", "externalUrl": url}),
+        ),
+    ];
+    let sandbox = Sandbox::start(dir, &controls, &[]).await;
+    std::fs::write(&api_url_file, &sandbox.dev.url).unwrap();
+
+    for (name, project, control) in [
+        ("default/by-path", json!("group/sub/my.project"), 7),
+        ("default/by-id", json!(42), 8),
+    ] {
+        // The first change is the checker's answer to the first ping: pending → pass.
+        let seen = changes(&sandbox.dev, name, 1, Duration::from_secs(15)).await;
+        assert_eq!(
+            seen[0],
+            change("StatusReported", "pending", "pass"),
+            "{name}"
+        );
+        let records = wait_for(Duration::from_secs(5), || async {
+            let records = gitlab_checker.records();
+            let answered = records
+                .iter()
+                .any(|r| r["control"] == control && r.get("code").is_some());
+            answered.then_some(records)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: {:?}", gitlab_checker.records()));
+        assert!(records.iter().all(|r| r["valid"] == true), "{records:?}");
+        let seen = records.iter().find(|r| r["control"] == control).unwrap();
+        assert_eq!(seen["project"], project, "{name}");
+        assert_eq!(seen["pinged_status"], "pending", "{name}");
+        assert_eq!(
+            (&seen["code"], &seen["answer"]),
+            (&json!(200), &json!({"status": "pass"})),
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

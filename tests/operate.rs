@@ -398,8 +398,8 @@ async fn one_replica_reconciles_with_the_write_load_of_one_and_a_standby_takes_o
         .iter()
         .map(|p| {
             (
-                p["body"]["control"]["resource"].to_string(),
-                p["body"]["time"].to_string(),
+                p["body"]["extctl"]["name"].to_string(),
+                p["body"]["extctl"]["resetAt"].to_string(),
             )
         })
         .collect();
@@ -1029,8 +1029,14 @@ async fn two_reconcilers_without_leader_election_carry_out_every_reset_exactly_o
             let mut pinged: Vec<Timestamp> = receiver
                 .pings()
                 .iter()
-                .filter(|p| p["body"]["control"]["resource"] == name.as_str())
-                .map(|p| p["body"]["time"].as_str().unwrap().parse().unwrap())
+                .filter(|p| p["body"]["extctl"]["name"] == name.as_str())
+                .map(|p| {
+                    p["body"]["extctl"]["resetAt"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
                 .collect();
             pinged.sort();
             (pinged.len() >= reset_times.len()).then_some(pinged)

@@ -173,7 +173,7 @@ async fn a_checker_with_an_internal_ca_is_verified_with_the_controls_ca_bundle()
     let pings = https.records();
     assert_eq!(pings.len(), 1, "{pings:?}");
     assert_eq!(pings[0]["gitlab_valid"], true);
-    assert_eq!(pings[0]["body"]["control"]["resource"], "trusted");
+    assert_eq!(pings[0]["body"]["extctl"]["name"], "trusted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,7 @@ fn assert_one_reset_per_due_time(resets: &[Reset], interval: SignedDuration) {
 
 /// The reset time a ping carries.
 fn ping_time(ping: &serde_json::Value) -> Timestamp {
-    let text = ping["body"]["time"]
+    let text = ping["body"]["extctl"]["resetAt"]
         .as_str()
         .expect("a ping carries its time");
     text.parse().expect("an RFC 3339 time")
@@ -401,12 +401,15 @@ async fn an_accepted_ping_then_silence_times_out_to_fail() {
     let ping = this_round[0];
     assert_eq!(ping["valid"], true, "signature verified independently");
     assert_eq!(ping["content_type"], "application/json");
-    assert_eq!(ping["body"]["project"]["id"], 42);
-    assert_eq!(ping["body"]["control"]["id"], 7);
-    assert_eq!(ping["body"]["control"]["status"], "pending");
-    assert_eq!(ping["body"]["control"]["resource"], "sast");
+    // GitLab's shape: the project, then the status record (what a GitLab checker reads).
+    let record = &ping["body"]["project_control_compliance_status"];
+    assert_eq!(ping["body"]["id"], 42);
+    assert_eq!(record["compliance_requirements_control_id"], 7);
+    assert_eq!(record["project_id"], 42);
+    assert_eq!(record["status"], "pending");
+    assert_eq!(ping["body"]["extctl"]["name"], "sast");
     assert_eq!(
-        ping["body"]["control"]["namespace"],
+        ping["body"]["extctl"]["namespace"],
         cluster.namespace.as_str()
     );
 
@@ -707,4 +710,102 @@ async fn a_warning_about_the_longest_url_the_schema_admits_is_still_an_event() {
     assert!(note.len() <= 1024, "{} bytes", note.len());
     assert!(note.contains(&base), "{note}");
     assert!(note.ends_with('…'), "{note}");
+}
+
+/// A checker written for GitLab from GitLab's protocol only (`gitlab_ping_checker.py`) answers
+/// a ping unchanged: it verifies `X-GitLab-Signature`, reads the project from
+/// `path_with_namespace` (or `id` when there is no path) and the control from
+/// `project_control_compliance_status`, and reports `pass` through the status API, the path
+/// URL-encoded as python-gitlab sends it. Each control goes pending → pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_written_for_gitlab_answers_the_ping_unchanged() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    let operator = Operator::start(&cluster, &[]).await;
+    let gitlab_checker = support::PythonServer::start(
+        "gitlab_ping_checker.py",
+        cluster.dir.path(),
+        TOKEN,
+        &["--api-url", &operator.url],
+    )
+    .await;
+    let url = format!("{}/ping", gitlab_checker.base_url);
+    // An hour apart: the only ping of the test is the re-check asked for below.
+    let by_path =
+        json!({"pingInterval": "1h", "externalUrl": url, "projectPath": "group/sub/my.project"});
+    create_pinged(&cluster, "by-path", 7, "sast-token", by_path).await;
+    create_pinged(
+        &cluster,
+        "by-id",
+        8,
+        "sast-token",
+        json!({"pingInterval": "1h", "externalUrl": url}),
+    )
+    .await;
+    for name in ["by-path", "by-id"] {
+        let ready = cluster.wait_ready_reason(name, "Ready").await;
+        assert_eq!(status_of(&ready), Some(ControlStatus::Pending), "{name}");
+        let annotation = json!({"metadata": {"annotations": {
+            extctl_core::crd::REQUESTED_AT_ANNOTATION: Timestamp::now().to_string()
+        }}});
+        cluster
+            .controls()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&annotation))
+            .await
+            .unwrap();
+    }
+
+    for (name, project, control) in [
+        ("by-path", json!("group/sub/my.project"), 7),
+        ("by-id", json!(42), 8),
+    ] {
+        let passed = wait_for(Duration::from_secs(20), || async {
+            let control = cluster.control(name).await;
+            (status_of(&control) == Some(ControlStatus::Pass)).then_some(control)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name} never passed: {:?}", gitlab_checker.records()));
+        let status = passed.status.unwrap();
+        let reset_at = time(status.last_ping_time.as_ref());
+        assert!(
+            time(status.last_update_time.as_ref()) > reset_at,
+            "{name}: passed after the reset"
+        );
+        // The checker logs a ping once its report is answered, just after extctl stored it.
+        let records = wait_for(Duration::from_secs(5), || async {
+            let records = gitlab_checker.records();
+            records
+                .iter()
+                .any(|r| r["control"] == control && r.get("code").is_some())
+                .then_some(records)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: {:?}", gitlab_checker.records()));
+        assert!(records.iter().all(|r| r["valid"] == true), "{records:?}");
+        let seen: Vec<_> = records.iter().filter(|r| r["control"] == control).collect();
+        assert_eq!(seen.len(), 1, "{name}: one ping: {records:?}");
+        let seen = seen[0];
+        assert_eq!(seen["valid"], true, "{name}");
+        assert_eq!(seen["project"], project, "{name}");
+        assert_eq!(seen["pinged_status"], "pending", "{name}");
+        assert_eq!(
+            (&seen["code"], &seen["answer"]),
+            (&json!(200), &json!({"status": "pass"})),
+            "{name}"
+        );
+        // GitLab's time format: milliseconds, `Z`; the reset's instant.
+        let updated_at = seen["updated_at"].as_str().unwrap();
+        assert_eq!(
+            updated_at.len(),
+            "2026-01-15T10:00:00.123Z".len(),
+            "{updated_at}"
+        );
+        let updated_at: Timestamp = updated_at.parse().unwrap();
+        assert!(
+            reset_at.duration_since(updated_at) < SignedDuration::from_millis(1),
+            "{name}"
+        );
+    }
 }

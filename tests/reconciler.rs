@@ -231,11 +231,15 @@ async fn a_reset_pings_the_checker_signed_and_an_accepted_ping_times_out_to_fail
         Some(hmac_hex(TOKEN, &ping.raw).as_str()),
         "signed with the control's token"
     );
-    assert_eq!(ping.body["object_kind"], "compliance_control_ping");
+    let record = &ping.body["project_control_compliance_status"];
     assert_eq!(
-        (&ping.body["project"]["id"], &ping.body["control"]["id"]),
+        (
+            &ping.body["id"],
+            &record["compliance_requirements_control_id"]
+        ),
         (&json!(1), &json!(7))
     );
+    assert_eq!(record["status"], "pending");
     let status = setup.control().status.clone().unwrap();
     assert_eq!(status.status, Some(ControlStatus::Pending));
     let outcome = status.last_ping.expect("the ping's outcome is recorded");
