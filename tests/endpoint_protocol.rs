@@ -4,6 +4,9 @@
 //! cluster-wide and with `watchNamespace`: nothing it does may be forbidden), and `extctl dev`
 //! with the same control and Secret as manifests (same endpoint, other store).
 //!
+//! The table runs again with the project named by its full path (`spec.projectPath`), in the
+//! encodings of GitLab's client libraries, on `extctl run` and `extctl dev`.
+//!
 //! A cluster-wide operator sees every namespace of the server: its tests hold
 //! [`whole_server`], every other cluster test [`own_namespace`], and each cluster test's control
 //! has a controlId of its own.
@@ -18,6 +21,8 @@ use support::chart_rbac::{Chart, own_namespace, whole_server};
 use support::{Cluster, Dev, Operator, TOKEN, checker, wait_for};
 
 const PROJECT: &str = "42";
+/// The control's `spec.projectPath`.
+const PROJECT_PATH: &str = "group/sub/my.project";
 /// The control id of `extctl dev`'s manifest; a cluster test's control takes [`fresh_id`].
 const DEV_CONTROL: &str = "7";
 
@@ -31,6 +36,16 @@ enum Kind {
         cluster_wide: bool,
     },
     Dev,
+}
+
+/// How the checker names the project in the call.
+#[derive(Debug, Clone, Copy)]
+enum Address {
+    /// By id, `42`.
+    Id,
+    /// By [`PROJECT_PATH`], URL-encoded by the checker as the client named does it
+    /// (`python-gitlab`: `/` as `%2F`; `client-go`: `.` as `%2E` too).
+    Path(&'static str),
 }
 
 enum Backend {
@@ -55,6 +70,11 @@ struct Env {
     token: String,
     /// The control's id, as the checker sends it.
     control: String,
+    /// The project as the checker names it (decoded), and how it encodes it.
+    project: &'static str,
+    encoding: &'static str,
+    /// A project of the same form that no control names.
+    other_project: &'static str,
     /// Whether the operator runs with the chart's RBAC (then it must never be forbidden).
     as_chart: bool,
     _share: Option<ServerShare>,
@@ -67,7 +87,8 @@ fn fresh_id() -> i64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Control `sast` (project 42, control 7) and its Secret, as `kubectl apply` would get them.
+/// Control `sast` (project 42, `group/sub/my.project`, control 7) and its Secret, as
+/// `kubectl apply` would get them.
 const MANIFESTS: &str = "\
 apiVersion: v1
 kind: Secret
@@ -82,16 +103,21 @@ metadata:
   name: sast
 spec:
   projectId: 42
+  projectPath: group/sub/my.project
   controlId: 7
   secretRef:
     name: sast-token
 ";
 
-async fn env(kind: Kind) -> Env {
-    env_with(kind, &[]).await
+async fn env(kind: Kind, address: Address) -> Env {
+    env_with(kind, address, &[]).await
 }
 
-async fn env_with(kind: Kind, args: &[&str]) -> Env {
+async fn env_with(kind: Kind, address: Address, args: &[&str]) -> Env {
+    let (project, encoding, other_project) = match address {
+        Address::Id => (PROJECT, "none", "43"),
+        Address::Path(encoding) => (PROJECT_PATH, encoding, "group/sub/other.project"),
+    };
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
@@ -108,6 +134,9 @@ async fn env_with(kind: Kind, args: &[&str]) -> Env {
             dir,
             token,
             control: DEV_CONTROL.to_owned(),
+            project,
+            encoding,
+            other_project,
             as_chart: false,
             _share: None,
         };
@@ -122,7 +151,13 @@ async fn env_with(kind: Kind, args: &[&str]) -> Env {
         .create_secret("sast-token", &[("token", TOKEN)])
         .await;
     cluster
-        .create_control("sast", 42, control, "sast-token")
+        .create_control_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1",
+            "kind": "ExternalControl",
+            "metadata": {"name": "sast", "namespace": cluster.namespace},
+            "spec": {"projectId": 42, "projectPath": PROJECT_PATH, "controlId": control,
+                     "secretRef": {"name": "sast-token"}}
+        }))
         .await;
     let operator = match kind {
         Kind::Chart { cluster_wide } => {
@@ -149,6 +184,9 @@ async fn env_with(kind: Kind, args: &[&str]) -> Env {
         dir,
         token,
         control: control.to_string(),
+        project,
+        encoding,
+        other_project,
         as_chart: matches!(kind, Kind::Chart { .. }),
         _share: Some(share),
     }
@@ -182,11 +220,14 @@ impl Env {
         }
     }
 
-    /// A call for project 42 / control 7 with the right token, plus `knobs`.
+    /// A call for the control's project (as [`Address`] names it) with the right token, plus
+    /// `knobs`.
     async fn call(&self, knobs: &[&str]) -> support::Answer {
         let mut args = vec![
             "--project",
-            PROJECT,
+            self.project,
+            "--encoding",
+            self.encoding,
             "--control",
             &self.control,
             "--token-file",
@@ -309,8 +350,8 @@ fn assert_answer(answer: &support::Answer, code: u16, error: &str, case: &str) {
     );
 }
 
-async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
-    let env = env(kind).await;
+async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     env.assert_stored(ControlStatus::Pending, "a new control is pending")
         .await;
 
@@ -358,7 +399,13 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
             ControlStatus::NotApplicable,
         ),
     ];
-    for (case, knobs, expected) in cases {
+    // GitLab finds a project's path ignoring case; the signature covers the path as sent.
+    let other_case = ["--status", "fail", "--project", "GROUP/Sub/My.Project"];
+    let path_cases: &[(&str, &[&str], ControlStatus)] = match address {
+        Address::Path(_) => &[("the path in another case", &other_case, ControlStatus::Fail)],
+        Address::Id => &[],
+    };
+    for (case, knobs, expected) in cases.iter().chain(path_cases).copied() {
         let answer = env.call(knobs).await;
         assert_eq!(answer.code, 200, "{case}: {:?}", answer.body);
         assert_eq!(
@@ -370,8 +417,8 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind) {
     }
 }
 
-async fn every_error_row_of_the_protocol_table(kind: Kind) {
-    let env = env(kind).await;
+async fn every_error_row_of_the_protocol_table(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let wrong_token = env.wrong_token();
     let now = jiff::Timestamp::now().as_second();
     let expired = (now - 15).to_string();
@@ -458,7 +505,7 @@ async fn every_error_row_of_the_protocol_table(kind: Kind) {
         ),
         (
             "signed another project",
-            vec!["--sign-project", "43"],
+            vec!["--sign-project", env.other_project],
             401,
             "Invalid signature",
         ),
@@ -508,16 +555,55 @@ async fn every_error_row_of_the_protocol_table(kind: Kind) {
         ),
         (
             "project does not match the control",
-            vec!["--project", "43"],
+            vec!["--project", env.other_project],
             404,
             "Project not found",
         ),
     ];
     env.assert_rows(lookups).await;
+    if let Address::Path(_) = address {
+        env.assert_rows(path_rows()).await;
+    }
 }
 
-async fn checks_run_in_the_documented_order(kind: Kind) {
-    let env = env(kind).await;
+/// The rows only a call by path has: what is signed is the decoded path, as sent.
+fn path_rows() -> Vec<(&'static str, Vec<&'static str>, u16, &'static str)> {
+    vec![
+        (
+            "signed with the id, sent as the path",
+            vec!["--sign-project", PROJECT],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "signed as encoded on the wire",
+            vec!["--sign-project", "group%2Fsub%2Fmy.project"],
+            401,
+            "Invalid signature",
+        ),
+        (
+            "the path without its namespace",
+            vec!["--project", "my.project"],
+            404,
+            "Project not found",
+        ),
+        (
+            "the path encoded twice (decoded once, as GitLab does)",
+            vec!["--project", "group%2Fsub%2Fmy.project"],
+            404,
+            "Project not found",
+        ),
+        (
+            "the path not encoded: no such route",
+            vec!["--encoding", "none"],
+            404,
+            "404 Not Found",
+        ),
+    ]
+}
+
+async fn checks_run_in_the_documented_order(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let wrong = env.wrong_token();
     let expired = (jiff::Timestamp::now().as_second() - 60).to_string();
     let rows: Vec<(&str, Vec<&str>, u16, &str)> = vec![
@@ -553,7 +639,7 @@ async fn checks_run_in_the_documented_order(kind: Kind) {
         ),
         (
             "nonce before project",
-            vec!["--project", "43", "--nonce", "short"],
+            vec!["--project", env.other_project, "--nonce", "short"],
             401,
             "Invalid nonce",
         ),
@@ -561,8 +647,8 @@ async fn checks_run_in_the_documented_order(kind: Kind) {
     env.assert_rows(rows).await;
 }
 
-async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind) {
-    let env = env(kind).await;
+async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let nonce = "00000000000000000000000000000001";
     let wrong = env.wrong_token();
 
@@ -581,8 +667,8 @@ async fn a_nonce_is_used_once_and_only_a_verified_call_can_use_it(kind: Kind) {
         .await;
 }
 
-async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none(kind: Kind) {
-    let env = env(kind).await;
+async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let statuses = [
         "pass",
         "pass",
@@ -613,8 +699,8 @@ async fn changes_emit_gitlabs_audit_event_and_repeats_emit_none(kind: Kind) {
     assert_eq!(notes, expected);
 }
 
-async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind) {
-    let env = env(kind).await;
+async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let big = format!("{{\"status\":\"pass\",\"pad\":\"{}\"}}", "x".repeat(5000));
     let answer = env
         .call(&["--raw-body", &big, "--content-type", "application/json"])
@@ -626,7 +712,7 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind) {
         answer.body
     );
 
-    let client = reqwest::Client::new();
+    let client = support::http_client();
     let get = client
         .get(format!(
             "{}/api/v4/projects/42/compliance_external_controls/{}/status",
@@ -655,7 +741,7 @@ async fn bodies_are_bounded_and_unknown_routes_answer_in_json(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_api_server_refuses_is_reported_not_stored() {
-    let env = env(Kind::Run).await;
+    let env = env(Kind::Run, Address::Id).await;
     let Backend::Run { cluster, .. } = &env.backend else {
         unreachable!()
     };
@@ -677,8 +763,8 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         .await;
 }
 
-async fn stops_cleanly_on_sigterm(kind: Kind) {
-    let env = env(kind).await;
+async fn stops_cleanly_on_sigterm(kind: Kind, address: Address) {
+    let env = env(kind, address).await;
     let mut env = env;
     let status = match &mut env.backend {
         Backend::Run { operator, .. } => operator.sigterm().await,
@@ -687,10 +773,10 @@ async fn stops_cleanly_on_sigterm(kind: Kind) {
     assert!(status.success(), "exit status {status:?}");
 }
 
-async fn a_client_that_never_finishes_its_body_times_out(kind: Kind) {
+async fn a_client_that_never_finishes_its_body_times_out(kind: Kind, address: Address) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let env = env_with(kind, &["--request-timeout", "1s"]).await;
+    let env = env_with(kind, address, &["--request-timeout", "1s"]).await;
     let address = env.url().trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let head = format!(
@@ -718,7 +804,7 @@ macro_rules! on_run_and_dev {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Kind::Run).await
+                    super::$test(super::Kind::Run, super::Address::Id).await
                 }
             )*
         }
@@ -726,7 +812,7 @@ macro_rules! on_run_and_dev {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Kind::Dev).await
+                    super::$test(super::Kind::Dev, super::Address::Id).await
                 }
             )*
         }
@@ -734,7 +820,7 @@ macro_rules! on_run_and_dev {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Kind::Chart { cluster_wide: false }).await
+                    super::$test(super::Kind::Chart { cluster_wide: false }, super::Address::Id).await
                 }
             )*
         }
@@ -742,7 +828,7 @@ macro_rules! on_run_and_dev {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Kind::Chart { cluster_wide: true }).await
+                    super::$test(super::Kind::Chart { cluster_wide: true }, super::Address::Id).await
                 }
             )*
         }
@@ -758,4 +844,31 @@ on_run_and_dev!(
     bodies_are_bounded_and_unknown_routes_answer_in_json,
     stops_cleanly_on_sigterm,
     a_client_that_never_finishes_its_body_times_out,
+);
+
+/// The protocol table again, the project named by its full path in each client's encoding.
+macro_rules! by_path {
+    ($($test:ident),* $(,)?) => {
+        by_path!(@in run_path_python_gitlab, Run, "python-gitlab"; $($test),*);
+        by_path!(@in run_path_client_go, Run, "client-go"; $($test),*);
+        by_path!(@in dev_path_python_gitlab, Dev, "python-gitlab"; $($test),*);
+        by_path!(@in dev_path_client_go, Dev, "client-go"; $($test),*);
+    };
+    (@in $module:ident, $kind:ident, $encoding:literal; $($test:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Kind::$kind, super::Address::Path($encoding)).await
+                }
+            )*
+        }
+    };
+}
+
+by_path!(
+    accepted_calls_store_the_status_and_answer_like_gitlab,
+    every_error_row_of_the_protocol_table,
+    checks_run_in_the_documented_order,
+    a_nonce_is_used_once_and_only_a_verified_call_can_use_it,
 );

@@ -60,11 +60,6 @@ fn agrees(recorded: &Value, got: &Value) -> bool {
     }
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_conflict_is_the_servers_conflict() {
     let recorded = step_with(&fixture("05-status-stale-rv.json"), 409);
@@ -79,7 +74,7 @@ async fn an_injected_conflict_is_the_servers_conflict() {
         .proxy
         .faults()
         .fail_next(1, Some(Method::PATCH), &path, 409);
-    let answer = client()
+    let answer = support::http_client()
         .patch(format!("{}{path}", cluster.proxy.url()))
         .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/merge-patch+json")
@@ -121,7 +116,7 @@ async fn a_watch_resumed_after_a_compaction_expires_as_on_the_server() {
         .iter()
         .map(|(key, value)| format!("{key}={}", value.as_str().unwrap()))
         .collect();
-    let answer = client()
+    let answer = support::http_client()
         .get(format!("{}{path}?{}", cluster.proxy.url(), query.join("&")))
         .bearer_auth(ADMIN_TOKEN)
         .send()

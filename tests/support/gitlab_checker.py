@@ -35,10 +35,27 @@ def status_path(project: str, control: str) -> str:
     return f"/api/v4/projects/{project}/compliance_external_controls/{control}/status"
 
 
+def encode_project(project: str, encoding: str) -> str:
+    """The project as it goes in the URL: GitLab's `:id` is the id or the URL-encoded path.
+    python-gitlab and gitbeaker encode `/` as %2F; GitLab's Go client also encodes `.` as %2E."""
+    if encoding == "none":
+        return project
+    encoded = urllib.parse.quote(project, safe="")
+    if encoding == "client-go":
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="id or full path, decoded (as signed)")
+    p.add_argument(
+        "--encoding",
+        choices=["python-gitlab", "client-go", "none"],
+        default="python-gitlab",
+        help="how the project is encoded in the URL",
+    )
     p.add_argument("--control", required=True)
     p.add_argument("--status", default="pass", help="status sent")
     p.add_argument("--token-file", required=True)
@@ -77,7 +94,7 @@ def build_request(args):
     if args.private_token:
         headers["PRIVATE-TOKEN"] = args.private_token
 
-    url = args.url.rstrip("/") + status_path(args.project, args.control)
+    url = args.url.rstrip("/") + status_path(encode_project(args.project, args.encoding), args.control)
     query = []
     body = None
     if args.raw_body is not None:

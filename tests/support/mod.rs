@@ -303,7 +303,7 @@ impl Operator {
     }
 
     async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = http_client();
         let url = format!("{}/readyz", self.url);
         let ready = wait_for(Duration::from_secs(20), || async {
             let response = client.get(&url).send().await.ok()?;
@@ -594,6 +594,13 @@ fn extctl_command(args: &[&str]) -> Command {
         .env("NO_PROXY", "127.0.0.1,localhost")
         .kill_on_drop(true);
     command
+}
+
+/// A client for a test's own HTTP requests. rustls needs its crypto provider installed first,
+/// whichever test of the binary runs first (alone, `cargo test NAME`, too).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 /// Runs `extctl` with `args` to completion.
