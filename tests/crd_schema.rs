@@ -119,3 +119,102 @@ async fn bad_manifests_are_refused_naming_the_field() {
         );
     }
 }
+
+/// Project paths, each with whether GitLab's rule allows it.
+fn project_paths() -> Vec<(String, bool)> {
+    let groups = |n: usize| vec!["g"; n].join("/");
+    let mut paths: Vec<(String, bool)> = [
+        ("group/proj", true),
+        ("group/sub/my.project", true),
+        ("_a/.hidden", true),
+        ("a.b-c_d/e.", true),
+        ("9/8", true),
+        ("proj", false),
+        ("group//proj", false),
+        ("group/", false),
+        ("/proj", false),
+        ("group/my project", false),
+        ("group/é", false),
+        ("group/-proj", false),
+        ("group/proj.git", false),
+        ("group.atom/proj", false),
+        ("group./proj", false),
+        ("group/sub%2Fproj", false),
+    ]
+    .into_iter()
+    .map(|(path, ok)| (path.to_owned(), ok))
+    .collect();
+    paths.push((format!("{}/p", groups(21)), true));
+    paths.push((format!("{}/p", groups(22)), false));
+    paths.push((format!("g/{}", "p".repeat(255)), true));
+    paths.push((format!("g/{}", "p".repeat(256)), false));
+    paths
+}
+
+/// The CRD's pattern and CEL rules, served by the genuine kube-apiserver, allow exactly the
+/// paths GitLab's rule does, as `extctl sign`/`send` check them (`project::check_path`); a
+/// refusal names `spec.projectPath`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_paths_are_checked_as_gitlab_checks_them() {
+    let cluster = Cluster::start().await;
+    let mut wrong = Vec::new();
+    for (i, (path, allowed)) in project_paths().into_iter().enumerate() {
+        let spec = json!({"projectId": 42, "controlId": 7, "secretRef": {"name": "t"}, "projectPath": path});
+        let mut object = manifest(spec);
+        object.metadata.name = Some(format!("p{i}"));
+        let created = api(&cluster).create(&PostParams::default(), &object).await;
+        let cli = extctl_core::project::check_path(&path);
+        match (allowed, created, cli) {
+            (true, Ok(_), Ok(())) => {}
+            (false, Err(kube::Error::Api(status)), Err(_))
+                if status.code == 422 && status.message.contains("spec.projectPath") => {}
+            (_, created, cli) => wrong.push(format!(
+                "{path:?}: allowed {allowed}, server {created:?}, CLI {cli:?}"
+            )),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `extctl dev` validates with the same schema: it refuses every bad path naming the field.
+#[tokio::test]
+async fn extctl_dev_checks_project_paths_as_the_api_server_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let documents = |allowed: bool| -> Vec<(usize, String)> {
+        project_paths()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, ok))| *ok == allowed)
+            .map(|(i, (path, _))| {
+                let control = json!({
+                    "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+                    "metadata": {"name": format!("p{i}")},
+                    "spec": {"projectId": 42, "controlId": i + 1, "secretRef": {"name": "t"}, "projectPath": path}
+                });
+                (i, serde_norway::to_string(&control).unwrap())
+            })
+            .collect()
+    };
+    let bad = documents(false);
+    let file = dir.path().join("bad.yaml");
+    let texts: Vec<&str> = bad.iter().map(|(_, text)| text.as_str()).collect();
+    std::fs::write(&file, texts.join("---\n")).unwrap();
+    let output = support::extctl(&["dev", "--manifests", file.to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for (i, _) in &bad {
+        let line = stderr
+            .lines()
+            .find(|line| line.contains(&format!("ExternalControl default/p{i}:")))
+            .unwrap_or_else(|| panic!("p{i} not refused: {stderr}"));
+        assert!(line.contains("spec.projectPath"), "p{i}: {line}");
+    }
+
+    // The good ones load (each control is listed; their Secret is missing, so not ready).
+    let good = documents(true);
+    let file = dir.path().join("good.yaml");
+    let texts: Vec<&str> = good.iter().map(|(_, text)| text.as_str()).collect();
+    std::fs::write(&file, texts.join("---\n")).unwrap();
+    let dev = support::Dev::start(&["--manifests", file.to_str().unwrap()]).await;
+    assert_eq!(dev.events("control").len(), good.len());
+}

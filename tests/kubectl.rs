@@ -538,6 +538,17 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     assert_eq!(header_category, header);
     let category_names: Vec<&str> = rows_category.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(category_names, names);
+    // `-o wide` adds the project's path after its id.
+    let (header_wide, rows_wide) = table(&kubectl.ok(&["get", "ec", "-o", "wide"]).await);
+    assert_eq!(
+        column_names(&header_wide)[..4],
+        ["NAME", "PROJECT", "PATH", "CONTROL"]
+    );
+    assert_eq!(
+        rows_wide[2][..4],
+        ["sast", "42", "my-group/my-project", "7"]
+    );
+    assert_eq!(rows_wide[0][..4], ["dependency-scan", "42", "", "8"]);
 
     // describe: spec, status, conditions, history and the Event of the change (lines compared
     // with their indentation, the alignment of values collapsed to one space).
@@ -553,6 +564,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         "  Display Name: SAST scan has no critical findings",
         "  Ping Enabled: true",
         "  Project Id: 42",
+        "  Project Path: my-group/my-project",
         "  Secret Ref:",
         "    Name: sast-token",
         "Status:",
@@ -614,12 +626,13 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         "{rows:?}"
     );
 
-    // GitLab's newer `not_applicable`, reported the same way, is what kubectl shows.
+    // GitLab's newer `not_applicable`, reported the same way (the project named by its path),
+    // is what kubectl shows.
     let answer = checker(
         &operator.url,
         &[
             "--project",
-            "42",
+            "my-group/my-project",
             "--control",
             "7",
             "--status",

@@ -29,20 +29,14 @@ impl Setup {
         PythonServer::start("gitlab_stub.py", self.dir.path(), TOKEN, args).await
     }
 
-    /// `extctl send` to `url` for project 42 / control 7, with `extra` flags.
+    /// `extctl send` to `url` for control 7 of project 42 (unless `extra` names another), with
+    /// `extra` flags.
     async fn send(&self, url: &str, status: &str, extra: &[&str]) -> (i32, String, String) {
-        let mut args = vec![
-            "send",
-            "--url",
-            url,
-            "--project",
-            "42",
-            "--control",
-            "7",
-            "--status",
-            status,
-        ];
+        let mut args = vec!["send", "--url", url, "--control", "7", "--status", status];
         args.extend_from_slice(extra);
+        if !extra.contains(&"--project") {
+            args.extend(["--project", "42"]);
+        }
         if !extra.iter().any(|flag| flag.starts_with("--token")) {
             args.extend(["--token-file", &self.token]);
         }
@@ -85,6 +79,34 @@ async fn sends_the_call_gitlab_expects_and_prints_the_stored_status() {
         records[0]["headers"]["x-gitlab-nonce"], records[1]["headers"]["x-gitlab-nonce"],
         "a fresh nonce for every call"
     );
+}
+
+/// `--project` takes the project's full path: sent URL-encoded (`%2F`), signed decoded, as
+/// GitLab's clients do and GitLab verifies it.
+#[tokio::test]
+async fn a_project_path_is_sent_encoded_and_signed_decoded() {
+    let setup = setup();
+    let gitlab = setup.gitlab(&[]).await;
+    let path = ["--project", "group/sub/my.project"];
+    let (code, stdout, stderr) = setup.send(&gitlab.base_url, "pass", &path).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "stored: pass (HTTP 200)\n");
+    let records = gitlab.records();
+    assert_eq!(
+        records[0]["path"],
+        "/api/v4/projects/group%2Fsub%2Fmy.project/compliance_external_controls/7/status"
+    );
+
+    // Not a GitLab path: refused before anything is sent.
+    let (code, _, stderr) = setup
+        .send(&gitlab.base_url, "pass", &["--project", "my project"])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("not a project id (digits) nor a full path"),
+        "{stderr}"
+    );
+    assert_eq!(gitlab.records().len(), 1);
 }
 
 #[tokio::test]

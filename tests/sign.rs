@@ -112,6 +112,35 @@ fn reproduces_the_second_test_vector_from_the_environment_and_explains() {
     assert!(!text.contains("s3cr3t-t0ken"), "the token is never printed");
 }
 
+/// A project given by its path is signed decoded (the signature computed independently:
+/// python3 -c 'import hmac,hashlib;print(hmac.new(b"foo",b"17000000000123456789abcdef0123456789abcdef/api/v4/projects/group/sub/my.project/compliance_external_controls/2/statusstatus=pass",hashlib.sha256).hexdigest())')
+/// and sent encoded.
+#[test]
+fn a_project_path_is_signed_decoded_and_sent_encoded() {
+    let token = token_file("foo");
+    let from_file = ["--token-file", token.path().to_str().unwrap()];
+    let fixed = [
+        "--timestamp",
+        "1700000000",
+        "--nonce",
+        "0123456789abcdef0123456789abcdef",
+        "--explain",
+        "--curl",
+        "http://extctl.extctl.svc",
+    ];
+    let call = ("group/sub/my.project", "2", "pass");
+    let text = stdout(&sign(&flags(&from_file, call, &fixed), &[], None));
+    assert!(text.contains(
+        "# 17000000000123456789abcdef0123456789abcdef/api/v4/projects/group/sub/my.project/compliance_external_controls/2/statusstatus=pass\n"
+    ), "{text}");
+    assert!(text.contains(
+        "curl -X PATCH 'http://extctl.extctl.svc/api/v4/projects/group%2Fsub%2Fmy.project/compliance_external_controls/2/status'"
+    ), "{text}");
+    assert!(text.contains(
+        "-H 'X-Gitlab-Hmac-Sha256: 50f33c7c0df2402b290c81b4cfd0106bd265c3cf7b73b1b060860a8432dba61e'"
+    ), "{text}");
+}
+
 #[test]
 fn prints_a_curl_command_and_reads_the_token_from_stdin() {
     let curl = ["--curl", "http://extctl.extctl.svc/"];

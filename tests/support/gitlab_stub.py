@@ -14,10 +14,13 @@ import hmac
 import json
 import re
 import sys
+import urllib.parse
 
 from local_server import Handler, serve
 
-ROUTE = re.compile(r"^/api/v4/projects/(\d+)/compliance_external_controls/(\d+)/status$")
+# GitLab's `:id` is the project's id or its URL-encoded path (no raw `/`); the signed path is
+# rebuilt from the decoded parameters.
+ROUTE = re.compile(r"^/api/v4/projects/([^/]+)/compliance_external_controls/(\d+)/status$")
 
 
 def main():
@@ -52,7 +55,11 @@ def main():
             status = json.loads(body or b"{}").get("status")
             timestamp = headers.get("x-gitlab-timestamp", "")
             nonce = headers.get("x-gitlab-nonce", "")
-            message = f"{timestamp}{nonce}{path}status={status}".encode()
+            project = urllib.parse.unquote(route.group(1))
+            signed_path = (
+                f"/api/v4/projects/{project}/compliance_external_controls/{route.group(2)}/status"
+            )
+            message = f"{timestamp}{nonce}{signed_path}status={status}".encode()
             expected = hmac.new(token, message, hashlib.sha256).hexdigest()
             if not hmac.compare_digest(expected, headers.get("x-gitlab-hmac-sha256", "")):
                 return self.json(401, {"error": "Invalid signature"})
