@@ -141,3 +141,26 @@ fn dockerfile_copies_every_declared_target() {
         );
     }
 }
+
+/// The README's ping body is the one extctl sends for the example control `sast`
+/// (`examples/controls.yaml`), byte for byte.
+#[test]
+fn readme_shows_the_ping_body_as_sent() {
+    use extctl_core::ping::{PingSubject, payload};
+    let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap();
+    let subject = PingSubject {
+        project_id: 42,
+        project_path: Some("my-group/my-project"),
+        control_id: 7,
+        namespace: "default",
+        name: "sast",
+        display_name: Some("SAST scan has no critical findings"),
+        created: Some(at("2026-11-20T09:00:00Z")),
+    };
+    let body = payload(&subject, at("2026-11-22T05:00:00.123456Z"));
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        committed("README.md").contains(&format!("\n{body}\n")),
+        "README.md does not show the ping body as sent:\n{body}"
+    );
+}
