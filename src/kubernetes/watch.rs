@@ -150,6 +150,8 @@ pub fn start(
         watcher::Config::default(),
     )
     .default_backoff()
+    // Before the cache: one copy of every control is kept for as long as it exists.
+    .modify(extctl_core::crd::keep_what_extctl_reads)
     .reflect_shared(control_writer);
 
     let index: Arc<RwLock<ControlIndex<ObjectKey>>> = Arc::default();

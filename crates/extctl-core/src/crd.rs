@@ -594,6 +594,25 @@ impl StatusChange {
     }
 }
 
+/// Drops from a control what extctl never reads, before the watch caches it (the cache holds
+/// every control for as long as it exists): `managedFields` (the largest part of a stored
+/// object), every annotation but [`REQUESTED_AT_ANNOTATION`] (`kubectl apply`'s
+/// `last-applied-configuration` alone is the whole spec again), owner references and
+/// finalizers. Labels stay. Nothing is written back from the cache (status writes are patches),
+/// so what is dropped here is never lost.
+pub fn keep_what_extctl_reads(control: &mut ExternalControl) {
+    let metadata = &mut control.metadata;
+    metadata.managed_fields = None;
+    metadata.owner_references = None;
+    metadata.finalizers = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key == REQUESTED_AT_ANNOTATION);
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
+    }
+}
+
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_norway::to_string(&ExternalControl::crd()).expect("a CRD always serializes")
@@ -753,6 +772,67 @@ mod tests {
             1800
         );
         assert_eq!(control.spec.secret_ref.key, "token");
+    }
+
+    #[test]
+    fn the_cached_copy_keeps_what_extctl_reads_only() {
+        let mut control: ExternalControl = serde_json::from_value(json!({
+            "apiVersion": "extctl.dev/v1alpha1",
+            "kind": "ExternalControl",
+            "metadata": {
+                "name": "sast", "namespace": "default", "uid": "u", "resourceVersion": "9",
+                "generation": 2, "labels": {"team": "a"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    REQUESTED_AT_ANNOTATION: "now"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+                "finalizers": ["x"],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "o"}]
+            },
+            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "t"}},
+            "status": {"status": "pass"}
+        }))
+        .unwrap();
+        let before = control.clone();
+        keep_what_extctl_reads(&mut control);
+        let metadata = &control.metadata;
+        assert_eq!(metadata.managed_fields, None);
+        assert_eq!(metadata.owner_references, None);
+        assert_eq!(metadata.finalizers, None);
+        let annotations = metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [REQUESTED_AT_ANNOTATION]
+        );
+        // What extctl reads is untouched.
+        assert_eq!(metadata.labels, before.metadata.labels);
+        assert_eq!(
+            (&metadata.name, &metadata.namespace, &metadata.uid),
+            (
+                &before.metadata.name,
+                &before.metadata.namespace,
+                &before.metadata.uid
+            )
+        );
+        assert_eq!(metadata.resource_version, before.metadata.resource_version);
+        assert_eq!(metadata.generation, before.metadata.generation);
+        assert_eq!(
+            (&control.spec, &control.status),
+            (&before.spec, &before.status)
+        );
+
+        let mut plain = before.clone();
+        plain.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{}".to_owned(),
+            )]
+            .into(),
+        );
+        keep_what_extctl_reads(&mut plain);
+        assert_eq!(plain.metadata.annotations, None, "no empty map kept");
     }
 
     #[test]
