@@ -126,8 +126,8 @@ fn setup() -> Setup {
         "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
         "metadata": {"name": "sast", "namespace": "default"},
         "spec": {
-            "projectId": 1, "controlId": 7, "secretRef": {"name": "token"},
-            "externalUrl": CHECKER_URL, "pingInterval": "1h", "pendingTimeout": "1m",
+            "projectId": 1, "projectPath": "group/sast", "controlId": 7,
+            "secretRef": {"name": "token"}, "externalUrl": CHECKER_URL, "pingInterval": "1h", "pendingTimeout": "1m",
             "notify": [{"name": "flux", "url": HOOK_URL, "format": "fluxGenericHmac",
                         "secretRef": {"name": "hooks"}, "statuses": ["fail"]}],
         },
@@ -309,6 +309,7 @@ async fn a_change_is_told_once_even_to_a_reconcile_of_the_object_before_its_curs
         (&told.body["data"]["from"], &told.body["data"]["to"]),
         (&json!("pending"), &json!("fail"))
     );
+    assert_eq!(told.body["data"]["projectPath"], "group/sast");
     let entry = setup.control().status.clone().unwrap().notifications[0].clone();
     let delivery = entry.last_delivery.expect("the outcome is recorded");
     assert!(delivery.delivered);
