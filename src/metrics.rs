@@ -116,6 +116,8 @@ pub struct Metrics {
     watch_restarts: Counter,
     leader: Gauge,
     ready: Gauge,
+    memory_resident: Gauge,
+    memory_limit: Gauge,
     /// Serialises scrapes: the census gauges are cleared and refilled for each one.
     scrape: Mutex<()>,
 }
@@ -152,6 +154,8 @@ impl Metrics {
             watch_restarts: Counter::default(),
             leader: Gauge::default(),
             ready: Gauge::default(),
+            memory_resident: Gauge::default(),
+            memory_limit: Gauge::default(),
             scrape: Mutex::new(()),
         };
         metrics.register_all();
@@ -267,6 +271,18 @@ impl Metrics {
             "1 once this replica has loaded the controls and serves calls",
             self.ready.clone(),
         );
+        registry.register_with_unit(
+            "memory_resident",
+            "The process's resident memory (VmRSS)",
+            Unit::Bytes,
+            self.memory_resident.clone(),
+        );
+        registry.register_with_unit(
+            "memory_limit",
+            "The memory limit of the process's cgroup (the container's limit); 0 when it has none",
+            Unit::Bytes,
+            self.memory_limit.clone(),
+        );
     }
 
     /// A status call answered with `result` (a [`extctl_core::protocol::Rejection`]'s label,
@@ -306,6 +322,9 @@ impl Metrics {
         let _scrape = lock(&self.scrape);
         let counts = census.count();
         self.ready.set(i64::from(census.ready()));
+        let bytes = |n: Option<u64>| n.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.memory_resident.set(bytes(memory::resident()));
+        self.memory_limit.set(bytes(memory::cgroup_limit()));
         self.controls.clear();
         for ((namespace, status), n) in counts.by_status {
             let labels = StatusLabels { namespace, status };
@@ -483,6 +502,103 @@ mod tests {
             let line =
                 format!(r#"extctl_kube_requests_total{{verb="patch",outcome="{outcome}"}} {n}"#);
             assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
+    }
+}
+
+/// The process's memory and its cgroup's limit, read from `/proc` and `/sys/fs/cgroup` at each
+/// scrape (a few small files), so that an alert can warn before the limit is reached.
+mod memory {
+    use std::path::Path;
+
+    /// `VmRSS` of `/proc/self/status`, in bytes.
+    pub(super) fn resident() -> Option<u64> {
+        vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+    }
+
+    /// The memory limit of the process's cgroup: cgroup v2's `memory.max`, or v1's
+    /// `memory.limit_in_bytes`; `None` when there is none (`max`, or v1's huge sentinel).
+    pub(super) fn cgroup_limit() -> Option<u64> {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let (file, path) = limit_file(&cgroups)?;
+        let path = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        // In a container the cgroup is usually mounted at its own root (a cgroup namespace):
+        // the path from /proc is then relative to nothing mounted; its root's file is the one.
+        let limit = std::fs::read_to_string(path.join(file))
+            .or_else(|_| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(file)))
+            .ok()?;
+        parse_limit(&limit)
+    }
+
+    /// The limit file and cgroup path from `/proc/self/cgroup`: v2's single `0::PATH` line,
+    /// or v1's `memory` hierarchy (under `memory/`).
+    fn limit_file(cgroups: &str) -> Option<(&'static str, String)> {
+        let mut v1 = None;
+        for line in cgroups.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            if id == "0" && controllers.is_empty() {
+                return Some(("memory.max", path.to_owned()));
+            }
+            if controllers.split(',').any(|c| c == "memory") {
+                v1 = Some(("memory.limit_in_bytes", format!("memory{path}")));
+            }
+        }
+        v1
+    }
+
+    fn parse_limit(text: &str) -> Option<u64> {
+        // cgroup v1 says "no limit" with the largest page-aligned i64.
+        const NO_LIMIT_V1: u64 = 1 << 60;
+        text.trim()
+            .parse()
+            .ok()
+            .filter(|limit| *limit < NO_LIMIT_V1)
+    }
+
+    fn vm_rss(status: &str) -> Option<u64> {
+        let line = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?;
+        let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reads_the_resident_size_and_the_limit_files() {
+            let status = "Name:\textctl\nVmHWM:\t  9000 kB\nVmRSS:\t  8192 kB\nThreads: 4\n";
+            assert_eq!(vm_rss(status), Some(8192 * 1024));
+            assert_eq!(vm_rss("Name: x\n"), None);
+            assert_eq!(parse_limit("268435456\n"), Some(268_435_456));
+            assert_eq!(parse_limit("max\n"), None);
+            assert_eq!(parse_limit("9223372036854771712\n"), None);
+        }
+
+        #[test]
+        fn finds_the_cgroup_of_either_version() {
+            assert_eq!(
+                limit_file("0::/kubepods/pod1/c1\n"),
+                Some(("memory.max", "/kubepods/pod1/c1".to_owned()))
+            );
+            let v1 = "12:cpu,cpuacct:/a\n7:memory:/kubepods/pod1/c1\n1:name=systemd:/a\n";
+            assert_eq!(
+                limit_file(v1),
+                Some((
+                    "memory.limit_in_bytes",
+                    "memory/kubepods/pod1/c1".to_owned()
+                ))
+            );
+            assert_eq!(limit_file("1:name=systemd:/a\n"), None);
+        }
+
+        #[test]
+        fn this_process_has_a_resident_size() {
+            // Linux only, as extctl's image is: the file is there and read.
+            assert!(resident().is_some_and(|bytes| bytes > 0));
         }
     }
 }

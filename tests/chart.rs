@@ -129,6 +129,16 @@ const METRICS: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &[],
     },
+    Metric {
+        name: "extctl_memory_resident_bytes",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Metric {
+        name: "extctl_memory_limit_bytes",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
 ];
 
 /// Labels Prometheus adds to every scraped series (the target's), usable in any selector.
@@ -1005,6 +1015,7 @@ fn alerts_and_dashboard_use_only_the_metrics_extctl_exports() {
             "ExtctlKubeApiErrors",
             "ExtctlNoReadyReplica",
             "ExtctlNoLeader",
+            "ExtctlMemoryNearLimit",
         ])
     );
 
