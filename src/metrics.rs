@@ -47,6 +47,9 @@ struct StatusLabels {
 struct ReadyLabels {
     namespace: String,
     ready: &'static str,
+    /// The `Ready` condition's reason (`Ready`, `SecretNotFound`, `ControlIdTaken`, ...), or
+    /// `Unknown` before a control has one: a bounded set, written by extctl.
+    reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,11 +65,10 @@ struct RequestLabels {
 
 /// Every `result` of `extctl_status_calls_total`: `stored`, each refusal's label, and
 /// `bad_request` for a request that could not be read.
-const STATUS_CALL_RESULTS: [&str; 15] = [
+const STATUS_CALL_RESULTS: [&str; 14] = [
     "stored",
     "invalid_status",
     "control_not_found",
-    "control_ambiguous",
     "missing_headers",
     "invalid_nonce",
     "invalid_signature",
@@ -221,7 +223,7 @@ impl Metrics {
         );
         registry.register(
             "controls_ready",
-            "Controls by namespace and Ready condition",
+            "Controls by namespace and Ready condition (its status and reason)",
             self.controls_ready.clone(),
         );
         registry.register(
@@ -331,9 +333,13 @@ impl Metrics {
             self.controls.get_or_create(&labels).set(n);
         }
         self.controls_ready.clear();
-        for ((namespace, ready), n) in counts.by_ready {
+        for ((namespace, ready, reason), n) in counts.by_ready {
             let ready = if ready { "true" } else { "false" };
-            let labels = ReadyLabels { namespace, ready };
+            let labels = ReadyLabels {
+                namespace,
+                ready,
+                reason,
+            };
             self.controls_ready.get_or_create(&labels).set(n);
         }
         let mut text = String::new();
@@ -389,18 +395,19 @@ fn cause_label(cause: Cause) -> &'static str {
 #[derive(Debug, Default)]
 pub struct ControlCounts {
     by_status: BTreeMap<(String, &'static str), i64>,
-    by_ready: BTreeMap<(String, bool), i64>,
+    by_ready: BTreeMap<(String, bool, String), i64>,
 }
 
 impl ControlCounts {
-    pub fn add(&mut self, namespace: &str, status: ControlStatus, ready: bool) {
+    /// A control of `namespace` with `status`, and its `Ready` condition (`ready`, `reason`).
+    pub fn add(&mut self, namespace: &str, status: ControlStatus, ready: bool, reason: &str) {
         *self
             .by_status
             .entry((namespace.to_string(), status.as_str()))
             .or_default() += 1;
         *self
             .by_ready
-            .entry((namespace.to_string(), ready))
+            .entry((namespace.to_string(), ready, reason.to_owned()))
             .or_default() += 1;
     }
 }
@@ -422,9 +429,9 @@ mod tests {
     impl Census for Fixed {
         fn count(&self) -> ControlCounts {
             let mut counts = ControlCounts::default();
-            counts.add("a", ControlStatus::Pass, true);
-            counts.add("a", ControlStatus::Pass, false);
-            counts.add("b", ControlStatus::Fail, true);
+            counts.add("a", ControlStatus::Pass, true, "Ready");
+            counts.add("a", ControlStatus::Pass, false, "ControlIdTaken");
+            counts.add("b", ControlStatus::Fail, true, "Ready");
             counts
         }
         fn ready(&self) -> bool {
@@ -438,7 +445,6 @@ mod tests {
         let all = [
             Rejection::InvalidStatus,
             Rejection::ControlNotFound,
-            Rejection::ControlAmbiguous,
             Rejection::MissingHeaders,
             Rejection::InvalidNonce,
             Rejection::InvalidSignature,
@@ -472,7 +478,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"extctl_controls{namespace="b",status="fail"} 1"#));
-        assert!(text.contains(r#"extctl_controls_ready{namespace="a",ready="false"} 1"#));
+        assert!(text.contains(
+            r#"extctl_controls_ready{namespace="a",ready="false",reason="ControlIdTaken"} 1"#
+        ));
         assert!(text.contains("extctl_ready 1"));
         assert!(text.ends_with("# EOF\n"));
     }

@@ -1513,7 +1513,7 @@ async fn run_explains_secrets_that_cannot_sign_and_refuses_their_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_explains_secrets_that_cannot_sign_and_duplicate_ids() {
+async fn dev_explains_secrets_that_cannot_sign_and_taken_ids() {
     use base64::Engine;
     let mut documents = Vec::new();
     for (name, id, data) in secret_cases() {
@@ -1564,15 +1564,20 @@ async fn dev_explains_secrets_that_cannot_sign_and_duplicate_ids() {
         let message = line["message"].as_str().unwrap_or_default();
         assert!(message.contains(fragment), "{name}: {message}");
     }
-    for name in ["twin-a", "twin-b"] {
-        let line = dev.control(&format!("default/{name}"));
-        assert_eq!(line["reason"], "DuplicateControl", "{line}");
-    }
+    // Loaded together, the first by namespace and name holds the id; the other is told.
+    assert_eq!(dev.control("default/twin-a")["reason"], "Ready");
+    let line = dev.control("default/twin-b");
+    assert_eq!(line["reason"], "ControlIdTaken", "{line}");
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("held by ExternalControl \"twin-a\""),
+        "{message}"
+    );
     let mut rows = secret_rows();
     rows.push((
-        "duplicate control id",
+        "a shared control id reaches its holder",
         call().path(PROJECT, "20"),
-        Refused(409, "Control is ambiguous"),
+        Stored("pass"),
     ));
     send_rows(&dev.url, rows).await;
     let printed = serde_json::to_string(&dev.events("control")).unwrap();

@@ -36,7 +36,6 @@ const METRICS: &[Metric] = &[
                 "stored",
                 "invalid_status",
                 "control_not_found",
-                "control_ambiguous",
                 "missing_headers",
                 "invalid_nonce",
                 "invalid_signature",
@@ -76,7 +75,11 @@ const METRICS: &[Metric] = &[
     Metric {
         name: "extctl_controls_ready",
         kind: Kind::Gauge,
-        labels: &[("namespace", &[]), ("ready", &["true", "false"])],
+        labels: &[
+            ("namespace", &[]),
+            ("ready", &["true", "false"]),
+            ("reason", &[]),
+        ],
     },
     Metric {
         name: "extctl_pings_total",

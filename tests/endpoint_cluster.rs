@@ -266,32 +266,81 @@ async fn a_missing_secret_or_key_is_explained_and_refused() {
     assert!(!operator.logs().contains(TOKEN), "logs never show a token");
 }
 
+/// A control keeps the id it holds: a newcomer claiming it is not served and says why (its
+/// `Ready` condition, a Warning Event, the `extctl_controls_ready` gauge), calls keep reaching
+/// the holder, across a restart too, and the newcomer takes over only once the holder is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_control_ids_are_refused_until_resolved() {
+async fn a_control_keeps_the_id_it_holds_and_a_newcomer_is_not_served() {
     let (cluster, token) = cluster_with_control().await;
+    let operator = Operator::start(&cluster, &[]).await;
+    let holder = cluster.wait_ready_reason("sast", "Ready").await;
+    // creationTimestamp has whole seconds: the newcomer is created in a later second.
+    let created = holder.metadata.creation_timestamp.clone().unwrap().0;
+    let later = created + jiff::SignedDuration::from_secs(1);
+    let wait = later.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
     cluster
         .create_control("sast-copy", 42, 7, "sast-token")
         .await;
-    let operator = Operator::start(&cluster, &[]).await;
 
-    for name in ["sast", "sast-copy"] {
-        let control = cluster.wait_ready_reason(name, "DuplicateControl").await;
-        let message = &control.status.unwrap().conditions[0].message;
-        let other = format!("controlId 7 is also used by {}/", cluster.namespace);
-        assert!(message.contains(&other), "{message}");
+    let copy = cluster
+        .wait_ready_reason("sast-copy", "ControlIdTaken")
+        .await;
+    let message = &copy.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("controlId 7 is held by ExternalControl \"sast\" of this namespace"),
+        "{message}"
+    );
+    let note = message.clone();
+    cluster
+        .wait_event_note("sast-copy", &note, Duration::from_secs(10))
+        .await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let scraped = support::scrape::Scrape::of(&operator.metrics_url).await;
+    let taken = format!(
+        "extctl_controls_ready{{namespace=\"{}\",ready=\"false\",reason=\"ControlIdTaken\"}}",
+        cluster.namespace
+    );
+    assert_eq!(scraped.value(&taken), 1.0, "{:?}", scraped.samples);
+
+    // Calls reach the holder, before and after a restart (a re-list ranks the same way).
+    let mut operator = operator;
+    for (round, status) in [(0, "pass"), (1, "fail")] {
+        if round == 1 {
+            operator.sigterm().await;
+            operator = Operator::start(&cluster, &[]).await;
+        }
+        let answer = checker(&operator.url, &call_args(&token, &["--status", status])).await;
+        assert_eq!(
+            (answer.code, &answer.body),
+            (200, &serde_json::json!({"status": status}))
+        );
+        let stored = |name: &'static str| {
+            let cluster = &cluster;
+            async move { cluster.control(name).await.status.and_then(|s| s.status) }
+        };
+        let expected: ControlStatus = serde_json::from_value(serde_json::json!(status)).unwrap();
+        assert_eq!(stored("sast").await, Some(expected), "round {round}");
+        assert_eq!(
+            stored("sast-copy").await,
+            Some(ControlStatus::Pending),
+            "round {round}"
+        );
     }
-    let answer = checker(&operator.url, &call_args(&token, &[])).await;
-    assert_eq!((answer.code, answer.error()), (409, "Control is ambiguous"));
 
+    // Once the holder is gone, the id is the newcomer's.
     cluster
         .controls()
-        .delete("sast-copy", &Default::default())
+        .delete("sast", &Default::default())
         .await
         .unwrap();
-    cluster.wait_ready_reason("sast", "Ready").await;
+    cluster.wait_ready_reason("sast-copy", "Ready").await;
+    let answer = checker(&operator.url, &call_args(&token, &["--status", "pass"])).await;
+    assert_eq!(answer.code, 200, "{:?}", answer.body);
+    let copy = cluster.control("sast-copy").await;
     assert_eq!(
-        checker(&operator.url, &call_args(&token, &[])).await.code,
-        200
+        copy.status.and_then(|s| s.status),
+        Some(ControlStatus::Pass)
     );
 }
 

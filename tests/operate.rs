@@ -74,7 +74,7 @@ async fn dev_metrics_count_calls_and_transitions_by_answer() {
         1.0
     );
     assert_eq!(
-        before.value(r#"extctl_controls_ready{namespace="default",ready="true"}"#),
+        before.value(r#"extctl_controls_ready{namespace="default",ready="true",reason="Ready"}"#),
         1.0
     );
 

@@ -19,8 +19,9 @@ use extctl::endpoint::{EndpointConfig, router};
 use extctl_core::crd::{ControlStatus, ExternalControl};
 use extctl_core::duration;
 use extctl_core::freshness::TimestampWindow;
-use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::{NONCE_HEADER, Rejection, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use extctl_core::readiness::holder_rank;
 use extctl_core::report::Report;
 use extctl_core::tokens::SigningTokens;
 use hmac::{Hmac, KeyInit, Mac};
@@ -72,9 +73,10 @@ const CONTROLS: &[Row] = &[
     row_of("rotated", (45, 12), &["stale-t0ken"], &["fresh-t0ken"]),
     // No Secret: nothing can verify (503).
     row_of("tokenless", (43, 9), &[], &[]),
-    // Two controls claim id 11: ambiguous (409), never one of them.
+    // Two controls claim id 11: the first ranked (`holder_rank`: no time nor uid here, so by
+    // name) holds it, and only its token verifies.
     row_of("twin-a", (44, 11), &["twin-t0ken"], &["twin-t0ken"]),
-    row_of("twin-b", (44, 11), &["twin-t0ken"], &["twin-t0ken"]),
+    row_of("twin-b", (44, 11), &["newcomer-t0ken"], &["newcomer-t0ken"]),
 ];
 
 /// The endpoint's store for this target: fixed controls and tokens, and every report the
@@ -116,7 +118,7 @@ impl EndpointStore for Registry {
             .controls
             .iter()
             .filter(|c| c.spec.control_id == control_id);
-        the_only(claimants).cloned()
+        the_holder(claimants, |c| holder_rank(c)).cloned()
     }
 
     async fn tokens(

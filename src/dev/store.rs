@@ -32,7 +32,7 @@ use extctl_core::index::{ControlIndex, Entry};
 use extctl_core::key::ObjectKey;
 use extctl_core::nonces::NonceSet;
 use extctl_core::ports::{ControlStore, Journal};
-use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::Rejection;
 use extctl_core::readiness::Readiness;
 use extctl_core::report::{Report, current_status, record_result};
@@ -147,17 +147,14 @@ impl MemoryStore {
             let names = positions.entry(key.namespace.clone()).or_default();
             names.insert(key.name.clone(), at);
         }
-        let keys: Vec<ObjectKey> = objects.keys().cloned().collect();
+        let all: Vec<ExternalControl> = objects.values().map(|(c, _)| c.clone()).collect();
         let cells: Vec<Mutex<Cell>> = objects
             .into_values()
-            .enumerate()
-            .map(|(at, (control, revision))| {
+            .map(|(control, revision)| {
                 let secret = secrets_by_key.get(&Entry::of(&control).secret);
-                let others = index
-                    .with_id_iter(control.spec.control_id)
-                    .filter(|other| **other != at)
-                    .map(|other| keys[*other].to_string());
-                let readiness = Readiness::evaluate(&control, secret, others.collect());
+                let claimants = index.with_id_iter(control.spec.control_id);
+                let claimants = claimants.map(|at| &all[*at]);
+                let readiness = Readiness::among(&control, secret, claimants);
                 let cell = Cell {
                     tokens: SigningTokens::for_control(&control, secret),
                     readiness,
@@ -246,7 +243,10 @@ impl EndpointStore for MemoryStore {
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let controls = &self.controls;
         let claimants = controls.index.with_id_iter(control_id);
-        let cell = the_only(claimants.map(|at| &controls.cells[*at]))?;
+        // Loaded together, dev's controls are ranked by uid (`holder_rank`), which is their
+        // position: the lowest position holds the id.
+        let claimants = claimants.map(|at| (*at, &controls.cells[*at]));
+        let (_, cell) = the_holder(claimants, |(at, _)| *at)?;
         Ok(lock(cell).object.clone())
     }
 
@@ -308,7 +308,8 @@ impl Census for MemoryStore {
                 .namespace
                 .as_deref()
                 .unwrap_or_default();
-            counts.add(namespace, status, cell.readiness.is_ready());
+            let readiness = &cell.readiness;
+            counts.add(namespace, status, readiness.is_ready(), readiness.reason());
         }
         counts
     }
@@ -549,14 +550,15 @@ mod tests {
         let store = store(vec![control("a", 7), control("b", 8), control("c", 8)]);
         assert_eq!(store.lookup(7).unwrap().name_any(), "a");
         assert_eq!(store.lookup(9).unwrap_err(), Rejection::ControlNotFound);
-        assert_eq!(store.lookup(8).unwrap_err(), Rejection::ControlAmbiguous);
+        // Loaded together, the first by namespace and name holds a shared id.
+        assert_eq!(store.lookup(8).unwrap().name_any(), "b");
         let b = store.lookup(7).unwrap();
         assert!(store.readiness(&b).await.unwrap().is_ready());
         assert!(store.tokens(&b, Freshness::Kept).await.is_ok());
         let c = store.controls().remove(2);
         assert_eq!(
             store.readiness(&c).await.unwrap().reason(),
-            "DuplicateControl"
+            "ControlIdTaken"
         );
     }
 }

@@ -14,8 +14,9 @@ use extctl_core::crd::{ExternalControl, StatusChangeRecord};
 use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::Journal;
-use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_only};
+use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::Rejection;
+use extctl_core::readiness::holder_rank;
 use extctl_core::report::{self, Report, ReportUpdate};
 use extctl_core::tokens::SigningTokens;
 
@@ -67,7 +68,9 @@ impl EndpointStore for KubeEndpointStore {
         if !self.ready() {
             return Err(Rejection::Unavailable("controls are still loading".into()));
         }
-        the_only(self.reflectors.controls_with_id(control_id))
+        the_holder(self.reflectors.controls_with_id(control_id), |c| {
+            holder_rank(c)
+        })
     }
 
     async fn tokens(

@@ -107,12 +107,14 @@ impl Census for Reflectors {
         let mut counts = ControlCounts::default();
         for control in self.controls.state() {
             let status = current_status(control.status.as_ref());
-            let ready = control.status.as_ref().is_some_and(|status| {
-                let ready = status.conditions.iter().find(|c| c.type_ == READY);
-                ready.is_some_and(|c| c.status == "True")
-            });
+            let conditions = control.status.as_ref().map(|s| &s.conditions[..]);
+            let ready = conditions.and_then(|c| c.iter().find(|c| c.type_ == READY));
+            let (is_ready, reason) = match ready {
+                Some(ready) => (ready.status == "True", ready.reason.as_str()),
+                None => (false, "Unknown"),
+            };
             let namespace = control.metadata.namespace.as_deref().unwrap_or_default();
-            counts.add(namespace, status, ready);
+            counts.add(namespace, status, is_ready, reason);
         }
         counts
     }

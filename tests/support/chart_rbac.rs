@@ -27,7 +27,7 @@
 //! namespace on the test binary's server: those of the other tests running at the same time and
 //! those left by finished ones. A test binary that starts one should hold [`whole_server`] in
 //! that test and [`own_namespace`] in every other test that runs an operator, and give every
-//! control of the binary a controlId of its own (a shared one is `DuplicateControl` to a
+//! control of the binary a controlId of its own (a shared one is `ControlIdTaken` to a
 //! cluster-wide operator).
 
 use std::collections::BTreeMap;

@@ -55,8 +55,9 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// Whether controls and Secrets have been loaded, so lookups can be trusted.
     fn ready(&self) -> bool;
 
-    /// The one control with this `controlId`: `ControlNotFound`, `ControlAmbiguous` when several
-    /// claim it, `Unavailable` while controls are still loading. Answered from memory.
+    /// The control holding this `controlId` (see [`crate::readiness::holder_rank`]):
+    /// `ControlNotFound`, or `Unavailable` while controls are still loading. Answered from
+    /// memory.
     fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
 
     /// The control's signing tokens, or why there are none (never the token itself).
@@ -77,14 +78,23 @@ pub trait EndpointStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Recorded, Rejection>> + Send;
 }
 
-/// The control among `claimants` (the controls with the id called): `ControlNotFound` when
-/// none, `ControlAmbiguous` when several, so no call updates one of them arbitrarily.
-pub fn the_only<T>(claimants: impl IntoIterator<Item = T>) -> Result<T, Rejection> {
+/// The control among `claimants` (the controls with the id called) that holds the id, ranked
+/// by `rank` ([`crate::readiness::holder_rank`] of each): `ControlNotFound` when none. A
+/// newcomer claiming an id that is served never takes it, nor blocks its holder.
+pub fn the_holder<T, R: Ord>(
+    claimants: impl IntoIterator<Item = T>,
+    rank: impl Fn(&T) -> R,
+) -> Result<T, Rejection> {
     let mut claimants = claimants.into_iter();
-    match (claimants.next(), claimants.next()) {
-        (None, _) => Err(Rejection::ControlNotFound),
-        (Some(control), None) => Ok(control),
-        (Some(_), Some(_)) => Err(Rejection::ControlAmbiguous),
+    let first = claimants.next().ok_or(Rejection::ControlNotFound)?;
+    match claimants.next() {
+        // The usual case, one control per id: nothing ranked.
+        None => Ok(first),
+        Some(second) => Ok([first, second]
+            .into_iter()
+            .chain(claimants)
+            .min_by_key(|claimant| rank(claimant))
+            .expect("two claimants or more")),
     }
 }
 

@@ -19,9 +19,6 @@ pub enum Rejection {
     InvalidStatus,
     #[error("Control not found")]
     ControlNotFound,
-    /// Two or more ExternalControls claim the id: refusing is safer than guessing (extctl only).
-    #[error("Control is ambiguous")]
-    ControlAmbiguous,
     #[error("Missing required headers")]
     MissingHeaders,
     #[error("Invalid nonce")]
@@ -60,7 +57,6 @@ impl Rejection {
             | Self::InvalidTimestamp
             | Self::Expired => 401,
             Self::ControlNotFound | Self::ProjectNotFound => 404,
-            Self::ControlAmbiguous => 409,
             Self::TokenUnavailable | Self::Unavailable(_) | Self::StoreTimeout => 503,
         }
     }
@@ -70,7 +66,6 @@ impl Rejection {
         match self {
             Self::InvalidStatus => "invalid_status",
             Self::ControlNotFound => "control_not_found",
-            Self::ControlAmbiguous => "control_ambiguous",
             Self::MissingHeaders => "missing_headers",
             Self::InvalidNonce => "invalid_nonce",
             Self::InvalidSignature => "invalid_signature",
@@ -134,7 +129,6 @@ mod tests {
                 "status does not have a valid value",
             ),
             (Rejection::ControlNotFound, 404, "Control not found"),
-            (Rejection::ControlAmbiguous, 409, "Control is ambiguous"),
             (Rejection::MissingHeaders, 401, "Missing required headers"),
             (Rejection::InvalidNonce, 401, "Invalid nonce"),
             (Rejection::InvalidSignature, 401, "Invalid signature"),

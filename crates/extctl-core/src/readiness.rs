@@ -5,18 +5,33 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::tokens::{SigningTokens, TokenProblem};
+use kube::ResourceExt;
+
 use crate::crd::ExternalControl;
 use crate::key::ObjectKey;
 
 pub const READY: &str = "Ready";
 
+/// How the controls claiming one `controlId` are ranked: the first holds it, and calls for the
+/// id reach it alone. The oldest (`creationTimestamp`; one without comes last), then the
+/// smallest uid, then namespace and name: the same on every replica and after every restart,
+/// and a control created later never takes an id that one already holds.
+pub fn holder_rank(control: &ExternalControl) -> (bool, Option<Timestamp>, String, ObjectKey) {
+    let created = control.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let uid = control.metadata.uid.clone().unwrap_or_default();
+    (created.is_none(), created, uid, ObjectKey::of(control))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
     Ready,
-    /// Other ExternalControls (namespace/name) claim the same `controlId`.
-    DuplicateControl {
+    /// Another ExternalControl, created before this one, holds the same `controlId` (see
+    /// [`holder_rank`]): this one is not served. `holder` is its name when it is in this
+    /// control's namespace; `None` when it is in another, whose names are not this
+    /// namespace's business.
+    ControlIdTaken {
         control_id: i64,
-        others: Vec<String>,
+        holder: Option<String>,
     },
     SecretNotFound {
         secret: String,
@@ -28,17 +43,19 @@ pub enum Readiness {
 }
 
 impl Readiness {
-    /// A duplicate id is reported first: it blocks calls even when the Secret is fine.
+    /// A taken id is reported first: the control is not served even when its Secret is fine.
+    /// `holder` is the control that holds its id, when that is another one.
     pub fn evaluate(
         control: &ExternalControl,
         secret: Option<&Secret>,
-        others: Vec<String>,
+        holder: Option<&ExternalControl>,
     ) -> Self {
         let secret_name = &control.spec.secret_ref.name;
-        if !others.is_empty() {
-            return Self::DuplicateControl {
+        if let Some(holder) = holder {
+            let same_namespace = holder.metadata.namespace == control.metadata.namespace;
+            return Self::ControlIdTaken {
                 control_id: control.spec.control_id,
-                others,
+                holder: same_namespace.then(|| holder.name_any()),
             };
         }
         let Some(secret) = secret else {
@@ -62,16 +79,13 @@ impl Readiness {
         secret: Option<&Secret>,
         controls: impl IntoIterator<Item = &'a ExternalControl>,
     ) -> Self {
-        let me = ObjectKey::of(control);
-        let mut others: Vec<String> = controls
+        let claimants = controls
             .into_iter()
-            .filter(|other| other.spec.control_id == control.spec.control_id)
-            .map(ObjectKey::of)
-            .filter(|other| *other != me)
-            .map(|other| other.to_string())
-            .collect();
-        others.sort();
-        Self::evaluate(control, secret, others)
+            .filter(|other| other.spec.control_id == control.spec.control_id);
+        let holder = claimants.min_by_key(|other| holder_rank(other));
+        let me = ObjectKey::of(control);
+        let taken_by = holder.filter(|holder| ObjectKey::of(*holder) != me);
+        Self::evaluate(control, secret, taken_by)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -81,7 +95,7 @@ impl Readiness {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Ready => "Ready",
-            Self::DuplicateControl { .. } => "DuplicateControl",
+            Self::ControlIdTaken { .. } => "ControlIdTaken",
             Self::SecretNotFound { .. } => "SecretNotFound",
             Self::SecretKeyMissing { .. } => "SecretKeyMissing",
         }
@@ -91,10 +105,15 @@ impl Readiness {
     pub fn message(&self) -> String {
         match self {
             Self::Ready => "Signed status calls for this control are accepted".into(),
-            Self::DuplicateControl { control_id, others } => format!(
-                "controlId {control_id} is also used by {}; calls for it are refused with 409 until only one ExternalControl uses it",
-                others.join(", ")
-            ),
+            Self::ControlIdTaken { control_id, holder } => {
+                let by = match holder {
+                    Some(name) => format!("ExternalControl {name:?} of this namespace"),
+                    None => "an ExternalControl of another namespace".to_owned(),
+                };
+                format!(
+                    "controlId {control_id} is held by {by}, created before this one; calls for it reach that control, not this one: give this control another controlId"
+                )
+            }
             Self::SecretNotFound { secret } => {
                 format!("Secret {secret:?} not found in this namespace; calls cannot be verified")
             }
@@ -153,14 +172,14 @@ mod tests {
 
     #[test]
     fn ready_with_a_secret_holding_the_key() {
-        let readiness = Readiness::evaluate(&control(), Some(&secret("token", "t0p")), vec![]);
+        let readiness = Readiness::evaluate(&control(), Some(&secret("token", "t0p")), None);
         assert_eq!(readiness, Readiness::Ready);
         assert!(!readiness.message().contains("t0p"));
     }
 
     #[test]
     fn names_a_missing_secret_or_key() {
-        let missing = Readiness::evaluate(&control(), None, vec![]);
+        let missing = Readiness::evaluate(&control(), None, None);
         assert_eq!(missing.reason(), "SecretNotFound");
         assert!(
             missing.message().contains("\"sast-token\""),
@@ -168,7 +187,7 @@ mod tests {
             missing.message()
         );
 
-        let no_key = Readiness::evaluate(&control(), Some(&secret("other", "x")), vec![]);
+        let no_key = Readiness::evaluate(&control(), Some(&secret("other", "x")), None);
         assert_eq!(no_key.reason(), "SecretKeyMissing");
         assert!(
             no_key.message().contains("key \"token\" is missing"),
@@ -176,19 +195,64 @@ mod tests {
             no_key.message()
         );
 
-        let empty = Readiness::evaluate(&control(), Some(&secret("token", "")), vec![]);
+        let empty = Readiness::evaluate(&control(), Some(&secret("token", "")), None);
         assert_eq!(empty.reason(), "SecretKeyMissing");
     }
 
+    fn claimant(namespace: &str, name: &str, created: Option<i64>, uid: &str) -> ExternalControl {
+        let mut control = control();
+        control.metadata.namespace = Some(namespace.into());
+        control.metadata.name = Some(name.into());
+        control.metadata.uid = Some(uid.into());
+        control.metadata.creation_timestamp =
+            created.map(|s| Time(Timestamp::from_second(1_700_000_000 + s).unwrap()));
+        control
+    }
+
     #[test]
-    fn duplicates_win_over_secret_problems() {
-        let readiness = Readiness::evaluate(&control(), None, vec!["team-b/dast".into()]);
-        assert_eq!(readiness.reason(), "DuplicateControl");
+    fn the_oldest_claimant_holds_the_id_and_the_others_are_told_without_leaking_names() {
+        let holder = claimant("team-a", "sast", Some(0), "u-2");
+        let later = claimant("team-a", "copy", Some(5), "u-1");
+        let elsewhere = claimant("team-b", "dast", Some(9), "u-0");
+        let all = [&later, &elsewhere, &holder];
+        let token = secret("token", "t");
+        let readiness =
+            |c: &ExternalControl| Readiness::among(c, Some(&token), all.iter().copied());
+        assert_eq!(readiness(&holder), Readiness::Ready);
+        let taken = readiness(&later);
+        assert_eq!(taken.reason(), "ControlIdTaken");
         assert!(
-            readiness
+            taken
                 .message()
-                .contains("controlId 7 is also used by team-b/dast")
+                .contains("ExternalControl \"sast\" of this namespace"),
+            "{}",
+            taken.message()
         );
+        // Another namespace's holder is not named.
+        let hidden = readiness(&elsewhere);
+        assert_eq!(
+            hidden,
+            Readiness::ControlIdTaken {
+                control_id: 7,
+                holder: None
+            }
+        );
+        assert!(!hidden.message().contains("sast") && !hidden.message().contains("team-a"));
+        // A taken id is told even when the Secret is missing too.
+        let both = Readiness::among(&later, None, all.iter().copied());
+        assert_eq!(both.reason(), "ControlIdTaken");
+    }
+
+    #[test]
+    fn the_rank_is_age_then_uid_then_key_and_a_control_without_a_time_comes_last() {
+        let rank = |c: &ExternalControl| holder_rank(c);
+        let old = claimant("b", "x", Some(0), "u-9");
+        let same_time_smaller_uid = claimant("c", "y", Some(0), "u-1");
+        let untimed = claimant("a", "a", None, "u-0");
+        let mut ranked = [&untimed, &old, &same_time_smaller_uid];
+        ranked.sort_by_key(|c| rank(c));
+        let names: Vec<String> = ranked.iter().map(|c| c.name_any()).collect();
+        assert_eq!(names, ["y", "x", "a"]);
     }
 
     #[test]

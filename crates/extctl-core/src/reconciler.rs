@@ -188,6 +188,13 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             if !readiness.is_ready() {
                 tracing::info!(control = %ObjectKey::of(control), reason = readiness.reason(), "control not ready");
             }
+            // A control that claims an id another holds is told so once, as a Warning.
+            let was = current.conditions.iter().find(|c| c.type_ == READY);
+            let newly_taken = was.is_none_or(|c| c.reason != readiness.reason());
+            if newly_taken && matches!(readiness, Readiness::ControlIdTaken { .. }) {
+                let note = readiness.message();
+                self.journal.warning(control, readiness.reason(), note);
+            }
             if change == Some(Cause::PingReset) && control.spec.external_url.is_some() {
                 // Only the writer whose reset won gets here: one ping per reset.
                 ping = Some(Ping {
