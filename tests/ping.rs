@@ -773,28 +773,9 @@ async fn a_checker_written_for_gitlab_answers_the_ping_unchanged() {
             time(status.last_update_time.as_ref()) > reset_at,
             "{name}: passed after the reset"
         );
-        // The checker logs a ping once its report is answered, just after extctl stored it.
-        let records = wait_for(Duration::from_secs(5), || async {
-            let records = gitlab_checker.records();
-            records
-                .iter()
-                .any(|r| r["control"] == control && r.get("code").is_some())
-                .then_some(records)
-        })
-        .await
-        .unwrap_or_else(|| panic!("{name}: {:?}", gitlab_checker.records()));
-        assert!(records.iter().all(|r| r["valid"] == true), "{records:?}");
-        let seen: Vec<_> = records.iter().filter(|r| r["control"] == control).collect();
-        assert_eq!(seen.len(), 1, "{name}: one ping: {records:?}");
-        let seen = seen[0];
-        assert_eq!(seen["valid"], true, "{name}");
-        assert_eq!(seen["project"], project, "{name}");
-        assert_eq!(seen["pinged_status"], "pending", "{name}");
-        assert_eq!(
-            (&seen["code"], &seen["answer"]),
-            (&json!(200), &json!({"status": "pass"})),
-            "{name}"
-        );
+        let seen = support::assert_gitlab_checker_passed(&gitlab_checker, control, &project).await;
+        assert_eq!(seen.len(), 1, "{name}: one ping: {seen:?}");
+        let seen = &seen[0];
         // GitLab's time format: milliseconds, `Z`; the reset's instant.
         let updated_at = seen["updated_at"].as_str().unwrap();
         assert_eq!(

@@ -705,6 +705,41 @@ impl PythonServer {
     }
 }
 
+/// What `gitlab_ping_checker.py` did for `control`, waited for until its report was answered
+/// (it logs a ping then, just after extctl stored the report): every ping it got verified,
+/// and those for `control` read `project` and the `pending` status, and got
+/// `200 {"status":"pass"}`. Returns them.
+pub async fn assert_gitlab_checker_passed(
+    checker: &PythonServer,
+    control: i64,
+    project: &Value,
+) -> Vec<Value> {
+    let records = wait_for(Duration::from_secs(5), || async {
+        let records = checker.records();
+        let answered = records
+            .iter()
+            .any(|r| r["control"] == control && r.get("code").is_some());
+        answered.then_some(records)
+    })
+    .await
+    .unwrap_or_else(|| panic!("control {control}: {:?}", checker.records()));
+    assert!(records.iter().all(|r| r["valid"] == true), "{records:?}");
+    let seen: Vec<Value> = records
+        .into_iter()
+        .filter(|r| r["control"] == control)
+        .collect();
+    for ping in &seen {
+        assert_eq!(&ping["project"], project, "{ping}");
+        assert_eq!(ping["pinged_status"], "pending", "{ping}");
+        assert_eq!(
+            (&ping["code"], &ping["answer"]),
+            (&json!(200), &json!({"status": "pass"})),
+            "{ping}"
+        );
+    }
+    seen
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers for calls built by hand (tests/bad_input.rs, tests/faults.rs).
 
