@@ -231,6 +231,58 @@ async fn only_referenced_secrets_are_read_never_listed() {
     );
 }
 
+/// A Secret no control names any more is forgotten at once, not kept for `--secret-ttl` (an
+/// hour here): once its control is deleted, the control created again with it reads it anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_controls_secret_is_forgotten_at_once() {
+    let (cluster, token) = cluster_with_control().await;
+    cluster
+        .create_secret("other-token", &[("token", TOKEN)])
+        .await;
+    let operator = Operator::start(&cluster, &["--secret-ttl", "1h"]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    assert_eq!(
+        checker(&operator.url, &call_args(&token, &[])).await.code,
+        200
+    );
+    let reads = || {
+        let requests = cluster.proxy.requests();
+        let path = format!(
+            "/api/v1/namespaces/{}/secrets/sast-token",
+            cluster.namespace
+        );
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let before = reads();
+    assert!(before >= 1, "the token was read");
+
+    cluster
+        .controls()
+        .delete("sast", &Default::default())
+        .await
+        .unwrap();
+    // The watch delivers in order: once a control created after the delete is Ready, the
+    // delete has been seen.
+    cluster.create_control("other", 42, 8, "other-token").await;
+    cluster.wait_ready_reason("other", "Ready").await;
+    assert_eq!(reads(), before, "nothing read sast-token meanwhile");
+
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    assert_eq!(
+        reads(),
+        before + 1,
+        "read again, within the hour of its TTL"
+    );
+    assert_eq!(
+        checker(&operator.url, &call_args(&token, &[])).await.code,
+        200
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_or_key_is_explained_and_refused() {
     let cluster = Cluster::start().await;

@@ -10,7 +10,10 @@
 //!   rotated token works at once, but at most once per Secret every [`MIN_REREAD`], so forged
 //!   calls cannot turn into API load;
 //! - a read that finds the Secret changed (or gone, or back) tells `on_change`, which
-//!   reconciles the controls that use it, so their `Ready` condition follows.
+//!   reconciles the controls that use it, so their `Ready` condition follows;
+//! - a Secret no served control names as its `secretRef` any more (the control deleted, or
+//!   pointed elsewhere) is forgotten at once ([`SecretCache::forget`]): a deleted control's
+//!   token does not stay in memory.
 //!
 //! Concurrent lookups of one Secret share one read.
 
@@ -102,6 +105,11 @@ impl SecretCache {
     /// How long a copy is used before the Secret is read again.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Drops the copy of `key`, if one is kept; a later lookup reads it again.
+    pub fn forget(&self, key: &ObjectKey) {
+        lock(&self.entries).remove(key);
     }
 
     fn slot(&self, key: &ObjectKey) -> Slot {

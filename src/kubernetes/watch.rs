@@ -172,7 +172,7 @@ pub fn start(
     let loaded = reflectors.loaded.clone();
     let driver = drive(
         control_stream,
-        IndexKeeper::new(index, triggers),
+        IndexKeeper::new(index, triggers, reflectors.secrets.clone()),
         move || loaded.store(true, Ordering::Release),
         metrics,
     );
@@ -183,20 +183,34 @@ pub fn start(
     }
 }
 
-/// Keeps the index current from the watch, and triggers the controls a change affects.
+/// Keeps the index current from the watch, triggers the controls a change affects, and
+/// forgets the Secrets no control names any more.
 struct IndexKeeper {
     index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     triggers: Triggers,
+    secrets: SecretCache,
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
     relisting: Vec<(ObjectKey, Entry)>,
 }
 
 impl IndexKeeper {
-    fn new(index: Arc<RwLock<ControlIndex<ObjectKey>>>, triggers: Triggers) -> Self {
+    fn new(
+        index: Arc<RwLock<ControlIndex<ObjectKey>>>,
+        triggers: Triggers,
+        secrets: SecretCache,
+    ) -> Self {
         Self {
             index,
             triggers,
+            secrets,
             relisting: Vec::new(),
+        }
+    }
+
+    /// Forgets `secret` unless a control still names it (`index` as it is now).
+    fn forget_if_unused(&self, index: &ControlIndex<ObjectKey>, secret: &ObjectKey) {
+        if !index.uses_secret(secret) {
+            self.secrets.forget(secret);
         }
     }
 
@@ -210,6 +224,9 @@ impl IndexKeeper {
             return;
         }
         let mut affected = index.with_id(entry.control_id);
+        if let Some(previous) = &previous {
+            self.forget_if_unused(&index, &previous.secret);
+        }
         if let Some(previous) = previous.filter(|p| p.control_id != entry.control_id) {
             affected.extend(index.with_id(previous.control_id));
         }
@@ -222,6 +239,7 @@ impl IndexKeeper {
         let key = ObjectKey::of(control);
         let mut index = write(&self.index);
         if let Some(entry) = index.remove(&key) {
+            self.forget_if_unused(&index, &entry.secret);
             let affected = index.with_id(entry.control_id);
             drop(index);
             trigger_all(&self.triggers, affected);
@@ -239,7 +257,12 @@ impl IndexKeeper {
             // The controller reconciles every listed control, so nothing to trigger here.
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut self.relisting);
-                write(&self.index).replace_all(listed);
+                let mut index = write(&self.index);
+                let before: Vec<ObjectKey> = index.secrets().cloned().collect();
+                index.replace_all(listed);
+                for secret in &before {
+                    self.forget_if_unused(&index, secret);
+                }
             }
         }
     }

@@ -103,6 +103,16 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
         collect(self.by_secret.get(secret))
     }
 
+    /// Whether any control references `secret`.
+    pub fn uses_secret(&self, secret: &ObjectKey) -> bool {
+        self.by_secret.contains_key(secret)
+    }
+
+    /// The Secrets referenced, each once.
+    pub fn secrets(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.by_secret.keys()
+    }
+
     /// Every indexed control.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -189,6 +199,8 @@ mod tests {
         assert!(index.with_id(7).is_empty());
         assert!(index.using_secret(&secret("s")).is_empty());
         assert_eq!(index.with_id(9), ["c"]);
+        assert!(!index.uses_secret(&secret("s")) && index.uses_secret(&secret("u")));
+        assert_eq!(index.secrets().collect::<Vec<_>>(), [&secret("u")]);
         assert_eq!(index.len(), 1);
         assert!(!index.is_empty());
     }
