@@ -126,12 +126,15 @@ async fn run_metrics_count_resets_pings_api_requests_and_conflicts() {
     let receiver = PingReceiver::start(cluster.dir.path(), 500).await;
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_pinged(&cluster, "sast", 7, "2s", &receiver.url).await;
-    let operator = Operator::start(&cluster, &[]).await;
+    // No retries: a refused ping is counted after its one attempt (with the default three,
+    // 1 s, 2 s and 4 s apart, after the first reset's spread of up to one more interval, it
+    // could take longer than this test waited).
+    let operator = Operator::start(&cluster, &["--outbound-retries", "0"]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     let token = cluster.token_file("checker", TOKEN).display().to_string();
 
-    // A reset and its refused ping (the receiver answers 500).
-    let scraped = wait_for(Duration::from_secs(8), || async {
+    // A reset and its refused ping (the receiver answers 500): due within 4 s of creation.
+    let scraped = wait_for(Duration::from_secs(20), || async {
         let scrape = Scrape::of(&operator.metrics_url).await;
         (scrape.value(r#"extctl_pings_total{outcome="refused"}"#) >= 1.0).then_some(scrape)
     })
