@@ -66,19 +66,20 @@ fn header<'a>(text: &'a str, name: &str) -> &'a str {
 }
 
 const VECTOR_1: (&str, &str, &str) = ("1", "2", "pass");
+/// The first vector's timestamp and nonce.
+const AT_VECTOR_1: [&str; 4] = [
+    "--timestamp",
+    "1700000000",
+    "--nonce",
+    "0123456789abcdef0123456789abcdef",
+];
 const VECTOR_2: (&str, &str, &str) = ("42", "7", "fail");
 
 #[test]
 fn reproduces_the_first_test_vector_from_a_token_file() {
     let token = token_file("foo");
     let from_file = ["--token-file", token.path().to_str().unwrap()];
-    let fixed = [
-        "--timestamp",
-        "1700000000",
-        "--nonce",
-        "0123456789abcdef0123456789abcdef",
-    ];
-    let output = sign(&flags(&from_file, VECTOR_1, &fixed), &[], None);
+    let output = sign(&flags(&from_file, VECTOR_1, &AT_VECTOR_1), &[], None);
     assert_eq!(
         stdout(&output),
         "X-Gitlab-Timestamp: 1700000000\n\
@@ -120,14 +121,10 @@ fn a_project_path_is_signed_decoded_and_sent_encoded() {
     let token = token_file("foo");
     let from_file = ["--token-file", token.path().to_str().unwrap()];
     let fixed = [
-        "--timestamp",
-        "1700000000",
-        "--nonce",
-        "0123456789abcdef0123456789abcdef",
-        "--explain",
-        "--curl",
-        "http://extctl.extctl.svc",
-    ];
+        AT_VECTOR_1.as_slice(),
+        &["--explain", "--curl", "http://extctl.extctl.svc"],
+    ]
+    .concat();
     let call = ("group/sub/my.project", "2", "pass");
     let text = stdout(&sign(&flags(&from_file, call, &fixed), &[], None));
     assert!(text.contains(
