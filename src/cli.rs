@@ -116,6 +116,14 @@ pub struct RunArgs {
     #[arg(long, env = "EXTCTL_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Serve a control only when the `extctl.dev/projects` annotation of its Namespace, which
+    /// a cluster admin sets, allows its GitLab project: a namespace without the annotation may
+    /// claim none. Off, such a namespace may claim any project (an annotated one is held to its
+    /// annotation either way). The first setting of a multi-team cluster (docs/tenancy.md);
+    /// cluster-wide only (not with --namespace).
+    #[arg(long, env = "EXTCTL_REQUIRE_PROJECT_ALLOWANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL", conflicts_with = "namespace")]
+    pub require_project_allowance: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 
@@ -305,6 +313,7 @@ impl RunArgs {
             }),
             history_limit: usize::from(self.status_history),
             reports: self.reports.flavor(),
+            require_project_allowance: self.require_project_allowance,
         }
     }
 }

@@ -193,6 +193,8 @@ fn scenarios() -> Value {
             },
         },
         "namespaced": {"watchNamespace": WATCHED},
+        // A multi-team cluster: a namespace without the annotation may claim no project.
+        "multi-team": {"tenancy": {"requireProjectAllowance": true}},
         // Compliance reports on (each kind), and off as YAML reads an unquoted `off`.
         "reports-openreports": {"reports": "openreports"},
         "reports-namespaced": {"watchNamespace": WATCHED, "reports": "policyreport"},
@@ -271,6 +273,16 @@ fn rejections() -> Vec<(&'static str, Value, &'static [&'static str])> {
             "an Ingress without a host",
             json!({"ingress": {"enabled": true}}),
             &[SCHEMA, "/ingress/host"],
+        ),
+        (
+            "an allowance required of one watched namespace",
+            json!({"watchNamespace": "team-a", "tenancy": {"requireProjectAllowance": true}}),
+            &["tenancy.requireProjectAllowance needs a cluster-wide install"],
+        ),
+        (
+            "an allowance required in words",
+            json!({"tenancy": {"requireProjectAllowance": "yes"}}),
+            &[SCHEMA, "/tenancy/requireProjectAllowance", "want boolean"],
         ),
         (
             "several replicas without leader election",
@@ -483,6 +495,13 @@ fn serving_rules() -> BTreeSet<Rule> {
     ])
 }
 
+/// Cluster-wide, also the Namespaces' metadata (their `extctl.dev/projects` annotation).
+fn cluster_rules() -> BTreeSet<Rule> {
+    let mut rules = serving_rules();
+    rules.insert(rule(&[""], &["namespaces"], &[], &["list", "watch"]));
+    rules
+}
+
 /// Leader election: create the Lease, then read and renew only that one.
 fn lease_rules() -> BTreeSet<Rule> {
     BTreeSet::from([
@@ -546,7 +565,7 @@ fn rbac_cluster_wide_is_exactly_what_extctl_needs() {
     assert_eq!(
         roles,
         BTreeMap::from([
-            (id("ClusterRole", "", RELEASE), serving_rules()),
+            (id("ClusterRole", "", RELEASE), cluster_rules()),
             (id("Role", NAMESPACE, &lease_role), lease_rules()),
         ]),
         "the roles of the default (cluster-wide) install"
@@ -595,8 +614,7 @@ fn rbac_namespaced_is_a_role_in_the_watched_namespace_and_leases_stay_in_the_rel
 fn rbac_for_compliance_reports_only_when_they_are_on() {
     let verbs = ["list", "get", "create", "patch", "delete"];
     let lease_role = id("Role", NAMESPACE, &format!("{RELEASE}-leader-election"));
-    let with = |extra: Rule| {
-        let mut rules = serving_rules();
+    let with = |mut rules: BTreeSet<Rule>, extra: Rule| {
         rules.insert(extra);
         rules
     };
@@ -606,7 +624,10 @@ fn rbac_for_compliance_reports_only_when_they_are_on() {
         BTreeMap::from([
             (
                 id("ClusterRole", "", RELEASE),
-                with(rule(&["openreports.io"], &["reports"], &[], &verbs))
+                with(
+                    cluster_rules(),
+                    rule(&["openreports.io"], &["reports"], &[], &verbs)
+                )
             ),
             (lease_role.clone(), lease_rules()),
         ])
@@ -617,7 +638,10 @@ fn rbac_for_compliance_reports_only_when_they_are_on() {
         BTreeMap::from([
             (
                 id("Role", WATCHED, RELEASE),
-                with(rule(&["wgpolicyk8s.io"], &["policyreports"], &[], &verbs))
+                with(
+                    serving_rules(),
+                    rule(&["wgpolicyk8s.io"], &["policyreports"], &[], &verbs)
+                )
             ),
             (lease_role.clone(), lease_rules()),
         ])
@@ -755,6 +779,13 @@ fn the_deployment_sets_only_variables_extctl_run_reads_and_all_of_them() {
     );
     assert_eq!(env("namespaced")["EXTCTL_NAMESPACE"], WATCHED);
     assert!(!defaults.contains_key("EXTCTL_NAMESPACE"));
+    // Cluster-wide only (extctl refuses it with --namespace).
+    assert_eq!(defaults["EXTCTL_REQUIRE_PROJECT_ALLOWANCE"], "false");
+    assert_eq!(
+        env("multi-team")["EXTCTL_REQUIRE_PROJECT_ALLOWANCE"],
+        "true"
+    );
+    assert!(!env("namespaced").contains_key("EXTCTL_REQUIRE_PROJECT_ALLOWANCE"));
 }
 
 /// The port of an `address:port` listen address.

@@ -340,7 +340,9 @@ async fn a_control_keeps_the_id_it_holds_and_a_newcomer_is_not_served() {
         .await;
     let message = &copy.status.unwrap().conditions[0].message;
     assert!(
-        message.contains("controlId 7 is held by ExternalControl \"sast\" of this namespace"),
+        message.contains(
+            "controlId 7 for this project is held by ExternalControl \"sast\" of this namespace"
+        ),
         "{message}"
     );
     let note = message.clone();

@@ -634,6 +634,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
         reflectors: watch::start(
             client,
             &Scope::Namespace(cluster.namespace.clone()),
+            false,
             triggers,
             Duration::from_secs(60),
             Default::default(),

@@ -113,12 +113,12 @@ impl EndpointStore for Registry {
         true
     }
 
-    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
+    fn lookup(&self, project: &str, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let claimants = self
             .controls
             .iter()
             .filter(|c| c.spec.control_id == control_id);
-        the_holder(claimants, |c| holder_rank(c)).cloned()
+        the_holder(claimants, |c| holder_rank(c), |c| &c.spec, project).cloned()
     }
 
     async fn tokens(

@@ -154,7 +154,8 @@ impl MemoryStore {
                 let secret = secrets_by_key.get(&Entry::of(&control).secret);
                 let claimants = index.with_id_iter(control.spec.control_id);
                 let claimants = claimants.map(|at| &all[*at]);
-                let readiness = Readiness::among(&control, secret, claimants);
+                // A sandbox serves every namespace's controls: no allowance to check.
+                let readiness = Readiness::among(&control, secret, Ok(()), claimants);
                 let cell = Cell {
                     tokens: SigningTokens::for_control(&control, secret),
                     readiness,
@@ -240,14 +241,14 @@ impl EndpointStore for MemoryStore {
 
     /// The control's object as last written by the reconciler: its spec and name are what the
     /// endpoint needs (a report since is kept beside it, see [`Cell`]).
-    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
+    fn lookup(&self, project: &str, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         let controls = &self.controls;
         let claimants = controls.index.with_id_iter(control_id);
         // Loaded together, dev's controls are ranked by uid (`holder_rank`), which is their
         // position: the lowest position holds the id.
-        let claimants = claimants.map(|at| (*at, &controls.cells[*at]));
-        let (_, cell) = the_holder(claimants, |(at, _)| *at)?;
-        Ok(lock(cell).object.clone())
+        let claimants = claimants.map(|at| (*at, lock(&controls.cells[*at]).object.clone()));
+        let (_, control) = the_holder(claimants, |(at, _)| *at, |(_, c)| &c.spec, project)?;
+        Ok(control)
     }
 
     async fn tokens(
@@ -548,11 +549,14 @@ mod tests {
     #[tokio::test]
     async fn lookups_find_one_control_by_id_and_its_readiness() {
         let store = store(vec![control("a", 7), control("b", 8), control("c", 8)]);
-        assert_eq!(store.lookup(7).unwrap().name_any(), "a");
-        assert_eq!(store.lookup(9).unwrap_err(), Rejection::ControlNotFound);
+        assert_eq!(store.lookup("42", 7).unwrap().name_any(), "a");
+        assert_eq!(
+            store.lookup("42", 9).unwrap_err(),
+            Rejection::ControlNotFound
+        );
         // Loaded together, the first by namespace and name holds a shared id.
-        assert_eq!(store.lookup(8).unwrap().name_any(), "b");
-        let b = store.lookup(7).unwrap();
+        assert_eq!(store.lookup("42", 8).unwrap().name_any(), "b");
+        let b = store.lookup("42", 7).unwrap();
         assert!(store.readiness(&b).await.unwrap().is_ready());
         assert!(store.tokens(&b, Freshness::Kept).await.is_ok());
         let c = store.controls().remove(2);

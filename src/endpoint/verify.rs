@@ -31,7 +31,7 @@ pub async fn verify_and_record<S: EndpointStore>(
     metrics: &Arc<Metrics>,
 ) -> Result<ControlStatus, Rejection> {
     let status = call.reported_status()?;
-    let control = store.lookup(control_id(call.control)?)?;
+    let control = store.lookup(call.project, control_id(call.control)?)?;
     let (timestamp, nonce, signature) = (
         call.header(TIMESTAMP_HEADER),
         call.header(NONCE_HEADER),

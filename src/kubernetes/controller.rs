@@ -111,7 +111,9 @@ impl ControlStore for KubeControlStore {
     type Error = ReconcileError;
 
     async fn readiness(&self, control: &ExternalControl) -> Result<Readiness, ReconcileError> {
-        let claimants = self.reflectors.controls_with_id(control.spec.control_id);
+        // Before the Namespaces are listed, whether a control may claim its project is unknown.
+        self.reflectors.allowances.wait_loaded().await;
+        let claimants = self.reflectors.claimants(control.spec.control_id);
         let secret = self
             .reflectors
             .secret_of(control, Freshness::Kept)
@@ -123,6 +125,7 @@ impl ControlStore for KubeControlStore {
         Ok(Readiness::among(
             control,
             secret.as_deref(),
+            self.reflectors.allowances.check(control),
             claimants.iter().map(AsRef::as_ref),
         ))
     }

@@ -64,13 +64,16 @@ impl EndpointStore for KubeEndpointStore {
         self.reflectors.loaded()
     }
 
-    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
+    fn lookup(&self, project: &str, control_id: i64) -> Result<Arc<ExternalControl>, Rejection> {
         if !self.ready() {
             return Err(Rejection::Unavailable("controls are still loading".into()));
         }
-        the_holder(self.reflectors.controls_with_id(control_id), |c| {
-            holder_rank(c)
-        })
+        the_holder(
+            self.reflectors.claimants(control_id),
+            |c| holder_rank(c),
+            |c| &c.spec,
+            project,
+        )
     }
 
     async fn tokens(

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod endpoint_store;
 pub mod events;
 pub mod lease;
+pub mod namespaces;
 pub mod policy_reports;
 pub mod recheck;
 pub mod secrets;
@@ -61,6 +62,9 @@ pub struct RunSettings {
     pub history_limit: usize,
     /// Which compliance report to keep per namespace (`--reports`); `None`: none.
     pub reports: Option<extctl_core::policy_reports::Flavor>,
+    /// A namespace without the `extctl.dev/projects` annotation may claim no project
+    /// (`--require-project-allowance`; cluster-wide only).
+    pub require_project_allowance: bool,
 }
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
@@ -84,6 +88,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let watches = watch::start(
         client.clone(),
         &settings.scope,
+        settings.require_project_allowance,
         triggers.clone(),
         settings.secret_ttl,
         metrics.clone(),

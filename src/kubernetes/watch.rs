@@ -3,7 +3,9 @@
 //!
 //! Besides the object itself, a change can affect *other* controls (a second control claiming
 //! the same id, or no longer claiming it), so each event also triggers those, found through the
-//! index rather than a scan. Secrets are not watched (see [`super::secrets`]).
+//! index rather than a scan. Secrets are not watched (see [`super::secrets`]). On a
+//! cluster-wide install, Namespaces' metadata is watched too, for what each namespace's
+//! controls may claim ([`super::namespaces`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,7 @@ use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use super::namespaces::{self, Allowances};
 use super::secrets::SecretCache;
 use crate::metrics::{Census, ControlCounts, Metrics};
 use extctl_core::crd::ExternalControl;
@@ -56,6 +59,7 @@ pub struct Reflectors {
     pub controls: Store<ExternalControl>,
     index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     pub secrets: SecretCache,
+    pub allowances: Allowances,
     loaded: Arc<AtomicBool>,
 }
 
@@ -84,21 +88,23 @@ impl Reflectors {
         SigningTokens::for_control(control, secret.as_deref())
     }
 
-    /// Every control that claims `control_id`, from the index (no scan).
-    pub fn controls_with_id(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
+    /// Every control that claims `control_id` and whose namespace may claim its project,
+    /// from the index (no scan).
+    pub fn claimants(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
         let keys = read(&self.index).with_id(control_id);
         keys.into_iter()
             .filter_map(|key| self.controls.get(&object_ref(&key)))
             // The store and the index follow the same stream; during an update they may
             // briefly disagree, and the store has the last word.
             .filter(|control| control.spec.control_id == control_id)
+            .filter(|control| self.allowances.check(control).is_ok())
             .collect()
     }
 
-    /// Whether the controls' full list has been loaded, so a lookup that finds nothing means
-    /// there is nothing (not "not loaded yet").
+    /// Whether the controls' full list (and the Namespaces', for their allowances) has been
+    /// loaded, so a lookup that finds nothing means there is nothing (not "not loaded yet").
     pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire) && self.allowances.loaded()
     }
 }
 
@@ -135,14 +141,18 @@ pub struct Watches {
 /// Buffer of the shared control stream; a slow reconciler makes the watch wait, not drop.
 const SHARED_BUFFER: usize = 1024;
 
-/// Starts the control watch; Secrets are read on use and kept for `secret_ttl`.
+/// Starts the control watch (and, cluster-wide, the Namespaces'; `require_allowance`: a
+/// namespace without one may claim no project); Secrets are read on use and kept for
+/// `secret_ttl`.
 pub fn start(
     client: Client,
     scope: &Scope,
+    require_allowance: bool,
     triggers: Triggers,
     secret_ttl: Duration,
     metrics: Arc<Metrics>,
 ) -> Watches {
+    let scope_kind = scope.clone();
     let (controls, control_writer) = reflector::store_shared(SHARED_BUFFER);
     let control_events = control_writer
         .subscribe()
@@ -163,11 +173,36 @@ pub fn start(
             trigger_all(&triggers, read(&index).using_secret(secret));
         })
     };
+    let allowances = match scope {
+        Scope::Cluster => Allowances::new(require_allowance),
+        Scope::Namespace(_) => Allowances::unrestricted(),
+    };
     let reflectors = Reflectors {
-        controls,
+        controls: controls.clone(),
         index: index.clone(),
-        secrets: SecretCache::new(client, secret_ttl, on_secret_change),
+        secrets: SecretCache::new(client.clone(), secret_ttl, on_secret_change),
+        allowances: allowances.clone(),
         loaded: Arc::default(),
+    };
+    // A namespace's allowance moved: its controls may be served or not now, and so may the
+    // others claiming their ids.
+    let on_allowance_change = {
+        let (index, triggers) = (index.clone(), triggers.clone());
+        move |namespace: &str| {
+            let index = read(&index);
+            let affected: Vec<ObjectKey> = controls
+                .state()
+                .iter()
+                .filter(|control| control.metadata.namespace.as_deref() == Some(namespace))
+                .flat_map(|control| index.with_id(control.spec.control_id))
+                .collect();
+            trigger_all(&triggers, affected);
+        }
+    };
+    let namespaces = async move {
+        if matches!(scope_kind, Scope::Cluster) {
+            namespaces::watch(client, allowances, on_allowance_change).await;
+        }
     };
     let loaded = reflectors.loaded.clone();
     let driver = drive(
@@ -179,7 +214,9 @@ pub fn start(
     Watches {
         reflectors,
         control_events,
-        driver: Box::pin(driver),
+        driver: Box::pin(async move {
+            futures::join!(driver, namespaces);
+        }),
     }
 }
 

@@ -9,7 +9,7 @@
 //!   [`nonces`], [`report`] (a verified pass/fail and what it changes);
 //! - state: [`schedule`] (when resets fall due), [`ping`], [`compliance`] (the `Compliant`
 //!   condition), [`readiness`] (`Ready`), [`history`], [`index`] (controls by id and Secret),
-//!   [`lease`] (leader election rules);
+//!   [`lease`] (leader election rules), [`tenancy`] (which projects a namespace may claim);
 //! - outbound: [`destinations`] (SSRF rules), [`retry`], [`webhooks`] and [`notify`]
 //!   (status-change notifications);
 //! - [`policy_reports`]: OpenReports / PolicyReport content;
@@ -39,5 +39,6 @@ pub mod retry;
 pub mod schedule;
 pub mod signature;
 pub mod sync;
+pub mod tenancy;
 pub mod tokens;
 pub mod webhooks;

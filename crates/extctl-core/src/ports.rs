@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use crate::crd::{Cause, StatusChange};
 use crate::crd::{
-    ControlStatus, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
-    StatusChangeRecord,
+    ControlStatus, ExternalControl, ExternalControlSpec, ExternalControlStatus, NotificationStatus,
+    PingOutcome, StatusChangeRecord,
 };
 use crate::protocol::Rejection;
 use crate::readiness::Readiness;
@@ -55,10 +55,10 @@ pub trait EndpointStore: Send + Sync + 'static {
     /// Whether controls and Secrets have been loaded, so lookups can be trusted.
     fn ready(&self) -> bool;
 
-    /// The control holding this `controlId` (see [`crate::readiness::holder_rank`]):
-    /// `ControlNotFound`, or `Unavailable` while controls are still loading. Answered from
-    /// memory.
-    fn lookup(&self, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
+    /// The control a call for `project` (the `:id` as decoded) and this `controlId` reaches
+    /// (see [`the_holder`]): `ControlNotFound`, or `Unavailable` while controls (and the
+    /// namespaces' allowances) are still loading. Answered from memory.
+    fn lookup(&self, project: &str, control_id: i64) -> Result<Arc<ExternalControl>, Rejection>;
 
     /// The control's signing tokens, or why there are none (never the token itself).
     /// `Freshness::Reread` asks for the Secret as it is now, after a signature did not verify
@@ -78,24 +78,33 @@ pub trait EndpointStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Recorded, Rejection>> + Send;
 }
 
-/// The control among `claimants` (the controls with the id called) that holds the id, ranked
-/// by `rank` ([`crate::readiness::holder_rank`] of each): `ControlNotFound` when none. A
-/// newcomer claiming an id that is served never takes it, nor blocks its holder.
+/// The control a call for `project` reaches among `claimants` (the controls with the
+/// `controlId` called that may claim their projects), ranked by `rank`
+/// ([`crate::readiness::holder_rank`] of each): the served one naming `project` (see
+/// [`crate::readiness::holders`]), or else the first served one (the project check then
+/// answers `Project not found`, in GitLab's order); `ControlNotFound` when none. A newcomer
+/// claiming a project's id that is served never takes it, nor blocks its holder.
 pub fn the_holder<T, R: Ord>(
     claimants: impl IntoIterator<Item = T>,
     rank: impl Fn(&T) -> R,
+    spec: impl Fn(&T) -> &ExternalControlSpec,
+    project: &str,
 ) -> Result<T, Rejection> {
-    let mut claimants = claimants.into_iter();
-    let first = claimants.next().ok_or(Rejection::ControlNotFound)?;
-    match claimants.next() {
-        // The usual case, one control per id: nothing ranked.
-        None => Ok(first),
-        Some(second) => Ok([first, second]
-            .into_iter()
-            .chain(claimants)
-            .min_by_key(|claimant| rank(claimant))
-            .expect("two claimants or more")),
+    let mut claimants: Vec<T> = claimants.into_iter().collect();
+    if claimants.len() > 1 {
+        claimants.sort_by_cached_key(|claimant| rank(claimant));
     }
+    let at = {
+        let specs: Vec<&ExternalControlSpec> = claimants.iter().map(&spec).collect();
+        let holders = crate::readiness::holders(&specs);
+        let mut served = (0..specs.len()).filter(|&at| holders[at].is_none());
+        served
+            .clone()
+            .find(|&at| crate::project::names_project(project, specs[at]))
+            .or_else(|| served.next())
+            .ok_or(Rejection::ControlNotFound)?
+    };
+    Ok(claimants.swap_remove(at))
 }
 
 /// Where status changes and warnings are told: Kubernetes Events, or `extctl dev`'s console.

@@ -7,13 +7,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::tokens::{SigningTokens, TokenProblem};
 use kube::ResourceExt;
 
-use crate::crd::ExternalControl;
+use crate::crd::{ExternalControl, ExternalControlSpec};
 use crate::key::ObjectKey;
+use crate::tenancy::NotAllowed;
 
 pub const READY: &str = "Ready";
 
-/// How the controls claiming one `controlId` are ranked: the first holds it, and calls for the
-/// id reach it alone. The oldest (`creationTimestamp`; one without comes last), then the
+/// How the controls claiming one `controlId` for one project are ranked: the first holds it
+/// (see [`holders`]), and calls for it reach that one alone. The oldest (`creationTimestamp`; one without comes last), then the
 /// smallest uid, then namespace and name: the same on every replica and after every restart,
 /// and a control created later never takes an id that one already holds.
 pub fn holder_rank(control: &ExternalControl) -> (bool, Option<Timestamp>, String, ObjectKey) {
@@ -22,11 +23,39 @@ pub fn holder_rank(control: &ExternalControl) -> (bool, Option<Timestamp>, Strin
     (created.is_none(), created, uid, ObjectKey::of(control))
 }
 
+/// Whether two claimants of one `controlId` name the same project: the same `projectId`, or
+/// both the same `projectPath` (ignoring case, as calls find it). GitLab's control ids are
+/// unique, so such claimants contend for the same calls; a claimant of the id for another
+/// project contends with neither (it only ever meets calls for its own project).
+pub fn same_project(a: &ExternalControlSpec, b: &ExternalControlSpec) -> bool {
+    a.project_id == b.project_id
+        || a.project_path
+            .as_deref()
+            .zip(b.project_path.as_deref())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+}
+
+/// For the claimants of one `controlId`, in rank order ([`holder_rank`]): for each, the
+/// position of the served claimant it contends with (`None`: it is served itself). The first
+/// is always served; each next one is served unless it names the project of one served before
+/// it.
+pub fn holders(ranked: &[&ExternalControlSpec]) -> Vec<Option<usize>> {
+    let mut holders: Vec<Option<usize>> = Vec::with_capacity(ranked.len());
+    for (at, spec) in ranked.iter().enumerate() {
+        let holder =
+            (0..at).find(|&before| holders[before].is_none() && same_project(ranked[before], spec));
+        holders.push(holder);
+    }
+    holders
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
     Ready,
-    /// Another ExternalControl, created before this one, holds the same `controlId` (see
-    /// [`holder_rank`]): this one is not served. `holder` is its name when it is in this
+    /// The namespace may not claim the control's project (see [`crate::tenancy`]): not served.
+    ProjectNotAllowed(NotAllowed),
+    /// Another ExternalControl, created before this one, holds the same `controlId` for the
+    /// same project (see [`holders`]): this one is not served. `holder` is its name when it is in this
     /// control's namespace; `None` when it is in another, whose names are not this
     /// namespace's business.
     ControlIdTaken {
@@ -73,19 +102,32 @@ impl Readiness {
         }
     }
 
-    /// Readiness among `controls` (all those served, `control` itself included).
+    /// Readiness among `controls` (those that may claim their projects, `control` itself
+    /// included when `allowed`); `allowed` is whether its namespace may claim its project.
     pub fn among<'a>(
-        control: &ExternalControl,
+        control: &'a ExternalControl,
         secret: Option<&Secret>,
+        allowed: Result<(), NotAllowed>,
         controls: impl IntoIterator<Item = &'a ExternalControl>,
     ) -> Self {
-        let claimants = controls
-            .into_iter()
-            .filter(|other| other.spec.control_id == control.spec.control_id);
-        let holder = claimants.min_by_key(|other| holder_rank(other));
+        if let Err(not_allowed) = allowed {
+            return Self::ProjectNotAllowed(not_allowed);
+        }
         let me = ObjectKey::of(control);
-        let taken_by = holder.filter(|holder| ObjectKey::of(*holder) != me);
-        Self::evaluate(control, secret, taken_by)
+        let mut ranked: Vec<&ExternalControl> = controls
+            .into_iter()
+            .filter(|other| other.spec.control_id == control.spec.control_id)
+            .filter(|other| ObjectKey::of(*other) != me)
+            .chain([control])
+            .collect();
+        ranked.sort_by_cached_key(|other| holder_rank(other));
+        let specs: Vec<&ExternalControlSpec> = ranked.iter().map(|c| &c.spec).collect();
+        let at = ranked
+            .iter()
+            .position(|other| std::ptr::eq(*other, control))
+            .expect("the control is among those ranked");
+        let holder = holders(&specs)[at].map(|holder| ranked[holder]);
+        Self::evaluate(control, secret, holder)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -95,6 +137,7 @@ impl Readiness {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Ready => "Ready",
+            Self::ProjectNotAllowed(_) => "ProjectNotAllowed",
             Self::ControlIdTaken { .. } => "ControlIdTaken",
             Self::SecretNotFound { .. } => "SecretNotFound",
             Self::SecretKeyMissing { .. } => "SecretKeyMissing",
@@ -105,13 +148,14 @@ impl Readiness {
     pub fn message(&self) -> String {
         match self {
             Self::Ready => "Signed status calls for this control are accepted".into(),
+            Self::ProjectNotAllowed(why) => why.to_string(),
             Self::ControlIdTaken { control_id, holder } => {
                 let by = match holder {
                     Some(name) => format!("ExternalControl {name:?} of this namespace"),
                     None => "an ExternalControl of another namespace".to_owned(),
                 };
                 format!(
-                    "controlId {control_id} is held by {by}, created before this one; calls for it reach that control, not this one: give this control another controlId"
+                    "controlId {control_id} for this project is held by {by}, created before this one; calls for it reach that control, not this one: give this control another controlId"
                 )
             }
             Self::SecretNotFound { secret } => {
@@ -217,7 +261,7 @@ mod tests {
         let all = [&later, &elsewhere, &holder];
         let token = secret("token", "t");
         let readiness =
-            |c: &ExternalControl| Readiness::among(c, Some(&token), all.iter().copied());
+            |c: &ExternalControl| Readiness::among(c, Some(&token), Ok(()), all.iter().copied());
         assert_eq!(readiness(&holder), Readiness::Ready);
         let taken = readiness(&later);
         assert_eq!(taken.reason(), "ControlIdTaken");
@@ -239,8 +283,50 @@ mod tests {
         );
         assert!(!hidden.message().contains("sast") && !hidden.message().contains("team-a"));
         // A taken id is told even when the Secret is missing too.
-        let both = Readiness::among(&later, None, all.iter().copied());
+        let both = Readiness::among(&later, None, Ok(()), all.iter().copied());
         assert_eq!(both.reason(), "ControlIdTaken");
+    }
+
+    #[test]
+    fn claimants_of_an_id_for_other_projects_do_not_contend() {
+        let holder = claimant("team-a", "sast", Some(5), "u-2");
+        // Older, the same controlId, but another project: served for that project only.
+        let mut squatter = claimant("team-b", "squat", Some(0), "u-1");
+        squatter.spec.project_id = 43;
+        let all = [&squatter, &holder];
+        let token = secret("token", "t");
+        for control in all {
+            let readiness = Readiness::among(control, Some(&token), Ok(()), all);
+            assert_eq!(readiness, Readiness::Ready, "{}", control.name_any());
+        }
+    }
+
+    #[test]
+    fn a_path_is_a_project_too_and_only_served_claimants_hold() {
+        let spec = |id: i64, path: Option<&str>| {
+            let mut spec = control().spec;
+            spec.project_id = id;
+            spec.project_path = path.map(Into::into);
+            spec
+        };
+        let (a, b, c, d) = (
+            spec(42, Some("team/app")),
+            spec(41, Some("TEAM/APP")),
+            spec(41, None),
+            spec(40, Some("team/other")),
+        );
+        // b names a's path: held by a. c names b's id, but b is not served: c is.
+        assert_eq!(holders(&[&a, &b, &c, &d]), [None, Some(0), None, None]);
+        assert!(same_project(&a, &b) && !same_project(&a, &c) && !same_project(&c, &d));
+    }
+
+    #[test]
+    fn a_control_its_namespace_may_not_claim_says_why_first() {
+        let refused =
+            Readiness::among(&control(), None, Err(NotAllowed::NoAllowance), [&control()]);
+        assert_eq!(refused.reason(), "ProjectNotAllowed");
+        assert!(refused.message().contains("extctl.dev/projects"));
+        assert!(!refused.is_ready());
     }
 
     #[test]

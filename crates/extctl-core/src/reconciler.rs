@@ -188,10 +188,15 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             if !readiness.is_ready() {
                 tracing::info!(control = %ObjectKey::of(control), reason = readiness.reason(), "control not ready");
             }
-            // A control that claims an id another holds is told so once, as a Warning.
+            // A control that claims an id another holds, or a project its namespace may not
+            // claim, is told so once, as a Warning.
             let was = current.conditions.iter().find(|c| c.type_ == READY);
-            let newly_taken = was.is_none_or(|c| c.reason != readiness.reason());
-            if newly_taken && matches!(readiness, Readiness::ControlIdTaken { .. }) {
+            let newly_refused = was.is_none_or(|c| c.reason != readiness.reason());
+            let refused = matches!(
+                readiness,
+                Readiness::ControlIdTaken { .. } | Readiness::ProjectNotAllowed(_)
+            );
+            if newly_refused && refused {
                 let note = readiness.message();
                 self.journal.warning(control, readiness.reason(), note);
             }
