@@ -416,6 +416,25 @@ mod tests {
         assert_eq!(election.timing.lease_duration, Duration::from_secs(15));
         assert_eq!(settings.history_limit, 10);
         assert_eq!(settings.reports, None, "no reports unless asked");
+        assert!(!settings.require_project_allowance);
+    }
+
+    #[test]
+    fn a_project_allowance_is_required_of_cluster_wide_installs_only() {
+        let flag = ["extctl", "run", "--require-project-allowance", "true"];
+        let cli = Cli::try_parse_from(flag).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert!(args.settings().require_project_allowance);
+        let both = Cli::try_parse_from(flag.into_iter().chain(["--namespace", "team-a"]));
+        let error = both.unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "'--require-project-allowance <BOOL>' cannot be used with '--namespace <NAMESPACE>'"
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Files derived from the code must match it: the CRD, the chart's copy of it, the chart's
-//! environment variables and the README's flag reference.
+//! environment variables, the command reference (docs/cli.md) and the ping body the docs show;
+//! and every link between the docs leads somewhere.
 
 use std::path::Path;
 
@@ -64,13 +65,28 @@ fn chart_sets_every_flag_and_only_real_ones() {
     }
 }
 
+/// The user docs: the README and every page of `docs/`, with their paths.
+fn user_docs() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    pages.sort();
+    pages.insert(0, "README.md".into());
+    pages.into_iter().map(|p| (committed(&p), p)).collect()
+}
+
 #[test]
-fn readme_documents_every_flag() {
-    let readme = committed("README.md");
+fn the_docs_document_every_flag() {
+    let reference = committed("docs/cli.md");
     for (flag, env) in run_flags() {
-        assert!(readme.contains(&flag), "README does not document {flag}");
-        assert!(readme.contains(&env), "README does not document {env}");
+        let row = format!("| `{flag}` | `{env}` |");
+        assert!(reference.contains(&row), "docs/cli.md has no row {row}");
     }
+    let readme: String = user_docs().into_iter().map(|(text, _)| text).collect();
     let mut cli = Cli::command();
     cli.build();
     for command in cli.get_subcommands() {
@@ -79,7 +95,7 @@ fn readme_documents_every_flag() {
             if flag != "--help" {
                 assert!(
                     mentions(&readme, &flag),
-                    "README does not document {name} {flag}"
+                    "neither README.md nor docs/ documents {name} {flag}"
                 );
             }
         }
@@ -142,10 +158,10 @@ fn dockerfile_copies_every_declared_target() {
     }
 }
 
-/// The README's ping body is the one extctl sends for the example control `sast`
+/// docs/ping.md's ping body is the one extctl sends for the example control `sast`
 /// (`examples/controls.yaml`), byte for byte.
 #[test]
-fn readme_shows_the_ping_body_as_sent() {
+fn the_docs_show_the_ping_body_as_sent() {
     use extctl_core::ping::{PingSubject, payload};
     let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap();
     let subject = PingSubject {
@@ -160,7 +176,82 @@ fn readme_shows_the_ping_body_as_sent() {
     let body = payload(&subject, at("2026-11-22T05:00:00.123456Z"));
     let body = String::from_utf8(body).unwrap();
     assert!(
-        committed("README.md").contains(&format!("\n{body}\n")),
-        "README.md does not show the ping body as sent:\n{body}"
+        committed("docs/ping.md").contains(&format!("\n{body}\n")),
+        "docs/ping.md does not show the ping body as sent:\n{body}"
     );
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(text: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut found = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && let Some(heading) = line.strip_prefix('#') {
+            found.push(anchor(heading.trim_start_matches('#')));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_between_the_docs_leads_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let link = regex::Regex::new(r"\]\(([^)\s]+)\)").unwrap();
+    let mut docs = user_docs();
+    for extra in [
+        "SECURITY.md",
+        "BENCHMARKS.md",
+        "tests/README.md",
+        "fuzz/README.md",
+        "charts/extctl/README.md",
+        "examples/gating/README.md",
+    ] {
+        docs.push((committed(extra), extra.to_owned()));
+    }
+    let mut broken = Vec::new();
+    for (text, path) in &docs {
+        let dir = Path::new(path).parent().unwrap();
+        for target in link.captures_iter(text).map(|c| c[1].to_owned()) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, fragment) = match target.split_once('#') {
+                Some((file, fragment)) => (file, Some(fragment)),
+                None => (target.as_str(), None),
+            };
+            let file = if file.is_empty() {
+                root.join(path)
+            } else {
+                root.join(dir).join(file)
+            };
+            let Ok(linked) = std::fs::metadata(&file) else {
+                broken.push(format!("{path}: {target} (no such file)"));
+                continue;
+            };
+            if let Some(fragment) = fragment {
+                let text = if linked.is_file() {
+                    std::fs::read_to_string(&file).unwrap()
+                } else {
+                    String::new()
+                };
+                if !anchors(&text).iter().any(|a| a == fragment) {
+                    broken.push(format!("{path}: {target} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }

@@ -39,6 +39,7 @@ const NO_LEASE_CREATE_ID: i64 = 906;
 const NO_LEASE_UPDATE_ID: i64 = 907;
 const CONFLICT_ID: i64 = 908;
 const NO_STATUS_GET_ID: i64 = 909;
+const NO_NAMESPACE_LIST_ID: i64 = 910;
 
 const PROJECT: i64 = 42;
 const CONTROL: &str = "sast";
@@ -313,6 +314,42 @@ async fn without_get_on_secrets_no_call_verifies() {
     let answer = call(&cluster, &operator, NO_SECRET_GET_ID).await;
     assert_eq!(answer.code, 503, "{:?}", answer.body);
     assert_eq!(answer.error(), "Control signing token is not available");
+    assert!(cluster.control(CONTROL).await.status.is_none());
+}
+
+/// Cluster-wide, which namespace may claim which project is read from the Namespaces: until
+/// they are listed, nothing is served (rather than everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_list_on_namespaces_no_control_is_served() {
+    let _alone = whole_server().await;
+    let cluster = Cluster::start().await;
+    create_control(&cluster, NO_NAMESPACE_LIST_ID, None).await;
+    let install = Chart::new(&cluster)
+        .release_namespace(&format!("{}-system", cluster.namespace))
+        .without("namespaces", "list")
+        .through_proxy()
+        .install(&cluster)
+        .await;
+    let operator = install.spawn(&[]).await;
+
+    let refused = wait_for(Duration::from_secs(20), || async {
+        let requests = cluster.proxy.requests();
+        let listed = |r: &RequestRecord| r.path == "/api/v1/namespaces" && r.code == 403;
+        requests.iter().any(listed).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "no forbidden list of Namespaces:\n{}",
+        operator.logs()
+    );
+    let answer = call(&cluster, &operator, NO_NAMESPACE_LIST_ID).await;
+    assert_eq!(answer.code, 503, "{:?}", answer.body);
+    assert!(
+        answer.error().contains("still loading"),
+        "{:?}",
+        answer.body
+    );
     assert!(cluster.control(CONTROL).await.status.is_none());
 }
 

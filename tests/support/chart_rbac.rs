@@ -270,6 +270,19 @@ impl Install {
     /// `extra_args` after them (a flag in `extra_args` replaces the Deployment's, as a value
     /// set at `helm install` would); waits until it is ready.
     pub async fn start(&self, extra_args: &[&str]) -> Operator {
+        let args = self.replica_args(extra_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Operator::start_with(&self.kubeconfig, &args).await
+    }
+
+    /// As [`Self::start`], without waiting for the replica to be ready.
+    pub async fn spawn(&self, extra_args: &[&str]) -> Operator {
+        let args = self.replica_args(extra_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Operator::spawn_with(&self.kubeconfig, &args).await
+    }
+
+    fn replica_args(&self, extra_args: &[&str]) -> Vec<String> {
         let replica = self.replicas.fetch_add(1, Ordering::Relaxed);
         let overridden: Vec<&str> = extra_args
             .iter()
@@ -290,8 +303,7 @@ impl Install {
             args.push(arg);
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Operator::start_with(&self.kubeconfig, &args).await
+        args
     }
 
     /// The instance name (`--instance`, the pod's name) of replica `n`.

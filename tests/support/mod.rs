@@ -265,8 +265,16 @@ impl Operator {
         Self::start_with(&cluster.kubeconfig, &args).await
     }
 
-    /// `extctl run` with `args` and this kubeconfig, serving what its permissions let it see.
+    /// `extctl run` with `args` and this kubeconfig, serving what its permissions let it see;
+    /// waits until it is ready.
     pub async fn start_with(kubeconfig: &Path, args: &[&str]) -> Self {
+        let operator = Self::spawn_with(kubeconfig, args).await;
+        operator.wait_ready().await;
+        operator
+    }
+
+    /// As [`Self::start_with`], without waiting for it to be ready (only for its address).
+    pub async fn spawn_with(kubeconfig: &Path, args: &[&str]) -> Self {
         let mut child = extctl_command(&[
             "run",
             "--listen",
@@ -292,14 +300,12 @@ impl Operator {
             .expect("extctl logs its address")
             .expect("extctl logs its address");
         let field = |name: &str| start_field(&start_line, name);
-        let operator = Self {
+        Self {
             child,
             url: format!("http://{}", field("listen")),
             metrics_url: format!("http://{}/metrics", field("metrics")),
             logs,
-        };
-        operator.wait_ready().await;
-        operator
+        }
     }
 
     async fn wait_ready(&self) {
