@@ -9,14 +9,12 @@
 
 mod support;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::apiserver::{RequestRecord, wait_established};
+use support::apiserver::RequestRecord;
 use support::chart_rbac::{Chart, own_namespace, whole_server};
 use support::{Cluster, Operator, TOKEN, wait_for};
 
@@ -56,43 +54,6 @@ impl Kind {
             "/apis/{}/namespaces/{namespace}/{}",
             resource.api_version, resource.plural
         )
-    }
-}
-
-/// The CRD files, fetched (once per machine) into `target/upstream-crds/`.
-fn crd_files() -> &'static Value {
-    static FILES: OnceLock<Value> = OnceLock::new();
-    FILES.get_or_init(|| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let output = std::process::Command::new("python3")
-            .arg(root.join("tests/support/upstream_crds.py"))
-            .arg(root.join("target/upstream-crds"))
-            .output()
-            .expect("python3 runs");
-        assert!(
-            output.status.success(),
-            "upstream_crds.py failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("upstream_crds.py prints JSON")
-    })
-}
-
-/// Installs both upstream CRDs on the server (once per test binary; later calls find them).
-async fn install_crds(cluster: &Cluster) {
-    let files = tokio::task::spawn_blocking(crd_files).await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    for key in ["openreports", "policyreport"] {
-        let path = files[key].as_str().unwrap();
-        let text = std::fs::read_to_string(path).unwrap();
-        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
-        let name = crd.metadata.name.clone().unwrap();
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            Err(error) => panic!("installing {name}: {error}"),
-        }
-        wait_established(&crds, &name, Instant::now() + Duration::from_secs(30)).await;
     }
 }
 
@@ -372,7 +333,7 @@ async fn ping_now(cluster: &Cluster, namespace: &str, name: &str) {
 async fn the_report_holds_every_control_with_its_result_and_follows_them() {
     let _scope = own_namespace().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let ns = cluster.namespace.clone();
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_control(
@@ -557,7 +518,7 @@ async fn the_report_holds_every_control_with_its_result_and_follows_them() {
 async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
     let _scope = own_namespace().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let ns = cluster.namespace.clone();
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
@@ -608,7 +569,7 @@ async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
 async fn off_by_default_no_report_is_written_or_read() {
     let _scope = own_namespace().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let ns = cluster.namespace.clone();
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
@@ -633,7 +594,7 @@ async fn off_by_default_no_report_is_written_or_read() {
 async fn only_the_lease_holder_writes_the_reports() {
     let _scope = own_namespace().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let ns = cluster.namespace.clone();
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
@@ -671,7 +632,7 @@ async fn only_the_lease_holder_writes_the_reports() {
 async fn with_the_charts_rbac_cluster_wide_each_namespace_gets_its_own_report() {
     let _scope = whole_server().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let (a, b) = (
         cluster.namespace.clone(),
         format!("{}-other", cluster.namespace),
@@ -764,7 +725,7 @@ async fn with_the_charts_rbac_cluster_wide_each_namespace_gets_its_own_report() 
 async fn without_the_reports_value_the_chart_grants_nothing_for_reports() {
     let _scope = own_namespace().await;
     let cluster = Cluster::start().await;
-    install_crds(&cluster).await;
+    support::upstream_crds::install(&cluster).await;
     let ns = cluster.namespace.clone();
     cluster.create_secret("token", &[("token", TOKEN)]).await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;

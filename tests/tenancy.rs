@@ -5,8 +5,8 @@
 //! a Role there, a real TokenRequest token) working through the real `kubectl`; a cluster
 //! admin annotates their Namespaces with the GitLab projects each may claim.
 //!
-//! Team B tries to take, block and read team A's control, through kubectl and through the
-//! endpoint; none succeeds, each refusal says why, and team A's checker keeps storing results
+//! Team B tries to take, block and read team A's control (its status, Secret, Events and
+//! compliance report), through kubectl and through the endpoint; none succeeds, each refusal says why, and team A's checker keeps storing results
 //! throughout. A namespace with no allowance is told so, and an admin's change to an allowance
 //! takes effect without a restart. Every request extctl made was allowed (no 403 at the proxy
 //! in front of the server).
@@ -209,6 +209,8 @@ async fn create_tenant_rbac(cluster: &Cluster, namespace: &str) {
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
              "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["openreports.io"], "resources": ["reports"],
+             "verbs": ["get", "list", "watch"]},
         ]
     }));
     let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
@@ -235,7 +237,13 @@ async fn wait_reason(
         (ready_reason(&control).as_deref() == Some(reason)).then_some(control)
     })
     .await;
-    found.unwrap_or_else(|| panic!("{namespace}/{name} never became {reason}"))
+    match found {
+        Some(control) => control,
+        None => {
+            let status = api.get(name).await.map(|c| c.status);
+            panic!("{namespace}/{name} never became {reason}: {status:?}")
+        }
+    }
 }
 
 fn ready_message(control: &ExternalControl) -> String {
@@ -275,6 +283,15 @@ async fn warnings(cluster: &Cluster, namespace: &str, name: &str, reason: &str) 
         .collect()
 }
 
+/// The team's compliance report, as its own user reads it with kubectl (None: none yet).
+async fn report(team: &Team) -> Option<Value> {
+    let args = ["get", "reports.openreports.io", "extctl", "-o", "json"];
+    let answer = team.kubectl(&args, "").await;
+    answer
+        .ok
+        .then(|| serde_json::from_str(&answer.stdout).unwrap())
+}
+
 async fn metrics(operator: &Operator) -> String {
     let answer = support::http_client()
         .get(&operator.metrics_url)
@@ -290,10 +307,11 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
     let a = Team::new(&cluster, "a", Some("4201, team-a/**")).await;
     let b = Team::new(&cluster, "b", Some("4202 team-b/**")).await;
     let c = Team::new(&cluster, "c", None).await;
+    support::upstream_crds::install(&cluster).await;
 
     let install = Chart::new(&cluster)
         .release_namespace(&format!("{}-system", cluster.namespace))
-        .values(json!({"tenancy": {"requireProjectAllowance": true}}))
+        .values(json!({"tenancy": {"requireProjectAllowance": true}, "reports": "openreports"}))
         .through_proxy()
         .install(&cluster)
         .await;
@@ -310,7 +328,21 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
     a_reports(&cluster, &operator, &a, "pass").await;
 
     // B claims A's project itself: the server accepts the object (B's namespace), extctl does
-    // not serve it and says why, with a Warning Event and in the metric.
+    // not serve it and says why, with a Warning Event and in the metric. (Created in a later
+    // second than A's: `creationTimestamp` has whole seconds, and within one the smaller uid
+    // would come first, which the last step relies on not happening.)
+    let sast: Api<ExternalControl> = Api::namespaced(cluster.client.clone(), &a.namespace);
+    let created = sast
+        .get("sast")
+        .await
+        .unwrap()
+        .metadata
+        .creation_timestamp
+        .unwrap()
+        .0;
+    let next_second = created + jiff::SignedDuration::from_secs(1);
+    let wait = next_second.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
     b.apply_control("impostor", A_PROJECT, "team-a/app", CONTROL_ID)
         .await;
     let impostor = wait_reason(&cluster, &b.namespace, "impostor", "ProjectNotAllowed").await;
@@ -379,7 +411,6 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
     let squat: Api<ExternalControl> = Api::namespaced(cluster.client.clone(), &b.namespace);
     let squat = squat.get("squat").await.unwrap().status.unwrap().status;
     assert_eq!(squat, Some(ControlStatus::Pass));
-    let sast: Api<ExternalControl> = Api::namespaced(cluster.client.clone(), &a.namespace);
     let kept = sast.get("sast").await.unwrap().status.unwrap().status;
     assert_eq!(
         kept,
@@ -396,6 +427,43 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
     b.forbidden(&["get", "secret", "sast-token", "-n", a_ns])
         .await;
     b.forbidden(&["get", "events", "-n", a_ns]).await;
+    b.forbidden(&["get", "reports.openreports.io", "-n", a_ns])
+        .await;
+    // Each team's report holds its own controls' results only: A's in A's, none of A's in B's.
+    let subjects = |report: &Value| -> Vec<String> {
+        let results = report["results"].as_array().cloned().unwrap_or_default();
+        let resources = results
+            .iter()
+            .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default());
+        resources
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["namespace"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let a_report = wait_for(Duration::from_secs(20), || async {
+        let found = report(&a).await?;
+        (subjects(&found) == [format!("{a_ns}/sast")]).then_some(found)
+    })
+    .await;
+    assert!(a_report.is_some(), "A's report: {:?}", report(&a).await);
+    let b_report = wait_for(Duration::from_secs(20), || async {
+        let found = report(&b).await?;
+        (subjects(&found).len() == 2).then_some(found)
+    })
+    .await
+    .unwrap_or_else(|| panic!("B's report: {:?}", subjects(&Value::Null)));
+    let b_subjects = subjects(&b_report);
+    assert!(
+        b_subjects
+            .iter()
+            .all(|s| s.starts_with(&format!("{}/", b.namespace))),
+        "{b_subjects:?}"
+    );
     b.forbidden(&[
         "patch",
         "externalcontrol",
@@ -471,6 +539,17 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
     )
     .await;
     assert_eq!(stored.code, 200, "{:?}", stored.body);
+
+    // Throughout, B's impostor stayed refused.
+    let api: Api<ExternalControl> = Api::namespaced(cluster.client.clone(), &b.namespace);
+    let impostor = api.get("impostor").await.unwrap();
+    assert_eq!(
+        ready_reason(&impostor).as_deref(),
+        Some("ProjectNotAllowed"),
+        "{:?}\n{}",
+        impostor.status,
+        operator.logs()
+    );
 
     // An admin's mistake allows B A's project too: A, which held it first, keeps it; B's
     // impostor is told the id is held, without learning by whom.

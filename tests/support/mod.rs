@@ -23,6 +23,7 @@ pub mod apiserver;
 pub mod chart_rbac;
 pub mod pytools;
 pub mod scrape;
+pub mod upstream_crds;
 pub mod versions;
 
 pub use apiserver::{ADMIN_TOKEN, Proxy, Server};

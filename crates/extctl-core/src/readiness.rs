@@ -302,6 +302,33 @@ mod tests {
     }
 
     #[test]
+    fn the_holder_does_not_depend_on_the_order_claimants_come_in() {
+        let at = |name: &str, namespace: &str, created: i64, uid: &str, id: i64, path: &str| {
+            let mut control = claimant(namespace, name, Some(created), uid);
+            control.spec.project_id = id;
+            control.spec.project_path = Some(path.into());
+            control
+        };
+        // Another project's claim of the id, then the holder, in one second or two; the
+        // newcomer later.
+        for (squat_at, holder_at) in [(0, 0), (0, 1), (1, 0)] {
+            for (squat_uid, holder_uid) in [("u-1", "u-2"), ("u-2", "u-1")] {
+                let squat = at("squat", "b", squat_at, squat_uid, 43, "team-b/app");
+                let holder = at("sast", "a", holder_at, holder_uid, 42, "team-a/app");
+                let newcomer = at("impostor", "b", 10, "u-0", 42, "team-a/app");
+                let all = [&squat, &holder, &newcomer];
+                for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+                    let claimants = order.map(|i| all[i]);
+                    let readiness = |c| Readiness::among(c, None, Ok(()), claimants);
+                    assert_eq!(readiness(&newcomer).reason(), "ControlIdTaken", "{order:?}");
+                    assert_ne!(readiness(&holder).reason(), "ControlIdTaken", "{order:?}");
+                    assert_ne!(readiness(&squat).reason(), "ControlIdTaken", "{order:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_path_is_a_project_too_and_only_served_claimants_hold() {
         let spec = |id: i64, path: Option<&str>| {
             let mut spec = control().spec;
