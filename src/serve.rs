@@ -50,6 +50,9 @@ pub async fn serve(
             }
         });
     }
+    // Closed now, not when the drain ends: a connection made meanwhile is refused at once
+    // (and retried elsewhere) rather than left in the backlog until the process exits.
+    drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

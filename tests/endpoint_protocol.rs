@@ -169,6 +169,7 @@ async fn env_with(kind: Kind, address: Address, args: &[&str]) -> Env {
             let install = Chart::new(&cluster)
                 .release_namespace(&format!("{}-system", cluster.namespace))
                 .values(values)
+                .through_proxy()
                 .install(&cluster)
                 .await;
             install.start(args).await
@@ -193,16 +194,22 @@ async fn env_with(kind: Kind, address: Address, args: &[&str]) -> Env {
 }
 
 impl Drop for Env {
-    /// With the chart's RBAC, a test that passed must also have had nothing forbidden.
+    /// With the chart's RBAC, a test that passed must also have had nothing forbidden: no
+    /// request extctl made was refused with 403 (counted at the proxy it talks through).
     fn drop(&mut self) {
         if !self.as_chart || std::thread::panicking() {
             return;
         }
-        if let Backend::Run { operator, .. } = &self.backend {
-            let logs = operator.logs();
-            let forbidden: Vec<&str> = logs
-                .lines()
-                .filter(|line| line.to_ascii_lowercase().contains("forbidden"))
+        if let Backend::Run { cluster, .. } = &self.backend {
+            let requests = cluster.proxy.requests();
+            assert!(
+                !requests.is_empty(),
+                "extctl's requests went through the proxy"
+            );
+            let forbidden: Vec<String> = requests
+                .iter()
+                .filter(|r| r.code == 403)
+                .map(|r| format!("{} {}", r.method, r.path))
                 .collect();
             assert!(
                 forbidden.is_empty(),
@@ -355,6 +362,7 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind, addr
     env.assert_stored(ControlStatus::Pending, "a new control is pending")
         .await;
 
+    // Each case stores another status than the one before it: what it stores is its own doing.
     let cases: [(&str, &[&str], ControlStatus); 7] = [
         (
             "PATCH with JSON body",
@@ -377,14 +385,14 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind, addr
             ControlStatus::Fail,
         ),
         (
-            "extra query string is not signed",
-            &["--status", "pass", "--query", "ref=main"],
-            ControlStatus::Pass,
-        ),
-        (
             "not_applicable (newer GitLab), JSON body",
             &["--status", "not_applicable"],
             ControlStatus::NotApplicable,
+        ),
+        (
+            "extra query string is not signed",
+            &["--status", "pass", "--query", "ref=main"],
+            ControlStatus::Pass,
         ),
         (
             "not_applicable as a form body",
@@ -406,6 +414,11 @@ async fn accepted_calls_store_the_status_and_answer_like_gitlab(kind: Kind, addr
         Address::Id => &[],
     };
     for (case, knobs, expected) in cases.iter().chain(path_cases).copied() {
+        assert_ne!(
+            env.stored_status().await,
+            expected,
+            "{case}: already stored before the call, which would prove nothing"
+        );
         let answer = env.call(knobs).await;
         assert_eq!(answer.code, 200, "{case}: {:?}", answer.body);
         assert_eq!(
@@ -763,14 +776,74 @@ async fn a_write_the_api_server_refuses_is_reported_not_stored() {
         .await;
 }
 
+/// On SIGTERM the endpoint stops accepting connections, answers the request in flight, and
+/// exits 0; `extctl run` gives its Lease up.
 async fn stops_cleanly_on_sigterm(kind: Kind, address: Address) {
-    let env = env(kind, address).await;
-    let mut env = env;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = env(kind, address).await;
+    let address = env.url().trim_start_matches("http://").to_owned();
+    // In flight: its head and half its body sent.
+    let body = r#"{"status":"pass"}"#;
+    let head = format!(
+        "PATCH /api/v4/projects/42/compliance_external_controls/{}/status HTTP/1.1\r\n\
+         Host: extctl\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        env.control,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..8]).await.unwrap();
+    match &env.backend {
+        Backend::Run { operator, .. } => operator.send_sigterm(),
+        Backend::Dev(dev) => dev.send_sigterm(),
+    }
+    // The listener is closed: the shutdown has begun, with the request still in flight.
+    let closed = wait_for(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(&address)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "still accepting connections after SIGTERM"
+    );
+    stream.write_all(&body.as_bytes()[8..]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    read.await.expect("answered within 10 s").unwrap();
+    let answer = support::parse_raw_answer(&answer).expect("a whole HTTP answer");
+    // No signature headers: refused, but answered in full.
+    assert_eq!(
+        answer.error(),
+        (401, "Missing required headers".to_owned()),
+        "the request in flight"
+    );
     let status = match &mut env.backend {
-        Backend::Run { operator, .. } => operator.sigterm().await,
-        Backend::Dev(dev) => dev.sigterm().await,
+        Backend::Run { operator, .. } => operator.wait_exit().await,
+        Backend::Dev(dev) => dev.wait_exit().await,
     };
     assert!(status.success(), "exit status {status:?}");
+    if let Backend::Run { cluster, .. } = &env.backend {
+        // In the served namespace, or the chart's release namespace.
+        let mut leases = Vec::new();
+        for namespace in [
+            cluster.namespace.clone(),
+            format!("{}-system", cluster.namespace),
+        ] {
+            let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+                kube::Api::namespaced(cluster.client.clone(), &namespace);
+            leases.extend(api.list(&Default::default()).await.unwrap().items);
+        }
+        assert_eq!(leases.len(), 1, "the one Lease taken: {leases:?}");
+        let holder = leases[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone());
+        assert_eq!(holder, None, "the Lease given up");
+    }
 }
 
 async fn a_client_that_never_finishes_its_body_times_out(kind: Kind, address: Address) {

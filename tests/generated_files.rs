@@ -255,3 +255,106 @@ fn every_link_between_the_docs_leads_somewhere() {
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+/// Every field of the CRD's schema is in docs/resource.md's tables: as `path` (`notify[].url`),
+/// or in the row of its top-level field (`lastPing`) with each part below as `part`. The conditions' own fields are
+/// Kubernetes' `metav1.Condition`.
+#[test]
+fn docs_resource_documents_every_field_of_the_crd() {
+    let crd: serde_json::Value =
+        serde_norway::from_str(&committed("crds/externalcontrols.extctl.dev.yaml")).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    fn leaves(node: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let Some(items) = node.get("items").filter(|_| node["type"] == "array") {
+            return leaves(items, &format!("{path}[]"), out);
+        }
+        match node.get("properties").and_then(|p| p.as_object()) {
+            Some(properties) => {
+                for (name, child) in properties {
+                    let at = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    leaves(child, &at, out);
+                }
+            }
+            None => out.push(path.to_owned()),
+        }
+    }
+    let page = committed("docs/resource.md");
+    let rows: Vec<&str> = page.lines().filter(|l| l.starts_with("| `")).collect();
+    let mut missing = Vec::new();
+    for part in ["spec", "status"] {
+        let mut fields = Vec::new();
+        leaves(&schema[part], "", &mut fields);
+        assert!(fields.len() > 10, "{part}: {fields:?}");
+        for field in fields.iter().filter(|f| !f.starts_with("conditions[]")) {
+            let field = field.trim_end_matches("[]");
+            let whole = format!("`{field}`");
+            let parts: Vec<String> = field.split('.').map(|p| p.replace("[]", "")).collect();
+            let top = format!("| `{}`", parts[0]);
+            let documented = rows.iter().any(|row| {
+                row.contains(&whole)
+                    || (row.starts_with(&top)
+                        && parts[1..].iter().all(|p| row.contains(&format!("`{p}`"))))
+            });
+            if !documented {
+                missing.push(format!("{part}.{field}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/resource.md does not document {missing:?}"
+    );
+}
+
+/// The release workflow publishes the image the chart pulls, for amd64 and arm64, at the
+/// chart's appVersion, and the chart as an OCI artifact.
+#[test]
+fn the_release_workflow_publishes_what_the_chart_installs() {
+    let workflow: serde_json::Value =
+        serde_norway::from_str(&committed(".github/workflows/release.yml")).unwrap();
+    let values: serde_json::Value =
+        serde_norway::from_str(&committed("charts/extctl/values.yaml")).unwrap();
+    let chart: serde_json::Value =
+        serde_norway::from_str(&committed("charts/extctl/Chart.yaml")).unwrap();
+    assert_eq!(
+        chart["version"], chart["appVersion"],
+        "one tag names both the image and the chart"
+    );
+    let steps: Vec<&serde_json::Value> = workflow["jobs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|job| job["steps"].as_array().unwrap())
+        .collect();
+    let build = steps
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
+        })
+        .expect("an image build");
+    let platforms = build["with"]["platforms"].as_str().unwrap();
+    assert_eq!(platforms, "linux/amd64,linux/arm64");
+    assert_eq!(build["with"]["push"], true);
+    let repository = values["image"]["repository"].as_str().unwrap();
+    assert_eq!(
+        build["with"]["tags"],
+        format!("{repository}:${{{{ env.VERSION }}}}"),
+        "the image is pushed where the chart pulls it, tagged with the version"
+    );
+    let chart_push = steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .find(|run| run.contains("helm push"))
+        .expect("the chart is pushed");
+    assert!(
+        chart_push.contains("oci://ghcr.io/extctl/charts"),
+        "{chart_push}"
+    );
+    assert!(workflow["on"]["push"]["tags"][0] == "v*");
+}

@@ -10,14 +10,19 @@ use std::time::Duration;
 use extctl_core::crd::{ControlStatus, ExternalControl, REQUESTED_AT_ANNOTATION};
 use kube::ResourceExt;
 use serde_json::json;
+use support::chart_rbac::namespaced_user;
 use support::{Cluster, Operator, PingReceiver, TOKEN};
 
 /// `extctl ping ARGS` with the cluster's kubeconfig (through the proxy, as the admin).
 async fn extctl_ping(cluster: &Cluster, args: &[&str]) -> Output {
+    extctl_ping_as(&cluster.kubeconfig, args).await
+}
+
+async fn extctl_ping_as(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_extctl"))
         .arg("ping")
         .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .output()
         .await
@@ -164,4 +169,43 @@ async fn extctl_ping_says_what_went_wrong() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("must be at least 1s"), "{stderr}");
+}
+
+/// docs/gating.md: `extctl ping --wait` needs `patch`, `list` and `watch` on externalcontrols in
+/// the control's namespace, nothing more; without `watch` it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extctl_ping_wait_needs_patch_list_and_watch_on_the_control_only() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_secret("sast-token", &[("token", TOKEN)])
+        .await;
+    cluster.create_control("sast", 42, 7, "sast-token").await;
+    let operator = Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    let rule = |verbs: &[&str]| {
+        json!([{"apiGroups": ["extctl.dev"], "resources": ["externalcontrols"],
+                            "verbs": verbs}])
+    };
+    let ns = cluster.namespace.clone();
+    let pinger = namespaced_user(&cluster, &ns, "pinger", rule(&["patch", "list", "watch"])).await;
+    let output = extctl_ping_as(&pinger, &["sast", "--wait", "20s"]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}\n{}", operator.logs());
+    assert!(
+        stdout.contains(&format!("{ns}/sast: reset to pending")),
+        "{stdout}"
+    );
+
+    let patcher = namespaced_user(&cluster, &ns, "patcher", rule(&["patch"])).await;
+    let output = extctl_ping_as(&patcher, &["sast", "--wait", "20s"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot be watched (needs list and watch on externalcontrols)")
+            && stderr.contains("forbidden"),
+        "{stderr}"
+    );
 }

@@ -20,12 +20,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use extctl_core::crd::{ControlStatus, ExternalControl};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::chart_rbac::Chart;
+use support::chart_rbac::{Chart, namespaced_user};
 use support::{Cluster, Operator, pytools, ready_reason, wait_for};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -55,9 +54,10 @@ struct Answered {
 }
 
 impl Team {
-    /// The namespace (annotated by the admin with `allowance`, when given), the user's
-    /// ServiceAccount, Role and RoleBinding there, and a kubeconfig with a token of that
-    /// ServiceAccount only.
+    /// The namespace (annotated by the admin with `allowance`, when given) and its user
+    /// ([`namespaced_user`]: a ServiceAccount, Role and RoleBinding there, a kubeconfig with a
+    /// TokenRequest token of that ServiceAccount only; kubectl sends a token only over TLS, so
+    /// straight to the server).
     async fn new(cluster: &Cluster, suffix: &str, allowance: Option<&str>) -> Self {
         let namespace = format!("{}-{suffix}", cluster.namespace);
         let mut object = json!({"metadata": {"name": namespace}});
@@ -69,55 +69,19 @@ impl Team {
             .create(&PostParams::default(), &from(object))
             .await
             .unwrap();
-        create_tenant_rbac(cluster, &namespace).await;
-        let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &namespace);
-        let request = k8s_openapi::api::authentication::v1::TokenRequest {
-            spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let token = accounts
-            .create_token_request("tenant", &PostParams::default(), &request)
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .token;
+        let kubeconfig = namespaced_user(cluster, &namespace, "tenant", tenant_rules()).await;
         let home = tempfile::tempdir().unwrap();
-        let kubeconfig = home.path().join("kubeconfig");
-        let server = Cluster::server().await;
-        // kubectl sends a token only over TLS: straight to the server, with its CA.
-        std::fs::write(
-            &kubeconfig,
-            server.kubeconfig(&server.url, &token, &namespace),
-        )
-        .unwrap();
         let kubectl = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
             .await
             .unwrap();
         let token_file = cluster.token_file(&format!("{suffix}-signing-token"), &signing(suffix));
-        let team = Self {
+        Self {
             namespace,
             kubectl,
             kubeconfig,
             home,
             token_file,
-        };
-        // The Role reaches the server's authoriser shortly after it is created.
-        let can = wait_for(Duration::from_secs(20), || async {
-            let answer = team
-                .kubectl(
-                    &["auth", "can-i", "create", "externalcontrols.extctl.dev"],
-                    "",
-                )
-                .await;
-            (answer.stdout.trim() == "yes").then_some(())
-        })
-        .await;
-        assert!(can.is_some(), "{}'s Role never took effect", team.namespace);
-        team
+        }
     }
 
     async fn kubectl(&self, args: &[&str], stdin: &str) -> Answered {
@@ -191,37 +155,19 @@ fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
 }
 
 /// What a team's user may do, in its own namespace only: its controls and their Secrets, read
-/// the controls' status and the Events.
-async fn create_tenant_rbac(cluster: &Cluster, namespace: &str) {
-    let client = cluster.client.clone();
-    let post = PostParams::default();
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let account = from(json!({"metadata": {"name": "tenant"}}));
-    accounts.create(&post, &account).await.unwrap();
-    let role = from(json!({
-        "metadata": {"name": "tenant"},
-        "rules": [
-            {"apiGroups": ["extctl.dev"], "resources": ["externalcontrols"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": ["extctl.dev"], "resources": ["externalcontrols/status"],
-             "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["secrets"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
-             "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["openreports.io"], "resources": ["reports"],
-             "verbs": ["get", "list", "watch"]},
-        ]
-    }));
-    let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
-    roles.create(&post, &role).await.unwrap();
-    let binding = from(json!({
-        "metadata": {"name": "tenant"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": namespace}],
-    }));
-    let bindings: Api<RoleBinding> = Api::namespaced(client, namespace);
-    bindings.create(&post, &binding).await.unwrap();
+/// the controls' status, the Events and the compliance report.
+fn tenant_rules() -> Value {
+    json!([
+        {"apiGroups": ["extctl.dev"], "resources": ["externalcontrols"],
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        {"apiGroups": ["extctl.dev"], "resources": ["externalcontrols/status"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["openreports.io"], "resources": ["reports"],
+         "verbs": ["get", "list", "watch"]},
+    ])
 }
 
 /// Waits until control `namespace/name`'s `Ready` condition has `reason`; returns the control.

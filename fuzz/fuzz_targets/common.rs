@@ -23,7 +23,7 @@ use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::{NONCE_HEADER, Rejection, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use extctl_core::readiness::holder_rank;
 use extctl_core::report::Report;
-use extctl_core::tokens::SigningTokens;
+use extctl_core::tokens::{NoTokens, SigningTokens};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -94,8 +94,10 @@ fn row(control: &ExternalControl) -> &'static Row {
         .expect("a control of the table")
 }
 
-fn tokens_of(list: &[&str]) -> Result<SigningTokens, String> {
-    let (current, previous) = list.split_first().ok_or("no token")?;
+fn tokens_of(list: &[&str]) -> Result<SigningTokens, NoTokens> {
+    let (current, previous) = list.split_first().ok_or_else(|| NoTokens::SecretNotFound {
+        secret: "token".into(),
+    })?;
     let mut data = BTreeMap::new();
     data.insert(
         "token".to_owned(),
@@ -105,7 +107,10 @@ fn tokens_of(list: &[&str]) -> Result<SigningTokens, String> {
         let previous = k8s_openapi::ByteString(previous.as_bytes().to_vec());
         data.insert(extctl_core::crd::PREVIOUS_TOKEN_KEY.to_owned(), previous);
     }
-    SigningTokens::from_secret_data(&data, "token").map_err(|problem| problem.to_string())
+    SigningTokens::from_secret_data(&data, "token").map_err(|problem| NoTokens::Unusable {
+        secret: "token".into(),
+        problem,
+    })
 }
 
 impl EndpointStore for Registry {
@@ -125,7 +130,7 @@ impl EndpointStore for Registry {
         &self,
         control: &ExternalControl,
         freshness: Freshness,
-    ) -> Result<SigningTokens, String> {
+    ) -> Result<SigningTokens, NoTokens> {
         let row = row(control);
         tokens_of(if freshness == Freshness::Kept {
             row.kept

@@ -31,14 +31,14 @@ use extctl_core::history::HistoryPolicy;
 use extctl_core::index::{ControlIndex, Entry};
 use extctl_core::key::ObjectKey;
 use extctl_core::nonces::NonceSet;
-use extctl_core::ports::{ControlStore, Journal};
+use extctl_core::ports::{ControlStore, Journal, SecretReadError};
 use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::Rejection;
 use extctl_core::readiness::Readiness;
 use extctl_core::report::{Report, current_status, record_result};
 use extctl_core::schedule::to_microsecond;
 use extctl_core::sync::lock;
-use extctl_core::tokens::SigningTokens;
+use extctl_core::tokens::{NoTokens, SigningTokens};
 
 /// A cheap handle; clones share the same state.
 #[derive(Clone)]
@@ -78,7 +78,7 @@ struct Cell {
     revision: u64,
     nonces: NonceSet,
     readiness: Readiness,
-    tokens: Result<SigningTokens, String>,
+    tokens: Result<SigningTokens, NoTokens>,
 }
 
 impl Cell {
@@ -255,7 +255,7 @@ impl EndpointStore for MemoryStore {
         &self,
         control: &ExternalControl,
         _: Freshness,
-    ) -> Result<SigningTokens, String> {
+    ) -> Result<SigningTokens, NoTokens> {
         // Secrets in memory do not change.
         self.signing_tokens(control).await
     }
@@ -330,10 +330,10 @@ impl ControlStore for MemoryStore {
         Ok(cell.readiness.clone())
     }
 
-    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, NoTokens> {
         match self.cell(control) {
             Some(cell) => cell.tokens.clone(),
-            None => Err(format!("{} is gone", ObjectKey::of(control))),
+            None => Err(NoTokens::ControlGone(ObjectKey::of(control).to_string())),
         }
     }
 
@@ -391,7 +391,7 @@ impl ControlStore for MemoryStore {
         &self,
         control: &ExternalControl,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
+    ) -> Result<Option<BTreeMap<String, ByteString>>, SecretReadError> {
         let key = ObjectKey::new(control.namespace().unwrap_or_default(), name);
         Ok(self
             .secrets

@@ -25,10 +25,10 @@ use extctl_core::crd::{
 };
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::ControlStore;
-use extctl_core::ports::Freshness;
+use extctl_core::ports::{Freshness, SecretReadError};
 use extctl_core::readiness::Readiness;
 use extctl_core::reconciler::{Reconciler, duration_until};
-use extctl_core::tokens::SigningTokens;
+use extctl_core::tokens::{NoTokens, SigningTokens};
 
 pub type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
 
@@ -130,7 +130,7 @@ impl ControlStore for KubeControlStore {
         ))
     }
 
-    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, String> {
+    async fn signing_tokens(&self, control: &ExternalControl) -> Result<SigningTokens, NoTokens> {
         self.reflectors.tokens(control, Freshness::Kept).await
     }
 
@@ -194,11 +194,14 @@ impl ControlStore for KubeControlStore {
         &self,
         control: &ExternalControl,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, ByteString>>, String> {
+    ) -> Result<Option<BTreeMap<String, ByteString>>, SecretReadError> {
         let key = ObjectKey::new(control.namespace().unwrap_or_default(), name);
         match self.reflectors.secrets.get(&key, Freshness::Kept).await {
             Ok(secret) => Ok(secret.map(|s| s.data.clone().unwrap_or_default())),
-            Err(error) => Err(format!("reading Secret {name:?} failed: {error}")),
+            Err(error) => Err(SecretReadError {
+                secret: name.to_owned(),
+                reason: error.to_string(),
+            }),
         }
     }
 

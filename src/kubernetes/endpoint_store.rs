@@ -18,7 +18,7 @@ use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::Rejection;
 use extctl_core::readiness::holder_rank;
 use extctl_core::report::{self, Report, ReportUpdate};
-use extctl_core::tokens::SigningTokens;
+use extctl_core::tokens::{NoTokens, SigningTokens};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
 /// means another write succeeded, so this bounds contention, not progress.
@@ -80,7 +80,7 @@ impl EndpointStore for KubeEndpointStore {
         &self,
         control: &ExternalControl,
         freshness: Freshness,
-    ) -> Result<SigningTokens, String> {
+    ) -> Result<SigningTokens, NoTokens> {
         self.reflectors.tokens(control, freshness).await
     }
 

@@ -21,7 +21,6 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
 
 use crate::endpoint::{self, EndpointConfig};
@@ -36,7 +35,7 @@ use extctl_core::destinations::Rule;
 use extctl_core::history::HistoryPolicy;
 use extctl_core::reconciler::Reconciler;
 use lease::{Elector, Leadership, LeaseSettings};
-use watch::{Reflectors, Scope, Triggers};
+use watch::Scope;
 
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]
@@ -89,7 +88,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         client.clone(),
         &settings.scope,
         settings.require_project_allowance,
-        triggers.clone(),
+        triggers,
         settings.secret_ttl,
         metrics.clone(),
     );
@@ -140,11 +139,6 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         None => (Leadership::Always, None),
     };
     metrics.set_leader(leadership.is_leader());
-    tokio::spawn(reconcile_all_when_leading(
-        leadership.clone(),
-        reflectors.clone(),
-        triggers,
-    ));
     if let Some(flavor) = settings.reports {
         let writer = policy_reports::PolicyReportWriter::new(
             client.clone(),
@@ -167,7 +161,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let store = KubeControlStore {
         client,
         reflectors: reflectors.clone(),
-        leadership,
+        leadership: leadership.clone(),
     };
     let context = Arc::new(Reconciler::new(
         store,
@@ -181,6 +175,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let reconciler = Controller::for_shared_stream(watches.control_events, reflectors.controls)
         .with_config(config)
         .reconcile_on(triggered)
+        .reconcile_all_on(leadership_gained(leadership))
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -219,23 +214,15 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// While not leading, reconciles do nothing (see [`controller::reconcile`]); on becoming leader
-/// every control is looked at, so no reset waits for a change to its object.
-async fn reconcile_all_when_leading(
-    mut leadership: Leadership,
-    reflectors: Reflectors,
-    triggers: Triggers,
-) {
-    loop {
-        leadership.gained().await;
-        for control in reflectors.controls.state() {
-            if triggers
-                .unbounded_send(ObjectRef::from_obj(control.as_ref()))
-                .is_err()
-            {
-                return;
-            }
+/// Each time this replica becomes leader (at once without election): while not leading,
+/// reconciles do nothing (see [`controller::reconcile`]), so every control is looked at then, and
+/// no reset waits for a change to its object.
+fn leadership_gained(leadership: Leadership) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((leadership, true), |(mut leadership, first)| async move {
+        if !first {
+            leadership.lost().await;
         }
-        leadership.lost().await;
-    }
+        leadership.gained().await;
+        Some(((), (leadership, false)))
+    })
 }

@@ -1,7 +1,7 @@
 //! `extctl ping NAME`: asks the operator for a re-check of one control now, by setting its
 //! `extctl.dev/requestedAt` annotation (the reconciler resets it to `pending` and pings the
-//! checker, and records the value in `status.lastHandledRequestedAt`), and with `--wait` waits
-//! until a replica has acted on it.
+//! checker, and records the value in `status.lastHandledRequestedAt`), and with `--wait` watches
+//! the control (kube-runtime's `await_condition`) until a replica has acted on it.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::wait::await_condition;
 use serde_json::json;
 
 use extctl_core::crd::{ExternalControl, REQUESTED_AT_ANNOTATION};
@@ -46,9 +47,25 @@ pub async fn request(request: &RecheckRequest) -> anyhow::Result<String> {
     let Some(wait) = request.wait else {
         return Ok(format!("{requested}\n"));
     };
-    let handled = tokio::time::timeout(wait, handled(&api, &request.name, &value)).await;
-    match handled {
-        Ok(status) => Ok(format!("{requested}\n{shown}: reset to {}\n", status?)),
+    // The watch lists first: a value handled before it started is seen too. A deleted control
+    // ends the wait as well.
+    let condition = {
+        let value = value.clone();
+        move |control: Option<&ExternalControl>| {
+            control.is_none_or(|control| handled_value(control) == Some(value.as_str()))
+        }
+    };
+    let watched = await_condition(api, &request.name, condition);
+    match tokio::time::timeout(wait, watched).await {
+        Ok(Ok(Some(control))) => {
+            let status = control.status.and_then(|s| s.status);
+            let status = status.map_or("pending".to_owned(), |s| s.to_string());
+            Ok(format!("{requested}\n{shown}: reset to {status}\n"))
+        }
+        Ok(Ok(None)) => bail!("{requested}, but ExternalControl {shown} was deleted meanwhile"),
+        Ok(Err(error)) => Err(error).with_context(|| {
+            format!("{requested}, but ExternalControl {shown} cannot be watched (needs list and watch on externalcontrols)")
+        }),
         Err(_) => bail!(
             "{requested}, but no extctl replica acted on it within {wait:?}: is the operator \
              running and serving namespace {namespace}?"
@@ -56,16 +73,11 @@ pub async fn request(request: &RecheckRequest) -> anyhow::Result<String> {
     }
 }
 
-/// Polls until `status.lastHandledRequestedAt` is `value`; returns the status then.
-async fn handled(api: &Api<ExternalControl>, name: &str, value: &str) -> anyhow::Result<String> {
-    loop {
-        let control = api.get_status(name).await.context("reading the control")?;
-        let status = control.status.unwrap_or_default();
-        if status.last_handled_requested_at.as_deref() == Some(value) {
-            return Ok(status
-                .status
-                .map_or("pending".to_owned(), |s| s.to_string()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The `extctl.dev/requestedAt` value the operator last acted on.
+fn handled_value(control: &ExternalControl) -> Option<&str> {
+    control
+        .status
+        .as_ref()?
+        .last_handled_requested_at
+        .as_deref()
 }

@@ -28,7 +28,7 @@ use extctl_core::ports::Freshness;
 use extctl_core::readiness::READY;
 use extctl_core::report::current_status;
 use extctl_core::sync::{read, write};
-use extctl_core::tokens::SigningTokens;
+use extctl_core::tokens::{NoTokens, SigningTokens};
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
 #[derive(Debug, Clone)]
@@ -80,11 +80,11 @@ impl Reflectors {
         &self,
         control: &ExternalControl,
         freshness: Freshness,
-    ) -> Result<SigningTokens, String> {
+    ) -> Result<SigningTokens, NoTokens> {
         let secret = self
             .secret_of(control, freshness)
             .await
-            .map_err(|error| format!("the Secret cannot be read: {error}"))?;
+            .map_err(|error| NoTokens::Unreadable(error.to_string()))?;
         SigningTokens::for_control(control, secret.as_deref())
     }
 

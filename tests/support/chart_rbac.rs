@@ -650,3 +650,46 @@ fn env_flags() -> &'static BTreeMap<String, String> {
         flags
     })
 }
+
+/// A user with `rules` in `namespace` only, as a team's user on a shared cluster: a
+/// ServiceAccount `name` there, a Role and a RoleBinding of that name, and a kubeconfig holding
+/// a TokenRequest token of the ServiceAccount (straight to the server, over TLS, `namespace`
+/// as the default). Returns once the server's authoriser grants every verb of every rule.
+pub async fn namespaced_user(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    rules: Value,
+) -> PathBuf {
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace}});
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace}, "rules": rules});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]});
+    for object in [&account, &role, &binding] {
+        create(cluster, object).await;
+    }
+    let user = format!("system:serviceaccount:{namespace}:{name}");
+    let groups = vec![
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{namespace}"),
+        "system:authenticated".to_owned(),
+    ];
+    let granted = Access::granted(&role, None, namespace);
+    wait_authorised(cluster, &user, &groups, &granted, None).await;
+    let token = service_account_token(cluster, namespace, name).await;
+    let server = Cluster::server().await;
+    let kubeconfig = cluster
+        .dir
+        .path()
+        .join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(
+        &kubeconfig,
+        server.kubeconfig(&server.url, &token, namespace),
+    )
+    .expect("writing the user's kubeconfig");
+    kubeconfig
+}

@@ -346,6 +346,15 @@ impl Operator {
     pub async fn sigterm(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child).await
     }
+
+    /// SIGTERM, without waiting; [`Self::wait_exit`] then waits.
+    pub fn send_sigterm(&self) {
+        send_term(&self.child);
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_exit(&mut self.child).await
+    }
 }
 
 /// A field of extctl's start-up line, in text (`listen=ADDR`) or JSON log format.
@@ -561,6 +570,15 @@ impl Dev {
     pub async fn sigterm(&mut self) -> std::process::ExitStatus {
         terminate(&mut self.child).await
     }
+
+    /// SIGTERM, without waiting; [`Self::wait_exit`] then waits.
+    pub fn send_sigterm(&self) {
+        send_term(&self.child);
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_exit(&mut self.child).await
+    }
 }
 
 async fn collect_json_lines(stdout: tokio::process::ChildStdout, lines: Arc<Mutex<Vec<Value>>>) {
@@ -572,14 +590,24 @@ async fn collect_json_lines(stdout: tokio::process::ChildStdout, lines: Arc<Mute
     }
 }
 
-/// Stops a process the way Kubernetes stops a pod (SIGTERM) and waits up to 15 s for it.
-async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+/// Sends SIGTERM, as Kubernetes does to stop a pod, without waiting.
+fn send_term(child: &Child) {
     let pid = child.id().expect("running") as i32;
     std::process::Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
         .status()
         .unwrap();
+}
+
+/// Stops a process the way Kubernetes stops a pod (SIGTERM) and waits up to 15 s for it.
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    send_term(child);
+    wait_exit(child).await
+}
+
+/// Waits up to 15 s for a process sent SIGTERM to exit.
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("extctl stops within 15 s of SIGTERM")

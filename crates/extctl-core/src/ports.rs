@@ -25,7 +25,7 @@ use crate::crd::{
 use crate::protocol::Rejection;
 use crate::readiness::Readiness;
 use crate::report::Report;
-use crate::tokens::SigningTokens;
+use crate::tokens::{NoTokens, SigningTokens};
 
 /// How fresh the copy of a control's Secret must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,14 @@ impl Recorded {
     }
 }
 
+/// A Secret the store could not read, with the store's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reading Secret {secret:?} failed: {reason}")]
+pub struct SecretReadError {
+    pub secret: String,
+    pub reason: String,
+}
+
 /// What the endpoint needs from wherever controls live.
 pub trait EndpointStore: Send + Sync + 'static {
     /// Whether controls and Secrets have been loaded, so lookups can be trusted.
@@ -67,7 +75,7 @@ pub trait EndpointStore: Send + Sync + 'static {
         &self,
         control: &ExternalControl,
         freshness: Freshness,
-    ) -> impl Future<Output = Result<SigningTokens, String>> + Send;
+    ) -> impl Future<Output = Result<SigningTokens, NoTokens>> + Send;
 
     /// Stores a verified report, atomically with its nonce: a nonce already recorded by anyone
     /// (any replica) yields `InvalidNonce`. Returns only once the store has accepted the write.
@@ -132,7 +140,7 @@ pub trait ControlStore: Send + Sync + 'static {
     fn signing_tokens(
         &self,
         control: &ExternalControl,
-    ) -> impl Future<Output = Result<SigningTokens, String>> + Send;
+    ) -> impl Future<Output = Result<SigningTokens, NoTokens>> + Send;
 
     /// How soon a control that is not ready is looked at again, when the store does not tell
     /// of every change to Secrets (`None`: it does).
@@ -161,7 +169,7 @@ pub trait ControlStore: Send + Sync + 'static {
         &self,
         control: &ExternalControl,
         name: &str,
-    ) -> impl Future<Output = Result<Option<BTreeMap<String, ByteString>>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, ByteString>>, SecretReadError>> + Send;
 
     /// Replaces `status.notifications[index]` with `entry`, if it still is the entry for
     /// `entry.name` with the cursor `since`; `Ok(false)` when it is not (another sender moved
@@ -195,9 +203,9 @@ pub struct Outcome {
 
 impl Outcome {
     /// Not sent at all, for `why`.
-    pub fn not_sent(why: String) -> Self {
+    pub fn not_sent(why: impl std::fmt::Display) -> Self {
         Self {
-            answer: Err(why),
+            answer: Err(why.to_string()),
             attempts: 0,
         }
     }

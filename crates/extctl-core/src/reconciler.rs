@@ -30,6 +30,7 @@ use crate::notify;
 use crate::ping::{self, PingSubject};
 use crate::ports::{
     ControlStore, DeliveryResult, Journal, Notifier, Outcome, PingResult, Post, Recorder,
+    SecretReadError,
 };
 use crate::readiness::{READY, Readiness};
 use crate::report::current_status;
@@ -291,7 +292,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                 PingOutcome {
                     time: MicroTime(reset_at),
                     http_status: None,
-                    error: Some(why),
+                    error: Some(why.to_string()),
                     attempts: Some(0),
                 }
             }
@@ -355,7 +356,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         &self,
         control: &ExternalControl,
         reference: Option<&CaBundleRef>,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, Unsendable> {
         let Some(reference) = reference else {
             return Ok(None);
         };
@@ -365,10 +366,10 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             .await?;
         match data.get(&reference.key) {
             Some(pem) if !pem.0.is_empty() => Ok(Some(pem.0.clone())),
-            _ => Err(format!(
-                "CA bundle Secret {name:?}: key {:?} is missing or empty",
-                reference.key
-            )),
+            _ => Err(Unsendable::NoCaBundle {
+                secret: name.clone(),
+                key: reference.key.clone(),
+            }),
         }
     }
 
@@ -438,7 +439,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                 Err(why) => {
                     let note = format!("Not notifying {} ({shown}): {why}", target.name);
                     self.journal.warning(control, "NotificationSkipped", note);
-                    (DeliveryResult::Skipped, 0, Err(why))
+                    (DeliveryResult::Skipped, 0, Err(why.to_string()))
                 }
                 Ok(sent) => {
                     let result = match &sent.answer {
@@ -480,7 +481,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         target: &NotifyTarget,
         change: &StatusChangeRecord,
         webhook_id: &str,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, Unsendable> {
         let (tokens, ca_bundle) = self.prepare(control, target).await?;
         let namespace = control.namespace().unwrap_or_default();
         let name = control.name_any();
@@ -516,12 +517,15 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         &self,
         control: &ExternalControl,
         name: &str,
-        what: &str,
-    ) -> Result<BTreeMap<String, ByteString>, String> {
+        what: &'static str,
+    ) -> Result<BTreeMap<String, ByteString>, Unsendable> {
         self.store
             .secret_data(control, name)
             .await?
-            .ok_or_else(|| format!("{what} {name:?} not found"))
+            .ok_or_else(|| Unsendable::NotFound {
+                what,
+                secret: name.to_owned(),
+            })
     }
 
     /// The target's signing tokens (checked for its format) and CA bundle.
@@ -529,16 +533,22 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         &self,
         control: &ExternalControl,
         target: &NotifyTarget,
-    ) -> Result<(SigningTokens, Option<Vec<u8>>), String> {
+    ) -> Result<(SigningTokens, Option<Vec<u8>>), Unsendable> {
         let reference = &target.secret_ref;
         let name = &reference.name;
         let data = self.existing_secret(control, name, "Secret").await?;
-        let tokens = SigningTokens::from_secret_data(&data, &reference.key)
-            .map_err(|problem| format!("Secret {name:?}: {problem}"))?;
+        let tokens = SigningTokens::from_secret_data(&data, &reference.key).map_err(|problem| {
+            Unsendable::Token {
+                secret: name.clone(),
+                problem,
+            }
+        })?;
         if target.format == crate::crd::NotifyFormat::StandardWebhooks {
             for secret in tokens.all() {
-                webhooks::standard_key(secret).map_err(|problem| {
-                    format!("Secret {name:?} key {:?} {problem}", reference.key)
+                webhooks::standard_key(secret).map_err(|problem| Unsendable::NotBase64 {
+                    secret: name.clone(),
+                    key: reference.key.clone(),
+                    problem,
                 })?;
             }
         }
@@ -547,6 +557,28 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             .await?;
         Ok((tokens, ca_bundle))
     }
+}
+
+/// Why a ping or a notification could not be sent at all: what to fix, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsendable {
+    #[error(transparent)]
+    Unreadable(#[from] SecretReadError),
+    #[error("{what} {secret:?} not found")]
+    NotFound { what: &'static str, secret: String },
+    #[error("Secret {secret:?}: {problem}")]
+    Token {
+        secret: String,
+        problem: crate::tokens::TokenProblem,
+    },
+    #[error("Secret {secret:?} key {key:?} {problem}")]
+    NotBase64 {
+        secret: String,
+        key: String,
+        problem: webhooks::NotBase64,
+    },
+    #[error("CA bundle Secret {secret:?}: key {key:?} is missing or empty")]
+    NoCaBundle { secret: String, key: String },
 }
 
 /// The `extctl.dev/requestedAt` value to act on: set, and not the one last handled. A value

@@ -17,6 +17,24 @@ pub enum TokenProblem {
     KeyEmpty(String),
 }
 
+/// Why a control has no signing token to use: what to fix, never a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoTokens {
+    #[error("Secret {secret:?} not found")]
+    SecretNotFound { secret: String },
+    #[error("Secret {secret:?}: {problem}")]
+    Unusable {
+        secret: String,
+        problem: TokenProblem,
+    },
+    /// The Secret could not be read (the store's error, as it says it).
+    #[error("the Secret cannot be read: {0}")]
+    Unreadable(String),
+    /// The control is no longer in the store.
+    #[error("{0} is gone")]
+    ControlGone(String),
+}
+
 /// The current token and, during a rotation, the previous one. Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningTokens {
@@ -63,12 +81,18 @@ impl SigningTokens {
     pub fn for_control(
         control: &crate::crd::ExternalControl,
         secret: Option<&k8s_openapi::api::core::v1::Secret>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NoTokens> {
         let name = &control.spec.secret_ref.name;
-        let secret = secret.ok_or_else(|| format!("Secret {name:?} not found"))?;
+        let secret = secret.ok_or_else(|| NoTokens::SecretNotFound {
+            secret: name.clone(),
+        })?;
         let data = secret.data.clone().unwrap_or_default();
-        Self::from_secret_data(&data, &control.spec.secret_ref.key)
-            .map_err(|problem| format!("Secret {name:?}: {problem}"))
+        Self::from_secret_data(&data, &control.spec.secret_ref.key).map_err(|problem| {
+            NoTokens::Unusable {
+                secret: name.clone(),
+                problem,
+            }
+        })
     }
 
     /// A token given directly (from a file, stdin or the environment).
