@@ -11,13 +11,15 @@
 //! leadership while its renewals fail (it logs and retries), so a partitioned leader would go on
 //! reconciling after another replica took over.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
+// Tokio's clock, so that the unit tests below can run the election on paused time.
+use tokio::time::Instant;
 
 use extctl_core::lease::{Timing, may_hold, still_leading};
 use std::sync::Arc;
@@ -307,5 +309,215 @@ impl Elector {
 
     fn duration_seconds(&self) -> i32 {
         i32::try_from(self.settings.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
+
+/// The elector's timing on paused tokio time, against the Lease API of one namespace kept in
+/// memory (get, create, and replace conditioned on the resourceVersion, answered as the API
+/// server answers them). What it does with a genuine server is `tests/operate.rs`'s.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::Method;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::kubernetes::test_api::{self, status};
+
+    const NAME: &str = "extctl";
+    const S: Duration = Duration::from_secs(1);
+
+    /// How the in-memory server answers.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Up,
+        /// Every request gets 503.
+        Failing,
+        /// No request is answered.
+        Hanging,
+    }
+
+    struct State {
+        lease: Option<Lease>,
+        version: u64,
+        mode: Mode,
+        /// Each write that succeeded: when, and the holder it wrote.
+        writes: Vec<(Instant, Option<String>)>,
+    }
+
+    type Shared = Arc<Mutex<State>>;
+
+    fn answer(state: &Shared, method: &Method, body: &[u8]) -> Option<(u16, Value)> {
+        let mut state = state.lock().unwrap();
+        match state.mode {
+            Mode::Hanging => return None,
+            Mode::Failing => return Some(status(503, "ServiceUnavailable")),
+            Mode::Up => {}
+        }
+        let json = |code, lease: &Lease| Some((code, serde_json::to_value(lease).unwrap()));
+        match *method {
+            Method::GET => match &state.lease {
+                Some(lease) => json(200, lease),
+                None => Some(status(404, "NotFound")),
+            },
+            Method::POST if state.lease.is_some() => Some(status(409, "AlreadyExists")),
+            Method::POST | Method::PUT => {
+                let mut lease: Lease = serde_json::from_slice(body).unwrap();
+                let current = state.lease.as_ref().map(|l| l.resource_version());
+                if *method == Method::PUT && current != Some(lease.resource_version()) {
+                    return Some(status(409, "Conflict"));
+                }
+                state.version += 1;
+                lease.metadata.resource_version = Some(state.version.to_string());
+                let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                state.writes.push((Instant::now(), holder));
+                state.lease = Some(lease.clone());
+                json(if *method == Method::POST { 201 } else { 200 }, &lease)
+            }
+            _ => Some(status(405, "MethodNotAllowed")),
+        }
+    }
+
+    /// The Lease API of namespace `team`, in memory: get, create, and replace conditioned on
+    /// the resourceVersion.
+    fn server(lease: Option<Lease>) -> (Shared, Client) {
+        let state = Arc::new(Mutex::new(State {
+            lease,
+            version: 1,
+            mode: Mode::Up,
+            writes: Vec::new(),
+        }));
+        let shared = state.clone();
+        let client = test_api::client(move |method, _path, body| {
+            let answered = answer(&shared, &method, &body);
+            async move { answered }
+        });
+        (state, client)
+    }
+
+    /// An elector for `identity` with client-go's default timing (15 s / 10 s / 2 s), running
+    /// until the returned sender is dropped or sent to.
+    fn start(
+        client: Client,
+        identity: &str,
+    ) -> (
+        Leadership,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let settings = LeaseSettings {
+            name: NAME.into(),
+            namespace: None,
+            timing: Timing::new(15 * S),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let elector = Elector::new(client, settings, "team".into(), identity.into(), metrics);
+        let leadership = elector.leadership();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(elector.run(async move {
+            let _ = stopped.await;
+        }));
+        (leadership, stop, run)
+    }
+
+    fn held_by(holder: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": NAME, "namespace": "team", "resourceVersion": "1"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-12-05T00:00:00.000000Z"}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_replica_leads_at_once_and_renews_every_retry_period() {
+        let (state, client) = server(None);
+        let started = Instant::now();
+        let (mut leadership, _stop, _run) = start(client, "a");
+        leadership.gained().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        tokio::time::sleep(19 * S).await;
+        let writes = state.lock().unwrap().writes.clone();
+        let times: Vec<u64> = writes
+            .iter()
+            .map(|(at, _)| at.duration_since(started).as_secs())
+            .collect();
+        assert_eq!(times, [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+        assert!(
+            writes
+                .iter()
+                .all(|(_, holder)| holder.as_deref() == Some("a"))
+        );
+        assert!(leadership.is_leader());
+    }
+
+    /// client-go's rule: a leader that cannot renew stops leading once its last successful
+    /// renewal is a renew deadline old, whether the server refuses or does not answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_a_renew_deadline_after_its_last_renewal() {
+        for mode in [Mode::Failing, Mode::Hanging] {
+            let (state, client) = server(None);
+            let (mut leadership, _stop, _run) = start(client, "a");
+            leadership.gained().await;
+            tokio::time::sleep(5 * S).await;
+            state.lock().unwrap().mode = mode;
+            let last_renewal = state.lock().unwrap().writes.last().unwrap().0;
+            leadership.lost().await;
+            let since = Instant::now().duration_since(last_renewal);
+            // Judged by rounds (every 2 s), or by the attempt's bound when it hangs.
+            assert_eq!(
+                since,
+                10 * S,
+                "stepped down {since:?} after the last renewal"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_replica_takes_over_only_after_the_lease_stood_still_its_duration() {
+        let (state, client) = server(Some(held_by("b")));
+        let started = Instant::now();
+        let (mut leadership, _stop, _run) = start(client, "a");
+        // "b" renews every 2 s for 20 s: "a" never takes over meanwhile.
+        for _ in 0..10 {
+            tokio::time::sleep(2 * S).await;
+            let mut state = state.lock().unwrap();
+            state.version += 1;
+            let version = state.version.to_string();
+            state.lease.as_mut().unwrap().metadata.resource_version = Some(version);
+        }
+        assert!(!leadership.is_leader());
+        assert!(
+            state.lock().unwrap().writes.is_empty(),
+            "no write while b renews"
+        );
+        // "b" stops at 20 s: "a" takes over at the first round that finds it 15 s unchanged.
+        let stopped_at = Instant::now();
+        leadership.gained().await;
+        let after = Instant::now().duration_since(stopped_at);
+        assert!(
+            (15 * S..=17 * S).contains(&after),
+            "took over {after:?} after b stopped"
+        );
+        assert_eq!(
+            state.lock().unwrap().writes.last().unwrap().1.as_deref(),
+            Some("a")
+        );
+        assert!(started.elapsed() >= 35 * S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_shutdown_the_leader_gives_the_lease_up() {
+        let (state, client) = server(None);
+        let (mut leadership, stop, run) = start(client, "a");
+        leadership.gained().await;
+        stop.send(()).unwrap();
+        run.await.unwrap();
+        let lease = state.lock().unwrap().lease.clone().unwrap();
+        let spec = lease.spec.unwrap();
+        assert_eq!(spec.holder_identity, None);
+        assert_eq!(spec.lease_duration_seconds, Some(1));
+        assert!(!leadership.is_leader());
     }
 }

@@ -11,6 +11,8 @@ pub mod namespaces;
 pub mod policy_reports;
 pub mod recheck;
 pub mod secrets;
+#[cfg(test)]
+mod test_api;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -19,10 +19,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+// Tokio's clock, so that the unit tests below can run the cache on paused time.
+use tokio::time::Instant;
 
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::Freshness;
@@ -133,4 +135,150 @@ fn version(secret: &Option<Arc<Secret>>) -> Option<&str> {
     secret
         .as_ref()
         .map(|s| s.metadata.resource_version.as_deref().unwrap_or_default())
+}
+
+/// The cache's rules on paused tokio time, against a Secret kept in memory; what it reads from
+/// a genuine server is `tests/endpoint_cluster.rs`'s.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::kubernetes::test_api::{self, status};
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// The Secret `team/token` as the server has it now (`None`: absent), whether the server
+    /// answers, how long an answer takes, and the reads it answered.
+    struct Server {
+        secret: Mutex<Option<Value>>,
+        up: std::sync::atomic::AtomicBool,
+        latency: Duration,
+        reads: AtomicUsize,
+    }
+
+    impl Server {
+        fn set(&self, version: u64) {
+            *lock(&self.secret) = Some(json!({
+                "metadata": {"name": "token", "namespace": "team",
+                             "resourceVersion": version.to_string(),
+                             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+                "data": {"token": "dDBw"}
+            }));
+        }
+    }
+
+    fn cache(latency: Duration) -> (Arc<Server>, SecretCache, Arc<Mutex<Vec<ObjectKey>>>) {
+        let server = Arc::new(Server {
+            secret: Mutex::new(None),
+            up: true.into(),
+            latency,
+            reads: AtomicUsize::new(0),
+        });
+        server.set(1);
+        let shared = server.clone();
+        let client = test_api::client(move |_method, path, _body| {
+            let server = shared.clone();
+            async move {
+                assert_eq!(path, "/api/v1/namespaces/team/secrets/token");
+                tokio::time::sleep(server.latency).await;
+                if !server.up.load(Ordering::SeqCst) {
+                    return Some(status(503, "ServiceUnavailable"));
+                }
+                server.reads.fetch_add(1, Ordering::SeqCst);
+                Some(match lock(&server.secret).clone() {
+                    Some(secret) => (200, secret),
+                    None => status(404, "NotFound"),
+                })
+            }
+        });
+        let changed = Arc::new(Mutex::new(Vec::new()));
+        let told = changed.clone();
+        let on_change: OnChange = Arc::new(move |key: &ObjectKey| lock(&told).push(key.clone()));
+        (server, SecretCache::new(client, 60 * S, on_change), changed)
+    }
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("team", "token")
+    }
+
+    fn reads(server: &Server) -> usize {
+        server.reads.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_serves_lookups_for_its_ttl_then_the_secret_is_read_again() {
+        let (server, cache, _) = cache(Duration::ZERO);
+        let secret = cache.get(&key(), Freshness::Kept).await.unwrap().unwrap();
+        assert_eq!(reads(&server), 1);
+        assert_eq!(secret.metadata.annotations, None, "only data is kept");
+        tokio::time::sleep(59 * S).await;
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        assert_eq!(reads(&server), 1, "within the ttl");
+        tokio::time::sleep(S).await;
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        assert_eq!(reads(&server), 2, "at the ttl");
+    }
+
+    /// A failed verification rereads, at most once per MIN_REREAD: forged calls cannot turn
+    /// into API load.
+    #[tokio::test(start_paused = true)]
+    async fn rereads_are_at_most_one_per_min_reread() {
+        let (server, cache, _) = cache(Duration::ZERO);
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        for _ in 0..100 {
+            cache.get(&key(), Freshness::Reread).await.unwrap();
+        }
+        assert_eq!(reads(&server), 1, "the copy is fresher than MIN_REREAD");
+        tokio::time::sleep(MIN_REREAD).await;
+        for _ in 0..100 {
+            cache.get(&key(), Freshness::Reread).await.unwrap();
+        }
+        assert_eq!(reads(&server), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_lookups_share_one_read() {
+        let (server, cache, _) = cache(S);
+        let key = key();
+        let lookups = (0..10).map(|_| cache.get(&key, Freshness::Kept));
+        let found = futures::future::join_all(lookups).await;
+        assert!(found.iter().all(|f| matches!(f, Ok(Some(_)))));
+        assert_eq!(reads(&server), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_told_once_and_an_unreachable_server_leaves_the_copy_in_use() {
+        let (server, cache, changed) = cache(Duration::ZERO);
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        tokio::time::sleep(60 * S).await;
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        assert!(lock(&changed).is_empty(), "read again, unchanged");
+        server.set(2);
+        tokio::time::sleep(60 * S).await;
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        assert_eq!(*lock(&changed), [key()], "the rotation is told");
+        // Deleted: told too, and seen as absent.
+        *lock(&server.secret) = None;
+        tokio::time::sleep(60 * S).await;
+        assert!(cache.get(&key(), Freshness::Kept).await.unwrap().is_none());
+        assert_eq!(lock(&changed).len(), 2);
+        // Back, then the server down: the copy read before is used.
+        server.set(3);
+        tokio::time::sleep(60 * S).await;
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        server.up.store(false, Ordering::SeqCst);
+        tokio::time::sleep(60 * S).await;
+        let stale = cache.get(&key(), Freshness::Kept).await.unwrap().unwrap();
+        assert_eq!(stale.metadata.resource_version.as_deref(), Some("3"));
+        // Forgotten, with the server down: no copy, so the error.
+        cache.forget(&key());
+        assert!(cache.get(&key(), Freshness::Kept).await.is_err());
+        server.up.store(true, Ordering::SeqCst);
+        let reads_before = reads(&server);
+        cache.get(&key(), Freshness::Kept).await.unwrap();
+        assert_eq!(reads(&server), reads_before + 1, "forgotten: read again");
+    }
 }
