@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -29,6 +29,8 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+// Tokio's clock, so that the unit tests below can run the writer on paused time.
+use tokio::time::Instant;
 
 use super::lease::Leadership;
 use super::watch::{Reflectors, Scope};
@@ -433,5 +435,206 @@ mod tests {
         assert_ne!(both, fingerprint(std::slice::from_ref(&a)));
         assert_ne!(both, fingerprint(&[a.clone(), control("b", "2")]));
         assert_ne!(fingerprint(&[]), fingerprint(&[a]));
+    }
+
+    // The writer on paused tokio time, against the reports of namespace `n` kept in memory;
+    // what a genuine server and Policy Reporter make of them is `tests/reports.rs`'s.
+
+    use std::sync::Mutex;
+
+    use http::Method;
+    use kube::runtime::watcher;
+    use tokio::sync::watch;
+
+    use crate::kubernetes::test_api::{self, status};
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// The stored report (`None`: none), how the next writes are answered, and the requests.
+    #[derive(Default)]
+    struct Server {
+        report: Option<Value>,
+        version: u64,
+        /// Writes still to be answered so (409 or 500), before writes succeed again.
+        failing: Vec<u16>,
+        requests: Vec<(Method, u64)>,
+    }
+
+    fn answer(server: &mut Server, method: Method, body: &[u8], at: u64) -> (u16, Value) {
+        server.requests.push((method.clone(), at));
+        let write = matches!(method, Method::POST | Method::PATCH | Method::DELETE);
+        if write && !server.failing.is_empty() {
+            let code = server.failing.remove(0);
+            server.version += 1;
+            return status(
+                code,
+                if code == 409 {
+                    "Conflict"
+                } else {
+                    "InternalError"
+                },
+            );
+        }
+        let stored = |server: &mut Server, mut report: Value| {
+            server.version += 1;
+            report["metadata"]["resourceVersion"] = server.version.to_string().into();
+            server.report = Some(report.clone());
+            report
+        };
+        match method {
+            Method::GET if server.report.is_some() => (200, server.report.clone().unwrap()),
+            Method::GET => {
+                // The list of the kind (the writer lists with a label selector).
+                let items: Vec<Value> = server.report.iter().cloned().collect();
+                (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": server.version.to_string()}, "items": items}),
+                )
+            }
+            Method::POST => {
+                let report: Value = serde_json::from_slice(body).unwrap();
+                (201, stored(server, report))
+            }
+            Method::PATCH => {
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                let mut report = server.report.clone().unwrap();
+                json_patch::merge(&mut report, &patch);
+                (200, stored(server, report))
+            }
+            _ => status(405, "MethodNotAllowed"),
+        }
+    }
+
+    struct Run {
+        server: Arc<Mutex<Server>>,
+        controls: kube::runtime::reflector::store::Writer<ExternalControl>,
+        leading: watch::Sender<bool>,
+        started: Instant,
+    }
+
+    impl Run {
+        fn requests(&self) -> Vec<(Method, u64)> {
+            self.server.lock().unwrap().requests.clone()
+        }
+
+        fn writes(&self) -> Vec<u64> {
+            let requests = self.requests();
+            let writes = requests.iter().filter(|(m, _)| *m != Method::GET);
+            writes.map(|(_, at)| *at).collect()
+        }
+
+        fn set_controls(&mut self, controls: &[Arc<ExternalControl>]) {
+            self.controls.apply_watcher_event(&watcher::Event::Init);
+            for control in controls {
+                let event = watcher::Event::InitApply(control.as_ref().clone());
+                self.controls.apply_watcher_event(&event);
+            }
+            self.controls.apply_watcher_event(&watcher::Event::InitDone);
+        }
+
+        fn seconds(&self) -> u64 {
+            self.started.elapsed().as_secs()
+        }
+    }
+
+    /// The writer of `n`'s OpenReports Report over the controls `controls`, not leading yet.
+    fn start(controls: &[Arc<ExternalControl>]) -> Run {
+        let server = Arc::new(Mutex::new(Server::default()));
+        let started = Instant::now();
+        let shared = server.clone();
+        let client = test_api::client(move |method, _path, body| {
+            let at = started.elapsed().as_secs();
+            let answered = answer(&mut shared.lock().unwrap(), method, &body, at);
+            async move { Some(answered) }
+        });
+        let (reflectors, writer) = Reflectors::holding(client.clone());
+        let (leading, leadership) = watch::channel(false);
+        let scope = Scope::Namespace("n".into());
+        let report_writer = PolicyReportWriter::new(
+            client,
+            scope,
+            Flavor::OpenReports,
+            reflectors,
+            Leadership::Elected(leadership),
+        );
+        tokio::spawn(report_writer.run());
+        let mut run = Run {
+            server,
+            controls: writer,
+            leading,
+            started,
+        };
+        run.set_controls(controls);
+        run
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_leader_writes_and_only_what_changed() {
+        let mut run = start(&[control("a", "1")]);
+        tokio::time::sleep(10 * S).await;
+        assert_eq!(run.requests(), [], "not leading: nothing read or written");
+        run.leading.send_replace(true);
+        tokio::time::sleep(S).await;
+        assert_eq!(run.requests(), [(Method::GET, 10), (Method::POST, 10)]);
+        // A minute of sweeps with nothing changed: nothing written.
+        tokio::time::sleep(60 * S).await;
+        assert_eq!(run.writes(), [10]);
+        // A control written again with the same result: its report is the same, not written.
+        run.set_controls(&[control("a", "2")]);
+        tokio::time::sleep(4 * S).await;
+        assert_eq!(run.writes(), [10]);
+        // Then a control comes: written within a sweep, which shows the sweeps went on.
+        run.set_controls(&[control("a", "2"), control("b", "1")]);
+        let changed_at = run.seconds();
+        tokio::time::sleep(2 * S).await;
+        let writes = run.writes();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(
+            writes[1] - changed_at <= 2,
+            "written {writes:?} after {changed_at}"
+        );
+        // Leadership lost: nothing more, even when a control changes.
+        run.leading.send_replace(false);
+        tokio::time::sleep(S).await;
+        run.set_controls(&[control("a", "3")]);
+        tokio::time::sleep(30 * S).await;
+        assert_eq!(run.writes().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_reads_the_report_again_and_a_failure_waits_retry_after() {
+        let mut run = start(&[control("a", "1")]);
+        run.leading.send_replace(true);
+        tokio::time::sleep(S).await;
+        assert_eq!(run.writes(), [0]);
+        // Two conflicts, then the write goes through, all in one sweep: each conflict reads
+        // the report again (GET) before the next conditioned write.
+        run.server.lock().unwrap().failing = vec![409, 409];
+        run.set_controls(&[control("a", "1"), control("b", "1")]);
+        tokio::time::sleep(2 * S).await;
+        let methods: Vec<Method> = run.requests().into_iter().skip(2).map(|(m, _)| m).collect();
+        use Method as M;
+        assert_eq!(methods, [M::PATCH, M::GET, M::PATCH, M::GET, M::PATCH]);
+        // A write that fails otherwise is tried again RETRY_AFTER later, not every sweep.
+        run.server.lock().unwrap().failing = vec![500];
+        run.set_controls(&[control("a", "1")]);
+        let changed_at = run.seconds();
+        tokio::time::sleep(RETRY_AFTER + 4 * S).await;
+        let writes: Vec<u64> = run
+            .writes()
+            .into_iter()
+            .filter(|at| *at >= changed_at)
+            .collect();
+        assert_eq!(
+            writes.len(),
+            2,
+            "the failed write and its retry: {writes:?}"
+        );
+        let waited = writes[1] - writes[0];
+        assert!(
+            (RETRY_AFTER.as_secs()..=RETRY_AFTER.as_secs() + 2).contains(&waited),
+            "retried {waited} s later"
+        );
     }
 }

@@ -108,6 +108,27 @@ impl Reflectors {
     }
 }
 
+#[cfg(test)]
+impl Reflectors {
+    /// Loaded reflectors over `client` (Secrets are read through it) whose controls the
+    /// returned writer sets, for unit tests; every namespace may claim any project.
+    pub(crate) fn holding(client: Client) -> (Self, reflector::store::Writer<ExternalControl>) {
+        let (controls, writer) = reflector::store();
+        let reflectors = Self {
+            controls,
+            index: Arc::default(),
+            secrets: SecretCache::new(
+                client,
+                Duration::from_secs(60),
+                Arc::new(|_: &ObjectKey| {}),
+            ),
+            allowances: Allowances::unrestricted(),
+            loaded: Arc::new(AtomicBool::new(true)),
+        };
+        (reflectors, writer)
+    }
+}
+
 impl Census for Reflectors {
     fn count(&self) -> ControlCounts {
         let mut counts = ControlCounts::default();
