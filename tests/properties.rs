@@ -1,6 +1,6 @@
 //! Properties of the pure core over generated inputs (proptest, in the normal test run):
 //! no signature made without the right token verifies, a nonce is never accepted twice while
-//! it is remembered, concurrent accepted calls in any interleaving are all stored with the last
+//! it is remembered (by the status every replica shares and by `extctl dev`'s set alike), concurrent accepted calls in any interleaving are all stored with the last
 //! one's status, and the schedule never moves a reset backwards.
 
 use std::time::Duration;
@@ -82,6 +82,46 @@ proptest! {
                 prop_assert_eq!(answer, Err(Rejection::InvalidNonce));
             } else {
                 prop_assert_eq!(answer, Ok(()));
+                accepted.push((nonce, second));
+            }
+        }
+    }
+
+    /// The same rule through both replay checks: the status's `recentNonces` that every replica
+    /// shares (`report::apply`, what `extctl run` stores) and `extctl dev`'s set, with nonces of
+    /// any length the protocol admits (32 bytes are kept as they are, others by their SHA-256).
+    #[test]
+    fn both_replay_checks_refuse_a_nonce_while_remembered_whatever_its_length(
+        pool in proptest::collection::vec("[!-~]{16,64}", 1..20),
+        calls in proptest::collection::vec((0_usize..20, 0_i64..40), 1..120),
+    ) {
+        let mut calls = calls;
+        calls.sort_by_key(|(_, second)| *second);
+        let mut set = NonceSet::default();
+        let mut status: Option<ExternalControlStatus> = None;
+        let mut accepted: Vec<(&str, i64)> = Vec::new();
+        for (index, second) in calls {
+            let nonce = pool[index % pool.len()].as_str();
+            let remembered = accepted
+                .iter()
+                .any(|(seen, when)| *seen == nonce && when + 15 > second);
+            let report = Report {
+                status: if second % 2 == 0 { ControlStatus::Pass } else { ControlStatus::Fail },
+                nonce: nonce.to_owned(),
+                nonce_expires_at: at(second + 15),
+                received_at: at(second),
+            };
+            let stored = report::apply(status.as_ref(), &report);
+            let admitted = set.admit(nonce, at(second + 15), at(second));
+            if remembered {
+                prop_assert_eq!(stored.unwrap_err(), Rejection::InvalidNonce);
+                prop_assert_eq!(admitted, Err(Rejection::InvalidNonce));
+            } else {
+                let update = stored.unwrap();
+                prop_assert_eq!(admitted, Ok(()));
+                let mut next = status.unwrap_or_default();
+                update.apply_to(&mut next, Some(1));
+                status = Some(next);
                 accepted.push((nonce, second));
             }
         }
