@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::{ADMIN_TOKEN, Cluster, Operator, TOKEN, pytools, wait_for};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 fn example(name: &str) -> PathBuf {
@@ -268,21 +268,44 @@ async fn kubectl_wait_returns_once_the_control_is_compliant_and_never_for_a_fail
         text(&undecided)
     );
 
-    // A wait under way returns once the checker reports pass.
-    let waiting = kubectl
+    // A wait under way returns once the checker reports pass. Under way: kubectl has its
+    // watch open (`-v=6` logs each request it makes) before the report is sent.
+    let mut waiting = kubectl
         .command(&[
             "wait",
             "--for=condition=Compliant",
             "ec/sast",
             "--timeout=20s",
+            "-v=6",
         ])
         .spawn()
         .expect("kubectl starts");
+    let mut log = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let watching = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            let watch = line.contains("GET") && line.contains("watch=true");
+            seen.push(line);
+            if watch {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        watching == Ok(true),
+        "kubectl never opened its watch:\n{}",
+        seen.join("\n")
+    );
     report(&operator, &token, 7, "pass").await;
+    // The rest of its log, so that it never blocks on a full pipe.
+    let drained = tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
     let passed = tokio::time::timeout(Duration::from_secs(30), waiting.wait_with_output())
         .await
         .expect("kubectl wait ends within its timeout")
         .unwrap();
+    drained.await.unwrap();
     assert!(passed.status.success(), "{}", text(&passed));
     assert_eq!(
         String::from_utf8_lossy(&passed.stdout),
