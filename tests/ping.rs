@@ -355,10 +355,13 @@ async fn an_interval_change_reschedules_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_reset_once_per_due_time() {
+/// Both replicas reconcile (no leader election: the Lease would keep the second idle), so
+/// each reset races: the status writes' resourceVersion precondition alone makes it one.
+async fn two_reconciling_replicas_reset_once_per_due_time() {
     let (cluster, token) = cluster_with(json!({"pingInterval": "2s"})).await;
-    let first = Operator::start(&cluster, &[]).await;
-    let _second = Operator::start(&cluster, &[]).await;
+    let both = ["--leader-election=false"];
+    let first = Operator::start(&cluster, &both).await;
+    let _second = Operator::start(&cluster, &both).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     report(&first, &token, "pass").await;
 
@@ -376,6 +379,15 @@ async fn two_replicas_reset_once_per_due_time() {
     .await
     .unwrap_or_else(|| panic!("four resets: {:?}", resets(&start, &versions.of("sast"))));
     assert_one_reset_per_due_time(&resets, SignedDuration::from_secs(2));
+    // The race was run: a write lost to the other replica's (409) at least once.
+    let lost = cluster
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == axum::http::Method::PATCH && r.path.ends_with("/sast/status"))
+        .filter(|r| r.code == 409)
+        .count();
+    assert!(lost > 0, "the two replicas never raced for a reset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,7 +528,9 @@ async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_send_one_ping_per_reset() {
+/// Both replicas reconcile (no leader election), so both try every reset: only the one whose
+/// write won pings.
+async fn two_reconciling_replicas_send_one_ping_per_reset() {
     let cluster = Cluster::start().await;
     let receiver = Receiver::start(cluster.dir.path(), 200).await;
     cluster
@@ -530,8 +544,9 @@ async fn two_replicas_send_one_ping_per_reset() {
         &cluster,
         start.resource_version().expect("a stored control"),
     );
-    let _first = Operator::start(&cluster, &[]).await;
-    let _second = Operator::start(&cluster, &[]).await;
+    let both = ["--leader-election=false"];
+    let _first = Operator::start(&cluster, &both).await;
+    let _second = Operator::start(&cluster, &both).await;
 
     let resets = wait_for(Duration::from_secs(20), || async {
         let resets = resets(&start, &versions.of("sast"));
