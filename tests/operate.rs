@@ -486,22 +486,27 @@ async fn a_leader_that_cannot_renew_stops_reconciling_before_its_lease_could_pas
     // The API server refuses every Lease write (kube's client retries the 503s itself).
     let faults = cluster.proxy.faults();
     faults.fail_next(100_000, Some(Method::PUT), "/leases/", 503);
-    let cut = Instant::now();
     wait_for(Duration::from_secs(10), || leading(0))
         .await
         .unwrap_or_else(|| panic!("it stops leading; logs:\n{}", operator.logs()));
-    let stepped_down = cut.elapsed();
-    // Another replica may take the Lease once it has stood unchanged for the lease duration
-    // after the last renewal, which was before the cut: by then, at the latest, it must have
-    // stopped.
-    assert!(stepped_down < Duration::from_secs(6), "{stepped_down:?}");
+    let stepped_down_at = Timestamp::now();
+    // Measured from the last renewal (the Lease's renewTime, written with this machine's
+    // clock): not before the renew deadline (4 s), and before the lease duration (6 s) after
+    // which another replica may take the Lease. (The rule's exact timing is unit-tested on
+    // paused time in src/kubernetes/lease.rs.)
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let lease = leases.get("extctl").await.unwrap();
+    let renewed = lease.spec.and_then(|s| s.renew_time).expect("renewed").0;
+    let after_renewal = stepped_down_at.duration_since(renewed);
+    assert!(
+        after_renewal >= SignedDuration::from_secs(4)
+            && after_renewal < SignedDuration::from_secs(6),
+        "stepped down {after_renewal:?} after the last renewal"
+    );
     // No status write may land once the Lease could pass on (the lease duration after its
     // last renewal); a reconcile begun while leading may still finish before then. Watched
     // until more than an interval (2 s) past that moment, so that a replica that went on
     // reconciling would be seen: nothing to wait for, nothing must happen.
-    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let lease = leases.get("extctl").await.unwrap();
-    let renewed = lease.spec.and_then(|s| s.renew_time).expect("renewed").0;
     let may_pass_on = renewed + SignedDuration::from_secs(6);
     let mut seen = cluster.proxy.requests().len();
     let mut writes = Vec::new();

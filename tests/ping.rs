@@ -303,8 +303,32 @@ async fn ping_disabled_keeps_the_status_and_re_enabling_counts_from_then() {
         ControlStatus::Pass,
     )
     .await;
-    // Two intervals, and no reset (nothing to wait for: nothing must happen).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A witness pinged every second in the same namespace: once it has been reset twice, the
+    // operator has gone through two of sast's intervals, and sast must not have been reset.
+    create_pinged(
+        &cluster,
+        "witness",
+        8,
+        "sast-token",
+        json!({"pingInterval": "1s"}),
+    )
+    .await;
+    let witness_reset = || async {
+        let control = cluster.control("witness").await;
+        control.status?.last_ping_time.map(|t| t.0)
+    };
+    let first = wait_for(Duration::from_secs(20), witness_reset)
+        .await
+        .expect("the witness is reset");
+    let moved = wait_for(Duration::from_secs(20), || async {
+        let last = witness_reset().await?;
+        (last >= first + SignedDuration::from_secs(2)).then_some(())
+    })
+    .await;
+    assert!(
+        moved.is_some(),
+        "the witness was not reset for two more intervals"
+    );
     let control = cluster.control("sast").await;
     assert_eq!(status_of(&control), Some(ControlStatus::Pass));
     assert!(control.status.unwrap().next_ping_time.is_none());
