@@ -406,11 +406,17 @@ async fn status_changes_are_told_signed_filtered_and_recorded() {
     let after = Scrape::of(&operator.metrics_url).await;
     let key = r#"extctl_notifications_total{outcome="delivered"}"#;
     assert_eq!(after.delta(&before, key), 5.0, "2 + 1 + 2 deliveries");
-    // Nothing more is sent for changes already told.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(all.records().len(), 2);
+    // Nothing more is sent for changes already told: a next change (fail -> pass) reaches
+    // `all` and `flux` as their third record, and `failures` hears nothing of it.
+    report(&cluster, &operator, 7, "pass").await;
+    let records = wait_records(&all, 3).await;
+    assert_eq!(records[2]["body"]["data"]["to"], "pass");
+    let flux_records = wait_records(&flux, 3).await;
+    assert_eq!(flux_records[2]["body"]["data"]["to"], "pass");
+    delivered(&cluster, "sast", "all", ControlStatus::Pass).await;
+    assert_eq!(all.records().len(), 3);
     assert_eq!(failures.records().len(), 1);
-    assert_eq!(flux.records().len(), 2);
+    assert_eq!(flux.records().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,10 +486,17 @@ async fn a_failing_receiver_is_retried_with_the_same_id_and_a_refusal_is_recorde
         !error.contains("not a webhook secret!"),
         "the value is never shown"
     );
-    // Given up on: not sent again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(refusing.records().len(), 1);
-    assert_eq!(flaky.records().len(), 2);
+    // Given up on: not sent again. The next change (pass -> fail) is the next thing each
+    // receiver hears.
+    report(&cluster, &operator, 7, "fail").await;
+    let refused = wait_records(&refusing, 2).await;
+    assert_eq!(refused[1]["body"]["data"]["to"], "fail", "{refused:?}");
+    delivered(&cluster, "sast", "flaky", ControlStatus::Fail).await;
+    let heard = flaky.records();
+    assert!(
+        heard[2..].iter().all(|r| r["body"]["data"]["to"] == "fail"),
+        "{heard:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
