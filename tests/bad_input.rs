@@ -1254,6 +1254,8 @@ async fn a_dribbled_body_is_cut_off_at_the_request_timeout_and_holds_up_no_one()
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(&dir, &["--request-timeout", "1s"]).await;
     let request = rendered(call()).await;
+    // Signed before the clock starts (a Python start is no part of what is measured).
+    let correct = rendered(call().status("fail")).await;
     let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut stream = connect(&dev).await;
     stream.write_all(&request[..body_at]).await.unwrap();
@@ -1267,9 +1269,10 @@ async fn a_dribbled_body_is_cut_off_at_the_request_timeout_and_holds_up_no_one()
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     };
-    // Meanwhile a correct call is answered at once.
+    // Meanwhile a correct call is answered: before the dribbled body was cut off (at 1 s),
+    // not after it.
     let other = async {
-        let answer = raw_request(&dev.url, &rendered(call().status("fail")).await).await;
+        let answer = raw_request(&dev.url, &correct).await;
         (answer.map(|a| a.error()), started.elapsed())
     };
     let ((), (other, other_took)) = tokio::join!(dribble, other);
@@ -1300,7 +1303,7 @@ async fn dribbled_headers_are_cut_off_at_the_request_timeout() {
             closed_after = Some(started.elapsed());
             break;
         }
-        if started.elapsed() > Duration::from_secs(4) {
+        if started.elapsed() > Duration::from_secs(10) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1309,9 +1312,10 @@ async fn dribbled_headers_are_cut_off_at_the_request_timeout() {
     let closed = closed_after.unwrap_or_else(|| started.elapsed());
     // No request to answer yet: the connection is closed, without an answer.
     assert!(answer.is_none(), "{answer:?}");
-    // `--request-timeout 1s` bounds the headers too.
+    // `--request-timeout 1s` bounds the headers too: not cut before it, and long before the
+    // 30 s the headers would take (a loaded machine may take a few seconds to notice).
     assert!(
-        (Duration::from_secs(1)..Duration::from_millis(2_500)).contains(&closed),
+        (Duration::from_secs(1)..Duration::from_secs(8)).contains(&closed),
         "closed after {closed:?}"
     );
 }

@@ -427,7 +427,9 @@ async fn one_replica_reconciles_with_the_write_load_of_one_and_a_standby_takes_o
     .await
     .expect("the standby takes over");
     let takeover = killed_at.elapsed();
-    let bound = lease_duration + 2 * retry_period + Duration::from_millis(500);
+    // (The rule's exact timing is unit-tested on paused time in src/kubernetes/lease.rs; here,
+    // the real processes on a busy machine get 2 s of slack.)
+    let bound = lease_duration + 2 * retry_period + Duration::from_secs(2);
     assert!(takeover < bound, "took {takeover:?}");
     let (writes, resets) = writes_and_resets(
         &cluster,

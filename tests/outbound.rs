@@ -62,7 +62,8 @@ async fn pings_are_retried_after_5xx_and_network_errors_never_after_4xx() {
     let dir = cluster.dir.path();
     let flaky = receiver(dir, TOKEN, &["--codes", "503,502,200"]).await;
     let refusing = receiver(dir, TOKEN, &["--codes", "404"]).await;
-    let closed = closed_port_url();
+    let (_held, closed) = support::closed_port();
+    let closed = format!("http://{closed}/ping");
     let urls = [
         ("flaky", &format!("{}/ping", flaky.base_url)),
         ("refusing", &format!("{}/ping", refusing.base_url)),
@@ -100,14 +101,6 @@ async fn pings_are_retried_after_5xx_and_network_errors_never_after_4xx() {
     cluster
         .wait_event_note("closed", &note, Duration::from_secs(10))
         .await;
-}
-
-/// A URL on 127.0.0.1 where nothing listens.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/ping")
 }
 
 /// A CA, and a certificate for 127.0.0.1 it signed, as PEM files in `dir`.

@@ -55,11 +55,13 @@ async fn reported(ping: serde_json::Value, status: ControlStatus) -> (Cluster, O
     (cluster, operator)
 }
 
-/// A reset counts as on time when it happened within 1 s after its due time.
+/// A reset counts as on time when it happened no earlier than its due time and within 2 s
+/// after it: the real binary on a busy 2-core machine (the wake-up itself is exact: the
+/// schedule's unit tests, and `cargo bench --bench ping_scale` measures lateness).
 #[track_caller]
 fn assert_on_time(reset_at: Timestamp, due: Timestamp) {
     let late = reset_at.duration_since(due).as_secs_f64();
-    assert!((0.0..1.0).contains(&late), "reset {late} s after due");
+    assert!((0.0..2.0).contains(&late), "reset {late} s after due");
 }
 
 async fn report(operator: &Operator, token: &str, status: &str) {
@@ -501,10 +503,7 @@ async fn a_round_stays_pending(cluster: &Cluster, name: &str) -> extctl_core::cr
 async fn an_error_answer_or_no_answer_leaves_the_status_pending() {
     let cluster = Cluster::start().await;
     let receiver = Receiver::start(cluster.dir.path(), 500).await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed_port) = support::closed_port();
     let unreachable = format!("http://{closed_port}/hook");
     cluster
         .create_secret("sast-token", &[("token", TOKEN)])
@@ -728,10 +727,7 @@ async fn a_warning_about_the_longest_url_the_schema_admits_is_still_an_event() {
     cluster
         .create_secret("sast-token", &[("token", TOKEN)])
         .await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed_port) = support::closed_port();
     let base = format!("http://{closed_port}/");
     // 1024 characters, the schema's maxLength: with the error, the note is over the API
     // server's 1024-byte limit for an Event note.

@@ -230,6 +230,18 @@ fn secret(namespace: &str, name: &str, pairs: &[(&str, &str)]) -> Secret {
     }
 }
 
+/// A loopback address where nothing listens, for as long as the returned socket is kept: bound
+/// but never listening, so a connection to it is refused and no other process can take the
+/// port meanwhile (a port bound and dropped could be).
+pub fn closed_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("a loopback port");
+    let address = socket.local_addr().expect("its address");
+    (socket, address)
+}
+
 /// Polls `check` every 50 ms until it yields a value or `timeout` passes.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
