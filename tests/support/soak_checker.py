@@ -40,11 +40,11 @@ def call(url, token, project, control, status):
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             body = json.loads(response.read())
-            return response.status, None if body == {"status": status} else f"stored {body}"
+            return response.status, None if body == {"status": status} else f"stored {body}", nonce
     except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
+        return error.code, error.read().decode(errors="replace"), nonce
     except OSError as error:
-        return None, str(error)
+        return None, str(error), nonce
 
 
 def main():
@@ -71,14 +71,16 @@ def main():
             for control in mine:
                 status = next_status[control]
                 sent = time.time()
-                code, error = call(urls[turn % len(urls)], token, args.project, control, status)
+                code, error, nonce = call(urls[turn % len(urls)], token, args.project, control,
+                                          status)
                 turn += 1
                 time.sleep(args.pause)
                 if code == 200:
                     next_status[control] = "fail" if status == "pass" else "pass"
                 with lock:
                     results.append({"control": int(control), "status": status, "code": code,
-                                    "error": error, "sent": sent, "answered": time.time()})
+                                    "error": error, "sent": sent, "answered": time.time(),
+                                    "nonce": nonce})
 
     threads = [
         threading.Thread(target=worker, args=(controls[i::args.threads], i))
