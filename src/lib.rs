@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! extctl: GitLab external compliance controls as Kubernetes resources. The rules, the
 //! `ExternalControl` resource, the reconciler's decisions and the ports live in the
 //! `extctl-core` crate; this crate holds the adapters that give them I/O, and the CLI:
@@ -19,7 +20,8 @@ pub mod endpoint;
 pub mod kubernetes;
 pub mod metrics;
 pub mod outbound;
-pub mod scrape;
-pub mod serve;
-pub mod shutdown;
 pub mod telemetry;
+
+mod scrape;
+mod serve;
+mod shutdown;

@@ -15,7 +15,7 @@ use axum::routing::get;
 use crate::metrics::{Census, Metrics};
 
 /// The media type of the OpenMetrics text format.
-pub const CONTENT_TYPE_OPENMETRICS: &str =
+pub(crate) const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What a scrape reads: the metrics, and the store the census gauges are counted from.
@@ -26,7 +26,7 @@ struct Scrape {
 }
 
 /// The `/metrics` route alone.
-pub fn router(metrics: Arc<Metrics>, census: Arc<dyn Census>) -> Router {
+pub(crate) fn router(metrics: Arc<Metrics>, census: Arc<dyn Census>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape { metrics, census })
@@ -34,7 +34,7 @@ pub fn router(metrics: Arc<Metrics>, census: Arc<dyn Census>) -> Router {
 
 /// Serves `/metrics` on `listener` until `shutdown` completes, with the endpoint's bound on
 /// reading request headers (`header_timeout`).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     census: Arc<dyn Census>,

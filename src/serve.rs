@@ -19,7 +19,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish
 /// (for at most `DRAIN_TIMEOUT`). A client has `header_timeout` to send its request headers
 /// (the body has its own bound, in the handler).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,

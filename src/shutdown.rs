@@ -6,7 +6,7 @@ use std::future::Future;
 /// terminal). The handlers are installed when this is called, not when the future is first
 /// polled: a signal that arrives in between still stops the process cleanly.
 #[cfg(unix)]
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
         SignalKind::interrupt(),

@@ -14,7 +14,7 @@ use extctl_core::crd::ControlStatus;
 use extctl_core::protocol::Rejection;
 
 /// Everything the checks need from one request.
-pub struct StatusCall<'a> {
+pub(super) struct StatusCall<'a> {
     pub project: &'a str,
     pub control: &'a str,
     pub query: Option<&'a str>,
@@ -27,7 +27,7 @@ impl StatusCall<'_> {
     /// `None` when absent. A header sent more than once is its values joined by `", "`, as
     /// HTTP defines it (RFC 9110 5.3) and GitLab's server presents it: never a valid timestamp,
     /// nonce or signature, so an ambiguous call is refused rather than read by its first value.
-    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+    pub(super) fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         let mut values = self
             .headers
             .get_all(name)
@@ -41,7 +41,7 @@ impl StatusCall<'_> {
 
     /// The `status` parameter from a JSON body, a form body or the query string (body first, as
     /// GitLab's parameter merging does); anything but `pass`/`fail` is invalid.
-    pub fn reported_status(&self) -> Result<ControlStatus, Rejection> {
+    pub(super) fn reported_status(&self) -> Result<ControlStatus, Rejection> {
         let from_body = match media_type(self.headers).as_deref() {
             Some("application/json") => status_from_json(self.body),
             Some("application/x-www-form-urlencoded") => status_from_form(self.body),
@@ -57,7 +57,7 @@ impl StatusCall<'_> {
 
 /// Reads at most `limit` bytes within `timeout`: 413 beyond the limit (at once when the
 /// declared `Content-Length` is), 408 for a slow client, 400 for a body the client cut short.
-pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+pub(super) async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
     /// Why a body was not read: the answer is built once, outside the read.
     enum Unread {
         TooLarge,

@@ -23,7 +23,7 @@ use extctl_core::signature::{signed_string, status_path};
 use extctl_core::tokens::SigningTokens;
 
 /// Verifies `call` and stores its status; returns the status the store accepted.
-pub async fn verify_and_record<S: EndpointStore>(
+pub(super) async fn verify_and_record<S: EndpointStore>(
     store: &Arc<S>,
     config: &EndpointConfig,
     call: &StatusCall<'_>,

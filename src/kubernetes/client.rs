@@ -16,13 +16,13 @@ use crate::metrics::Metrics;
 
 /// A client from the in-cluster service account, or KUBECONFIG / `~/.kube/config`, for a
 /// one-off command (its requests are counted in metrics nobody serves).
-pub async fn client() -> anyhow::Result<Client> {
+pub(crate) async fn client() -> anyhow::Result<Client> {
     Ok(connect(Arc::default()).await?.0)
 }
 
 /// The client, and the socket addresses of the API server it talks to (those of its URL, and
 /// in a pod those of the `kubernetes` Service too): outbound calls must not reach them.
-pub async fn connect(metrics: Arc<Metrics>) -> anyhow::Result<(Client, Vec<SocketAddr>)> {
+pub(crate) async fn connect(metrics: Arc<Metrics>) -> anyhow::Result<(Client, Vec<SocketAddr>)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster or kubeconfig)")?;
@@ -96,7 +96,7 @@ impl<S> Layer<S> for CountRequests {
 }
 
 #[derive(Clone)]
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

@@ -24,7 +24,7 @@ use extctl_core::tokens::{NoTokens, SigningTokens};
 /// means another write succeeded, so this bounds contention, not progress.
 const MAX_WRITE_ATTEMPTS: usize = 32;
 
-pub struct KubeEndpointStore {
+pub(crate) struct KubeEndpointStore {
     client: Client,
     reflectors: Reflectors,
     events: StatusEvents,
@@ -35,7 +35,7 @@ pub struct KubeEndpointStore {
 
 impl KubeEndpointStore {
     /// Answers `Unavailable` until the controls have been listed in full.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         reflectors: Reflectors,
         events: StatusEvents,
@@ -164,7 +164,7 @@ fn status_patch(
     patch
 }
 
-pub fn is_conflict(error: &kube::Error) -> bool {
+pub(crate) fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_conflict())
 }
 

@@ -128,11 +128,11 @@ fn audit(control: &ExternalControl, record: &StatusChangeRecord) {
 
 /// The API server refuses an Event whose note is longer than this many bytes (422; the
 /// longest-URL warning test in `tests/ping.rs` sends one past it to a real kube-apiserver).
-pub const MAX_NOTE_BYTES: usize = 1024;
+pub(crate) const MAX_NOTE_BYTES: usize = 1024;
 
 /// `note`, cut to [`MAX_NOTE_BYTES`] on a character boundary (ending in `…`) when longer: a
 /// note about a 1024-character `externalUrl` plus an error must still be stored.
-pub fn fit_note(note: String) -> String {
+pub(crate) fn fit_note(note: String) -> String {
     if note.len() <= MAX_NOTE_BYTES {
         return note;
     }

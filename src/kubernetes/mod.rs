@@ -2,13 +2,13 @@
 //! store and its controller, Events, the Lease and the policy reports, wired together by
 //! [`run`].
 
-pub mod client;
+pub(crate) mod client;
 pub mod controller;
-pub mod endpoint_store;
-pub mod events;
+pub(crate) mod endpoint_store;
+pub(crate) mod events;
 pub mod lease;
-pub mod namespaces;
-pub mod policy_reports;
+pub(crate) mod namespaces;
+pub(crate) mod policy_reports;
 pub mod recheck;
 pub mod secrets;
 #[cfg(test)]

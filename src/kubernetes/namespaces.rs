@@ -96,7 +96,7 @@ fn annotation(namespace: &PartialObjectMeta<Namespace>) -> Option<&str> {
 
 /// Watches the Namespaces' metadata for ever, keeping `allowances`; `on_change(namespace)`
 /// after a namespace's allowance changed (not for the first list: nothing was decided yet).
-pub async fn watch(client: Client, allowances: Allowances, on_change: impl Fn(&str)) {
+pub(crate) async fn watch(client: Client, allowances: Allowances, on_change: impl Fn(&str)) {
     let stream = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client),
         watcher::Config::default(),

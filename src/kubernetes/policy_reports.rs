@@ -39,20 +39,20 @@ use extctl_core::policy_reports::{self, Flavor, MANAGED_BY, MANAGED_BY_LABEL, RE
 
 /// How often the controls are compared with the reports: a change (a deletion included) is in
 /// its namespace's report within about this, plus the write.
-pub const SWEEP: Duration = Duration::from_secs(2);
+pub(crate) const SWEEP: Duration = Duration::from_secs(2);
 /// How often the stored reports are listed again (a report deleted or edited by someone else
 /// is then put right).
-pub const RELIST: Duration = Duration::from_secs(300);
+pub(crate) const RELIST: Duration = Duration::from_secs(300);
 /// How long a namespace whose report could not be written (other than a conflict), or a list
 /// that failed, waits before the next try.
-pub const RETRY_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Conditioned writes tried per namespace and sweep when each conflicts.
-pub const ATTEMPTS: usize = 3;
+pub(crate) const ATTEMPTS: usize = 3;
 /// Reports per list page.
 const PAGE: u32 = 50;
 
 /// The report writer: [`PolicyReportWriter::run`] until the process ends.
-pub struct PolicyReportWriter {
+pub(crate) struct PolicyReportWriter {
     client: Client,
     scope: Scope,
     flavor: Flavor,
@@ -93,7 +93,7 @@ enum SyncError {
 }
 
 impl PolicyReportWriter {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         scope: Scope,
         flavor: Flavor,
@@ -118,7 +118,7 @@ impl PolicyReportWriter {
     }
 
     /// Keeps the reports while this replica leads, for ever.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let mut leadership = self.leadership.clone();
         loop {
             leadership.gained().await;
