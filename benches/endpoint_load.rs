@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use extctl::bench::{self, ControlRange, Figures, Load};
+use extctl::{ControlRange, Figures, Load};
 use extctl_core::crd::ControlStatus;
 use reqwest::Url;
 use support::setting;
@@ -116,13 +116,13 @@ async fn main() {
 async fn load_scenario(scenario: &'static str, controls: u64, hot: u64) -> (Row, Option<Start>) {
     let load = load(controls, hot);
     eprintln!("{scenario}: bare handler, {} checkers", load.concurrency);
-    let bare = bench::measure_bare(&load)
+    let bare = extctl::measure_bare(&load)
         .await
         .expect("bare handler measured");
     let dir = manifest_dir(controls);
     let (dev, start) = Dev::start(dir.path(), controls).await;
     eprintln!("{scenario}: extctl dev, {controls} controls, {hot} called");
-    let extctl = bench::measure(&dev.url, &load)
+    let extctl = extctl::measure(&dev.url, &load)
         .await
         .expect("extctl measured");
     if let Some(error) = &extctl.first_error {
@@ -157,7 +157,7 @@ async fn sigterm_scenario(controls: u64) -> Stop {
     let url = dev.url.clone();
     // Halfway through the measured part: warm-up over, every connection busy.
     let settle = load.warmup + load.duration / 2;
-    let calling = tokio::spawn(async move { bench::measure(&url, &load).await });
+    let calling = tokio::spawn(async move { extctl::measure(&url, &load).await });
     tokio::time::sleep(settle).await;
     let signalled = Instant::now();
     assert!(dev.signal("TERM"), "SIGTERM sent to extctl dev");

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use extctl::checker::{Project, SignedCall};
+use extctl::{Project, SignedCall};
 use extctl_core::crd::{ControlStatus, ExternalControl};
 use futures::StreamExt;
 use jiff::Timestamp;

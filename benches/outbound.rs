@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use extctl::outbound::{Outbound, OutboundSettings};
+use extctl::{Outbound, OutboundSettings};
 use extctl_core::ports::{Notifier, Post};
 use extctl_core::retry::RetryPolicy;
 

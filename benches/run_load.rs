@@ -63,7 +63,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use extctl::bench::{self, ControlRange, Figures, Load};
+use extctl::{ControlRange, Figures, Load};
 use extctl_core::crd::{ControlStatus, ExternalControl};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
@@ -129,7 +129,7 @@ async fn main() -> ExitCode {
     };
     let mut warm_calls = 0;
     for _ in 0..30 {
-        let figures = bench::measure(&operator.url, &warm).await;
+        let figures = extctl::measure(&operator.url, &warm).await;
         warm_calls += figures.expect("extctl called").calls;
         if warm_calls >= 2 * called {
             break;
@@ -450,7 +450,7 @@ async fn compare(
             "added latency {latency:?}, round {round} of {rounds}: extctl, {} checkers; then direct patches",
             load.concurrency
         );
-        let (figures, cpu) = with_cpu(&pids, bench::measure(&operator.url, &turn)).await;
+        let (figures, cpu) = with_cpu(&pids, extctl::measure(&operator.url, &turn)).await;
         extctl.push(Rate::from(figures.expect("extctl measured")));
         extctl_cpu.add(cpu);
         let (rate, cpu) = with_cpu(&pids, measure_direct(target, &turn)).await;
@@ -684,7 +684,7 @@ async fn priority(
     ];
     let calling = {
         let (url, load) = (operator.url.clone(), load.clone());
-        tokio::spawn(async move { with_cpu(&pids, bench::measure(&url, &load)).await })
+        tokio::spawn(async move { with_cpu(&pids, extctl::measure(&url, &load)).await })
     };
     let done = completion(&progress, names, due).await;
     let (figures, (seconds, wall)) = calling.await.unwrap();

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use extctl::bench::{self, ControlRange, Load};
+use extctl::{ControlRange, Load};
 use extctl_core::crd::ControlStatus;
 use futures::StreamExt;
 use reqwest::Url;
@@ -132,7 +132,7 @@ async fn settle(url: &Url, controls: u64) {
         status: ControlStatus::Pass,
         token: TOKEN.as_bytes().to_vec(),
     };
-    let figures = bench::measure(url, &load).await.expect("calls made");
+    let figures = extctl::measure(url, &load).await.expect("calls made");
     assert!(figures.all_ok(), "a call failed: {:?}", figures.first_error);
     tokio::time::sleep(Duration::from_secs(3)).await;
 }

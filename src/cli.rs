@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -33,16 +34,16 @@ use extctl_core::retry::RetryPolicy;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 
     /// Log format: human-readable text or one JSON object per line. The level is set with
     /// RUST_LOG (default: info).
     #[arg(long, env = "EXTCTL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the operator: the signed status endpoint and the reconciler.
     ///
     /// Connects to Kubernetes with the in-cluster service account, or KUBECONFIG /
@@ -82,7 +83,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct PingArgs {
+pub(crate) struct PingArgs {
     /// The ExternalControl's name.
     pub name: String,
 
@@ -96,7 +97,7 @@ pub struct PingArgs {
 }
 
 impl PingArgs {
-    pub fn request(&self) -> crate::kubernetes::recheck::RecheckRequest {
+    pub(crate) fn request(&self) -> crate::kubernetes::recheck::RecheckRequest {
         crate::kubernetes::recheck::RecheckRequest {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
@@ -106,7 +107,7 @@ impl PingArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Address the status endpoint (and /healthz, /readyz) listens on.
     #[arg(long, env = "EXTCTL_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -184,7 +185,7 @@ pub struct RunArgs {
 
 /// `extctl run --reports`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportsFlag {
+pub(crate) enum ReportsFlag {
     /// No reports.
     Off,
     /// `openreports.io/v1alpha1` `Report`.
@@ -196,7 +197,7 @@ pub enum ReportsFlag {
 }
 
 impl ReportsFlag {
-    pub fn flavor(self) -> Option<extctl_core::policy_reports::Flavor> {
+    pub(crate) fn flavor(self) -> Option<extctl_core::policy_reports::Flavor> {
         use extctl_core::policy_reports::Flavor;
         match self {
             Self::Off => None,
@@ -208,7 +209,7 @@ impl ReportsFlag {
 
 /// Flags `extctl run` and `extctl dev` share: the endpoint's limits and the ping timeout.
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// Calls signed this long ago or earlier are refused as expired (GitLab: 15s).
     #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = duration::parse_positive)]
     pub timestamp_max_age: Duration,
@@ -264,7 +265,7 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn outbound(&self) -> OutboundSettings {
+    pub(crate) fn outbound(&self) -> OutboundSettings {
         OutboundSettings {
             timeout: self.ping_timeout,
             retry: RetryPolicy {
@@ -280,7 +281,7 @@ impl CommonArgs {
         }
     }
 
-    pub fn endpoint(&self) -> EndpointConfig {
+    pub(crate) fn endpoint(&self) -> EndpointConfig {
         EndpointConfig {
             window: TimestampWindow {
                 max_age: self.timestamp_max_age,
@@ -293,7 +294,7 @@ impl CommonArgs {
 }
 
 impl RunArgs {
-    pub fn settings(&self) -> RunSettings {
+    pub(crate) fn settings(&self) -> RunSettings {
         RunSettings {
             listen: self.listen,
             scope: self
@@ -319,7 +320,7 @@ impl RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Address the status endpoint (and /healthz, /readyz) listens on. (Not read from
     /// EXTCTL_LISTEN: a sandbox stays on loopback unless asked on its own command line.)
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -354,7 +355,7 @@ pub struct DevArgs {
 }
 
 impl DevArgs {
-    pub fn settings(&self) -> DevSettings {
+    pub(crate) fn settings(&self) -> DevSettings {
         DevSettings {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -386,6 +387,81 @@ fn parse_lease_duration(text: &str) -> Result<Duration, String> {
             Err(format!("lease duration {text:?} must be at least 3s"))
         }
         duration => Ok(duration),
+    }
+}
+
+/// Runs the command `cli` names, as the `extctl` binary does (TLS with rustls and ring), and
+/// returns its exit code; what went wrong is printed to stderr.
+pub async fn run(cli: Cli) -> ExitCode {
+    // TLS (to the API server, to checkers, to GitLab) uses rustls with ring, chosen here rather
+    // than by whichever dependency happens to ask first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", extctl_core::crd::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Sign(args) => match crate::checker::sign::run(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl sign: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Send(args) => match crate::checker::send::run(&args).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl send: {error}");
+                match error {
+                    crate::checker::send::SendError::Setup(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                }
+            }
+        },
+        Command::Bench(args) => match crate::bench::run(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("extctl bench: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Dev(args) => {
+            crate::telemetry::init(cli.log_format);
+            match crate::dev::run(args.settings()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("extctl dev: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ping(args) => match crate::kubernetes::recheck::request(&args.request()).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("extctl ping: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            crate::telemetry::init(cli.log_format);
+            match crate::kubernetes::run(args.settings()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -191,7 +191,7 @@ fn unit_random() -> f64 {
 }
 
 /// The error and its causes in one line (reqwest's top-level message alone says too little).
-pub fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -181,7 +181,7 @@ async fn forged_calls_do_not_turn_into_secret_reads() {
     // Past the shortest time between forced reads since the Secret was read at start: the
     // first forged call must read it again (a window begun sooner may see none, which a CI run
     // met: 0 reads in 1.3 s).
-    tokio::time::sleep(extctl::kubernetes::secrets::MIN_REREAD).await;
+    tokio::time::sleep(extctl::MIN_REREAD).await;
     let before = secret_reads(&cluster);
     let started = std::time::Instant::now();
     for _ in 0..20 {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use clap::CommandFactory;
-use extctl::cli::Cli;
+use extctl::Cli;
 
 fn committed(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

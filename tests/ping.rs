@@ -645,9 +645,9 @@ async fn a_control_without_its_secret_is_still_reset_but_not_notified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
-    use extctl::kubernetes::controller::KubeControlStore;
-    use extctl::kubernetes::lease::Leadership;
-    use extctl::kubernetes::watch::{self, Scope};
+    use extctl::KubeControlStore;
+    use extctl::Leadership;
+    use extctl::{Scope, watch};
     use extctl_core::crd::PingOutcome;
     use extctl_core::ports::ControlStore;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use extctl::dev::{Console, MemoryStore};
-use extctl::metrics::Metrics;
+use extctl::Metrics;
+use extctl::{Console, MemoryStore};
 use extctl_core::crd::Cause;
 use extctl_core::crd::{ControlStatus, ExternalControl, StatusChangeRecord};
 use extctl_core::history::HistoryPolicy;

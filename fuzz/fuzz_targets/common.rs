@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Uri};
-use extctl::dev::manifests::{self, Manifests};
-use extctl::endpoint::{EndpointConfig, router};
+use extctl::manifests::{self, Manifests};
+use extctl::{EndpointConfig, router};
 use extctl_core::crd::{ControlStatus, ExternalControl};
 use extctl_core::duration;
 use extctl_core::freshness::TimestampWindow;

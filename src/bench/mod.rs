@@ -46,7 +46,7 @@ use extctl_core::tokens::SigningTokens;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("token"))]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Base URL of extctl (or GitLab), e.g. http://127.0.0.1:8080 (a trailing /api/v4 is
     /// accepted too). Plain HTTP only.
     #[arg(long, value_name = "URL", value_parser = parse_base_url, required_unless_present = "bare")]
@@ -231,7 +231,7 @@ impl Figures {
 /// `extctl bench`: measures, prints, and returns whether every answer was 200. An error is
 /// a setup problem (no token, an https URL, a host that does not resolve); a server that
 /// cannot be reached shows as calls without an answer.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
+pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<bool> {
     let load = Load {
         // Only --bare goes without --controls, and any control will do there.
         controls: args.controls.unwrap_or(ControlRange {
@@ -301,13 +301,13 @@ pub async fn measure_bare(load: &Load) -> anyhow::Result<Figures> {
 
 /// A handler on the status route that checks nothing: reads the body, answers
 /// `200 {"status":"pass"}`. Served on 127.0.0.1 until dropped.
-pub struct BareServer {
+pub(crate) struct BareServer {
     pub url: Url,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl BareServer {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = Url::parse(&format!("http://{}", listener.local_addr()?))?;
         let router = Router::new().route(STATUS_ROUTE, patch(bare_status));

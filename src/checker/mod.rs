@@ -1,8 +1,8 @@
 //! The checker's side of the protocol, for people writing or debugging external checkers:
 //! `extctl sign` prints a signed call, `extctl send` makes one (against extctl or GitLab).
 
-pub mod send;
-pub mod sign;
+pub(crate) mod send;
+pub(crate) mod sign;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use extctl_core::tokens::SigningTokens;
 /// variable, never from a bare command-line value (which would land in shell history and `ps`).
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("token").required(true))]
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     /// File holding the control's secret token (one trailing line break is ignored).
     #[arg(long, group = "token")]
     pub token_file: Option<PathBuf>,
@@ -151,7 +151,7 @@ impl SignedCall {
 
 impl CallArgs {
     /// Reads the token and signs the call (fresh timestamp and random nonce unless given).
-    pub fn sign(&self) -> anyhow::Result<SignedCall> {
+    pub(crate) fn sign(&self) -> anyhow::Result<SignedCall> {
         let tokens = SigningTokens::single(&self.read_token()?).context("the token is empty")?;
         let timestamp = match self.timestamp {
             Some(timestamp) => timestamp.to_string(),
@@ -222,7 +222,7 @@ pub(crate) fn random_nonce() -> anyhow::Result<String> {
 
 /// The base URL joined with the status path. A base that already ends in `/api/v4` (as
 /// GitLab client libraries are configured) is not doubled.
-pub fn endpoint_url(base: &Url, path: &str) -> Url {
+pub(crate) fn endpoint_url(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
     let prefix = base.path().trim_end_matches('/');
     let prefix = prefix.strip_suffix("/api/v4").unwrap_or(prefix);
@@ -230,7 +230,7 @@ pub fn endpoint_url(base: &Url, path: &str) -> Url {
     url
 }
 
-pub fn parse_base_url(text: &str) -> Result<Url, String> {
+pub(crate) fn parse_base_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
     match url.scheme() {
         "http" | "https" if url.query().is_none() => Ok(url),
@@ -242,7 +242,7 @@ pub fn parse_base_url(text: &str) -> Result<Url, String> {
 }
 
 /// `text` as one shell word: as is when that is safe, else single-quoted.
-pub fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c);
     if !text.is_empty() && text.chars().all(plain) {
         text.to_owned()

@@ -11,7 +11,7 @@ use super::{CallArgs, endpoint_url, parse_base_url};
 use crate::outbound::describe;
 
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     #[command(flatten)]
     pub call: CallArgs,
 
@@ -34,7 +34,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Why `extctl send` did not store a status.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The call could not be made (unreadable token, no randomness): a usage problem.
     #[error("{0:#}")]
     Setup(anyhow::Error),
@@ -46,7 +46,7 @@ pub enum SendError {
 }
 
 /// Sends the call; the text to print on success.
-pub async fn run(args: &SendArgs) -> Result<String, SendError> {
+pub(crate) async fn run(args: &SendArgs) -> Result<String, SendError> {
     let call = args.call.sign().map_err(SendError::Setup)?;
     if args.explain {
         // Before sending: the signed string matters most when the call is refused.

@@ -8,7 +8,7 @@ use reqwest::Url;
 use super::{CallArgs, endpoint_url, parse_base_url};
 
 #[derive(Debug, Args)]
-pub struct SignArgs {
+pub(crate) struct SignArgs {
     #[command(flatten)]
     pub call: CallArgs,
 
@@ -21,7 +21,7 @@ pub struct SignArgs {
 }
 
 /// The text `extctl sign` prints.
-pub fn run(args: &SignArgs) -> anyhow::Result<String> {
+pub(crate) fn run(args: &SignArgs) -> anyhow::Result<String> {
     let call = args.call.sign()?;
     let mut out = String::new();
     if args.explain {

@@ -45,14 +45,14 @@ pub use store::MemoryStore;
 
 /// A control given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ControlIds {
+pub(crate) struct ControlIds {
     pub project_id: i64,
     pub control_id: i64,
 }
 
 /// Everything `extctl dev` needs to know.
 #[derive(Debug, Clone)]
-pub struct DevSettings {
+pub(crate) struct DevSettings {
     pub listen: SocketAddr,
     /// `/metrics` on a listener of its own; None: on the endpoint's listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -68,7 +68,7 @@ pub struct DevSettings {
 const FLAG_SECRET: &str = "extctl-dev-token";
 
 /// Runs until SIGINT, SIGTERM or SIGHUP.
-pub async fn run(settings: DevSettings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: DevSettings) -> anyhow::Result<()> {
     let mut loaded = manifests::load(&settings.manifests).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the manifests have problems:\n  {}", lines.join("\n  "))

@@ -27,7 +27,7 @@ use extctl_core::ports::EndpointStore;
 use extctl_core::protocol::Rejection;
 
 /// The route GitLab serves, with axum's parameter syntax.
-pub const STATUS_ROUTE: &str =
+pub(crate) const STATUS_ROUTE: &str =
     "/api/v4/projects/{id}/compliance_external_controls/{control_id}/status";
 
 /// Limits and windows the endpoint enforces.

@@ -57,7 +57,11 @@ impl StatusCall<'_> {
 
 /// Reads at most `limit` bytes within `timeout`: 413 beyond the limit (at once when the
 /// declared `Content-Length` is), 408 for a slow client, 400 for a body the client cut short.
-pub(super) async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Response> {
     /// Why a body was not read: the answer is built once, outside the read.
     enum Unread {
         TooLarge,

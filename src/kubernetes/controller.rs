@@ -30,7 +30,7 @@ use extctl_core::readiness::Readiness;
 use extctl_core::reconciler::{Reconciler, duration_until};
 use extctl_core::tokens::{NoTokens, SigningTokens};
 
-pub type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
+pub(crate) type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
 
 /// Controls and Secrets as the watches see them; writes go to the API server, while this
 /// replica leads.
@@ -63,7 +63,7 @@ impl ReconcileError {
     }
 }
 
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     control: Arc<ExternalControl>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
@@ -98,7 +98,11 @@ pub async fn reconcile(
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.
-pub fn error_policy(_: Arc<ExternalControl>, error: &ReconcileError, _: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    _: Arc<ExternalControl>,
+    error: &ReconcileError,
+    _: Arc<Context>,
+) -> Action {
     if error.is_conflict() {
         Action::requeue(Duration::from_millis(200))
     } else {
@@ -234,7 +238,7 @@ impl ControlStore for KubeControlStore {
 /// kube-apiserver's answer to a JSON patch whose operation failed (here only the `test` can):
 /// 422 with this message and no causes, unlike a schema refusal, which names the object and
 /// its fields (kube-apiserver v1.36; the late-ping-outcome test in `tests/ping.rs` meets it).
-pub const JSON_PATCH_FAILED: &str =
+pub(crate) const JSON_PATCH_FAILED: &str =
     "the server rejected our request due to an error in our request";
 
 fn is_failed_json_patch(error: &kube::Error) -> bool {

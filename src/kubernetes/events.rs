@@ -20,13 +20,13 @@ const CONTROLLER: &str = "extctl";
 /// keeps the first note, and it scans its whole cache (an Event per control for minutes) on
 /// every publish, a cost that grows with the number of controls.
 #[derive(Clone)]
-pub struct StatusEvents {
+pub(crate) struct StatusEvents {
     client: Client,
     instance: String,
 }
 
 impl StatusEvents {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub(crate) fn new(client: Client, instance: Option<String>) -> Self {
         Self {
             client,
             instance: instance.unwrap_or_else(|| CONTROLLER.into()),

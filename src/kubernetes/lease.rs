@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 /// Which Lease elects the reconciling replica (`--lease-name`, `--lease-namespace`, the
 /// `--lease-*` durations).
 #[derive(Debug, Clone)]
-pub struct LeaseSettings {
+pub(crate) struct LeaseSettings {
     pub name: String,
     /// Default: the namespace served, else the client's default namespace.
     pub namespace: Option<String>,
@@ -75,7 +75,7 @@ impl Leadership {
 }
 
 /// The elector: run [`Elector::run`] until shutdown; [`Elector::leadership`] tells the rest.
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
     /// Where the Lease is, `settings.namespace` resolved.
@@ -90,7 +90,7 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         settings: LeaseSettings,
         namespace: String,
@@ -110,13 +110,13 @@ impl Elector {
         }
     }
 
-    pub fn leadership(&self) -> Leadership {
+    pub(crate) fn leadership(&self) -> Leadership {
         Leadership::Elected(self.leading.subscribe())
     }
 
     /// Tries to take or renew the Lease every retry period until `shutdown`, then gives it up
     /// (if held) so another replica takes over at once instead of after the lease duration.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut ticks = tokio::time::interval(self.settings.timing.retry_period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

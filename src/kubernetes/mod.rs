@@ -3,14 +3,14 @@
 //! [`run`].
 
 pub(crate) mod client;
-pub mod controller;
+pub(crate) mod controller;
 pub(crate) mod endpoint_store;
 pub(crate) mod events;
-pub mod lease;
+pub(crate) mod lease;
 pub(crate) mod namespaces;
 pub(crate) mod policy_reports;
-pub mod recheck;
-pub mod secrets;
+pub(crate) mod recheck;
+pub(crate) mod secrets;
 #[cfg(test)]
 mod test_api;
 pub mod watch;
@@ -41,7 +41,7 @@ use watch::Scope;
 
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]
-pub struct RunSettings {
+pub(crate) struct RunSettings {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub scope: Scope,
@@ -69,7 +69,7 @@ pub struct RunSettings {
 }
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
-pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (client, api_server) = client::connect(metrics.clone()).await?;
     let mut outbound = settings.outbound.clone();

@@ -16,7 +16,7 @@ use extctl_core::crd::{ExternalControl, REQUESTED_AT_ANNOTATION};
 
 /// What to ask for.
 #[derive(Debug, Clone)]
-pub struct RecheckRequest {
+pub(crate) struct RecheckRequest {
     pub name: String,
     /// None: the kubeconfig's namespace.
     pub namespace: Option<String>,
@@ -26,7 +26,7 @@ pub struct RecheckRequest {
 
 /// Sets the annotation (to the current time, so every request is a new value) and, when asked,
 /// waits for it to be handled; returns what to print.
-pub async fn request(request: &RecheckRequest) -> anyhow::Result<String> {
+pub(crate) async fn request(request: &RecheckRequest) -> anyhow::Result<String> {
     let client = super::client::client().await?;
     let namespace = request
         .namespace

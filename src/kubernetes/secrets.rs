@@ -34,7 +34,7 @@ use extctl_core::sync::lock;
 pub const MIN_REREAD: Duration = Duration::from_secs(2);
 
 /// Called with a Secret whose content a read found changed.
-pub type OnChange = Arc<dyn Fn(&ObjectKey) + Send + Sync>;
+pub(crate) type OnChange = Arc<dyn Fn(&ObjectKey) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct SecretCache {
