@@ -85,15 +85,15 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct PingArgs {
     /// The ExternalControl's name.
-    pub name: String,
+    pub(crate) name: String,
 
     /// Its namespace (default: the kubeconfig's).
     #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 
     /// Wait up to this long for the operator to act on the request, e.g. 30s.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
-    pub wait: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
 }
 
 impl PingArgs {
@@ -110,12 +110,12 @@ impl PingArgs {
 pub(crate) struct RunArgs {
     /// Address the status endpoint (and /healthz, /readyz) listens on.
     #[arg(long, env = "EXTCTL_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 
     /// Serve only the ExternalControls, and read only the Secrets, of this namespace
     /// (default: all namespaces).
     #[arg(long, env = "EXTCTL_NAMESPACE")]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 
     /// Serve a control only when the `extctl.dev/projects` annotation of its Namespace, which
     /// a cluster admin sets, allows its GitLab project: a namespace without the annotation may
@@ -123,56 +123,56 @@ pub(crate) struct RunArgs {
     /// annotation either way). The first setting of a multi-team cluster (docs/tenancy.md);
     /// cluster-wide only (not with --namespace).
     #[arg(long, env = "EXTCTL_REQUIRE_PROJECT_ALLOWANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL", conflicts_with = "namespace")]
-    pub require_project_allowance: bool,
+    pub(crate) require_project_allowance: bool,
 
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 
     /// This replica's name in Events (the Helm chart sets it to the pod name).
     #[arg(long, env = "POD_NAME")]
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
 
     /// How long a control's Secret, once read, is used before it is read again. A call whose
     /// signature does not verify reads it at once (at most every 2s per Secret), so a rotated
     /// token works immediately; a removed token stops working within this time.
     #[arg(long, env = "EXTCTL_SECRET_TTL", default_value = "60s", value_parser = duration::parse_positive)]
-    pub secret_ttl: Duration,
+    pub(crate) secret_ttl: Duration,
 
     /// Controls reconciled at once. Bounds the reconciler's status writes (the resets) so that
     /// checkers' calls keep headroom when many resets fall due together (they then complete a
     /// little later); each reset's ping, lastPing write and Event follow on their own.
     #[arg(long, env = "EXTCTL_RECONCILE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub reconcile_concurrency: u16,
+    pub(crate) reconcile_concurrency: u16,
 
     /// Address /metrics (Prometheus, OpenMetrics text) listens on: a port of its own, so
     /// monitoring needs no access to the endpoint.
     #[arg(long, env = "EXTCTL_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
 
     /// Only the replica holding a Lease reconciles (resets, pings, timeouts); every replica
     /// serves the endpoint. Off: this replica reconciles unconditionally (one replica only).
     #[arg(long, env = "EXTCTL_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub leader_election: bool,
+    pub(crate) leader_election: bool,
 
     /// Name of the Lease the replicas elect their reconciler with.
     #[arg(long, env = "EXTCTL_LEASE_NAME", default_value = "extctl")]
-    pub lease_name: String,
+    pub(crate) lease_name: String,
 
     /// Namespace of the Lease (the Helm chart sets it to the release's namespace). Default: the
     /// --namespace served, else the kubeconfig's namespace, else `default`.
     #[arg(long, env = "POD_NAMESPACE")]
-    pub lease_namespace: Option<String>,
+    pub(crate) lease_namespace: Option<String>,
 
     /// How long the Lease stays held without renewal: a replica that dies is replaced within
     /// this time. The leader renews every 2/15 of it and stops reconciling once it could not
     /// renew for 2/3 of it, before anyone else may take over.
     #[arg(long, env = "EXTCTL_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
-    pub lease_duration: Duration,
+    pub(crate) lease_duration: Duration,
 
     /// How many status changes each control keeps in `status.history` (0: none; the audit log
     /// line and the Event are written either way).
     #[arg(long, env = "EXTCTL_STATUS_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub status_history: u8,
+    pub(crate) status_history: u8,
 
     /// Keep one compliance report per namespace whose results are its controls, for Policy
     /// Reporter and other dashboards: `openreports` (an openreports.io/v1alpha1 Report),
@@ -180,7 +180,7 @@ pub(crate) struct RunArgs {
     /// installed, and extctl allowed to list, get, create, patch and delete it (the Helm chart's
     /// `reports` value grants that). Only the Lease holder writes.
     #[arg(long, env = "EXTCTL_REPORTS", value_enum, default_value_t = ReportsFlag::Off)]
-    pub reports: ReportsFlag,
+    pub(crate) reports: ReportsFlag,
 }
 
 /// `extctl run --reports`.
@@ -212,35 +212,35 @@ impl ReportsFlag {
 pub(crate) struct CommonArgs {
     /// Calls signed this long ago or earlier are refused as expired (GitLab: 15s).
     #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_AGE", default_value = "15s", value_parser = duration::parse_positive)]
-    pub timestamp_max_age: Duration,
+    pub(crate) timestamp_max_age: Duration,
 
     /// How far ahead of this clock a call's timestamp may be (GitLab: 0s, none).
     #[arg(long, env = "EXTCTL_TIMESTAMP_MAX_SKEW", default_value = "0s", value_parser = duration::parse)]
-    pub timestamp_max_skew: Duration,
+    pub(crate) timestamp_max_skew: Duration,
 
     /// Largest request body accepted, in bytes; larger ones are refused with 413.
     #[arg(long, env = "EXTCTL_MAX_BODY_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
-    pub max_body_bytes: u32,
+    pub(crate) max_body_bytes: u32,
 
     /// Time allowed to receive a request's headers, then its body, and to store a status,
     /// before giving up.
     #[arg(long, env = "EXTCTL_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration::parse_positive)]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 
     /// Time one attempt of an outbound call (a ping to externalUrl, a spec.notify
     /// notification) may take, connection included.
     #[arg(long, env = "EXTCTL_PING_TIMEOUT", default_value = "10s", value_parser = duration::parse_positive)]
-    pub ping_timeout: Duration,
+    pub(crate) ping_timeout: Duration,
 
     /// Retries of an outbound call after a network error or a 5xx answer (never after a 4xx
     /// answer or a refused destination).
     #[arg(long, env = "EXTCTL_OUTBOUND_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
-    pub outbound_retries: u32,
+    pub(crate) outbound_retries: u32,
 
     /// The first retry waits a random part of this; each further retry doubles the bound, up
     /// to 30s.
     #[arg(long, env = "EXTCTL_OUTBOUND_BACKOFF", default_value = "1s", value_parser = duration::parse_positive)]
-    pub outbound_backoff: Duration,
+    pub(crate) outbound_backoff: Duration,
 
     /// Networks or addresses outbound calls must never connect to: CIDRs (10.0.0.0/8), IP
     /// addresses, or address:port (10.96.0.1:443). Repeat the flag or separate by commas.
@@ -250,7 +250,7 @@ pub(crate) struct CommonArgs {
         value_name = "CIDR|IP|IP:PORT",
         value_delimiter = ','
     )]
-    pub outbound_deny: Vec<Rule>,
+    pub(crate) outbound_deny: Vec<Rule>,
 
     /// If given, the only networks or addresses outbound calls may connect to (--outbound-deny
     /// still applies). Listing one opens it even when built in as refused: link-local and
@@ -261,7 +261,7 @@ pub(crate) struct CommonArgs {
         value_name = "CIDR|IP|IP:PORT",
         value_delimiter = ','
     )]
-    pub outbound_allow: Vec<Rule>,
+    pub(crate) outbound_allow: Vec<Rule>,
 }
 
 impl CommonArgs {
@@ -324,34 +324,34 @@ pub(crate) struct DevArgs {
     /// Address the status endpoint (and /healthz, /readyz) listens on. (Not read from
     /// EXTCTL_LISTEN: a sandbox stays on loopback unless asked on its own command line.)
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 
     /// Address /metrics (Prometheus, OpenMetrics text) listens on. Default: none of its own,
     /// /metrics is served on the endpoint's address (--listen), so a port already taken (9090
     /// is Prometheus's own) never stops the sandbox; an address given here must be free.
     #[arg(long)]
-    pub metrics_listen: Option<SocketAddr>,
+    pub(crate) metrics_listen: Option<SocketAddr>,
 
     /// ExternalControl and Secret manifests, as applied to a cluster: a YAML file (several
     /// documents allowed) or a directory of .yaml/.yml/.json files. Repeatable.
     #[arg(long, value_name = "DIR_OR_FILE")]
-    pub manifests: Vec<PathBuf>,
+    pub(crate) manifests: Vec<PathBuf>,
 
     /// A control without a manifest, as PROJECT:CONTROL (e.g. 42:7), signed with the token in
     /// --token-file. Repeatable.
     #[arg(long = "control", value_name = "PROJECT:CONTROL", value_parser = parse_control_ids, requires = "token_file")]
-    pub controls: Vec<ControlIds>,
+    pub(crate) controls: Vec<ControlIds>,
 
     /// File holding the signing token of the --control controls.
     #[arg(long, requires = "controls")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 impl DevArgs {

@@ -188,7 +188,7 @@ impl Metrics {
     }
 
     /// Declares the Kubernetes request series at 0 (once a process talks to Kubernetes).
-    pub fn declare_kube_requests(&self) {
+    pub(crate) fn declare_kube_requests(&self) {
         for verb in ["get", "watch", "create", "update", "patch"] {
             for outcome in ["ok", "conflict", "not_found", "invalid", "error"] {
                 self.kube_requests
@@ -289,7 +289,7 @@ impl Metrics {
 
     /// A status call answered with `result` (a [`extctl_core::protocol::Rejection`]'s label,
     /// `stored`, or `bad_request`) after `elapsed`.
-    pub fn status_call(&self, result: &'static str, elapsed: Duration) {
+    pub(crate) fn status_call(&self, result: &'static str, elapsed: Duration) {
         self.status_calls
             .get_or_create(&ResultLabel { result })
             .inc();
@@ -297,7 +297,7 @@ impl Metrics {
     }
 
     /// A Kubernetes API request answered with `code` (`None`: no answer).
-    pub fn kube_request(&self, verb: &'static str, code: Option<u16>) {
+    pub(crate) fn kube_request(&self, verb: &'static str, code: Option<u16>) {
         let outcome = match code {
             Some(200..=299) => "ok",
             Some(409) => "conflict",
@@ -310,11 +310,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn watch_restarted(&self) {
+    pub(crate) fn watch_restarted(&self) {
         self.watch_restarts.inc();
     }
 
-    pub fn set_leader(&self, leader: bool) {
+    pub(crate) fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
 
@@ -400,7 +400,13 @@ pub struct ControlCounts {
 
 impl ControlCounts {
     /// A control of `namespace` with `status`, and its `Ready` condition (`ready`, `reason`).
-    pub fn add(&mut self, namespace: &str, status: ControlStatus, ready: bool, reason: &str) {
+    pub(crate) fn add(
+        &mut self,
+        namespace: &str,
+        status: ControlStatus,
+        ready: bool,
+        reason: &str,
+    ) {
         *self
             .by_status
             .entry((namespace.to_string(), status.as_str()))

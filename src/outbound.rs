@@ -51,11 +51,6 @@ impl Outbound {
         })
     }
 
-    /// The rules outbound calls are checked against.
-    pub fn destinations(&self) -> &DestinationPolicy {
-        &self.settings.destinations
-    }
-
     async fn attempt(&self, post: &Post<'_>) -> (Attempt, Result<u16, String>) {
         let client = match self.client_for(post).await {
             Ok(client) => client,

@@ -27,7 +27,7 @@ pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 }
 
 #[cfg(not(unix))]
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -50,49 +50,49 @@ pub(crate) struct BenchArgs {
     /// Base URL of extctl (or GitLab), e.g. http://127.0.0.1:8080 (a trailing /api/v4 is
     /// accepted too). Plain HTTP only.
     #[arg(long, value_name = "URL", value_parser = parse_base_url, required_unless_present = "bare")]
-    pub url: Option<Url>,
+    pub(crate) url: Option<Url>,
 
     /// File holding the controls' signing token (one trailing line break is ignored).
     #[arg(long, group = "token")]
-    pub token_file: Option<std::path::PathBuf>,
+    pub(crate) token_file: Option<std::path::PathBuf>,
     /// Name of an environment variable holding the token.
     #[arg(long, group = "token", value_name = "VAR")]
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
 
     /// The controls called, as PROJECT:FIRST-LAST (e.g. 1:1-10000) or PROJECT:ID; calls go to
     /// them in turn (round-robin), all in the one project, all signed with the one token.
     #[arg(long, value_name = "PROJECT:FIRST-LAST", value_parser = ControlRange::parse, required_unless_present = "bare")]
-    pub controls: Option<ControlRange>,
+    pub(crate) controls: Option<ControlRange>,
 
     /// Concurrent checkers: each one keep-alive connection with one call in flight.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
-    pub concurrency: u16,
+    pub(crate) concurrency: u16,
 
     /// How long to measure (after the warm-up).
     #[arg(long, default_value = "10s", value_parser = duration::parse_positive)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 
     /// How long to call before measuring (connections opened, caches warm); not counted.
     #[arg(long, default_value = "2s", value_parser = duration::parse)]
-    pub warmup: Duration,
+    pub(crate) warmup: Duration,
 
     /// The status every call reports: pass, fail or not_applicable.
     #[arg(long, default_value = "pass", value_parser = crate::checker::parse_status)]
-    pub status: ControlStatus,
+    pub(crate) status: ControlStatus,
 
     /// Instead of --url, call a bare handler on the same route in this process (no checks,
     /// always 200): the ceiling of the generator and of HTTP on this machine. No token needed.
     #[arg(long, conflicts_with_all = ["url", "compare_bare"])]
-    pub bare: bool,
+    pub(crate) bare: bool,
 
     /// Measure a bare handler in this process first, then --url with the same settings, and
     /// print the ratio of their calls/s.
     #[arg(long, requires = "url")]
-    pub compare_bare: bool,
+    pub(crate) compare_bare: bool,
 
     /// Print one JSON object per target instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Controls `first..=last` of one project.
@@ -105,7 +105,7 @@ pub struct ControlRange {
 
 impl ControlRange {
     /// `PROJECT:FIRST-LAST` or `PROJECT:ID`, ids from 1.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let usage = || format!("{text:?} is not PROJECT:FIRST-LAST or PROJECT:ID, such as 1:1-100");
         let id = |part: &str| part.parse::<i64>().ok().filter(|id| *id >= 1);
         let (project, controls) = text.split_once(':').ok_or_else(usage)?;
@@ -192,7 +192,7 @@ impl Figures {
     }
 
     /// The human-readable block.
-    pub fn text(&self, load: &Load) -> String {
+    pub(crate) fn text(&self, load: &Load) -> String {
         let answers: Vec<String> = match self.answers.is_empty() {
             true => vec!["none".into()],
             false => self
@@ -302,7 +302,7 @@ pub async fn measure_bare(load: &Load) -> anyhow::Result<Figures> {
 /// A handler on the status route that checks nothing: reads the body, answers
 /// `200 {"status":"pass"}`. Served on 127.0.0.1 until dropped.
 pub(crate) struct BareServer {
-    pub url: Url,
+    pub(crate) url: Url,
     task: tokio::task::JoinHandle<()>,
 }
 

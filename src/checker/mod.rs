@@ -24,31 +24,31 @@ use extctl_core::tokens::SigningTokens;
 pub(crate) struct CallArgs {
     /// File holding the control's secret token (one trailing line break is ignored).
     #[arg(long, group = "token")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Read the token from standard input.
     #[arg(long, group = "token")]
-    pub token_stdin: bool,
+    pub(crate) token_stdin: bool,
     /// Name of an environment variable holding the token.
     #[arg(long, group = "token", value_name = "VAR")]
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
 
     /// GitLab project: its id (`42`) or its full path (`group/sub/my.project`, as
     /// `$CI_PROJECT_PATH` gives it; sent URL-encoded, signed decoded, as GitLab does).
     #[arg(long, value_parser = parse_project)]
-    pub project: Project,
+    pub(crate) project: Project,
     /// Control id (the `:control_id` in the path).
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
-    pub control: i64,
+    pub(crate) control: i64,
     /// The status to report: pass, fail or not_applicable.
     #[arg(long, value_parser = parse_status)]
-    pub status: ControlStatus,
+    pub(crate) status: ControlStatus,
 
     /// Unix time in seconds (default: now).
     #[arg(long)]
-    pub timestamp: Option<u64>,
+    pub(crate) timestamp: Option<u64>,
     /// A 32-character nonce (default: 32 random hex characters).
     #[arg(long)]
-    pub nonce: Option<String>,
+    pub(crate) nonce: Option<String>,
 }
 
 /// The `:id` of a status call: the project's id, or its full path.
@@ -141,7 +141,7 @@ impl SignedCall {
     }
 
     /// The signed string, as `--explain` prints it.
-    pub fn explanation(&self) -> String {
+    pub(crate) fn explanation(&self) -> String {
         format!(
             "# signed string (timestamp + nonce + path + \"status=\" + status):\n# {}\n",
             self.signed_string

@@ -13,20 +13,20 @@ use crate::outbound::describe;
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
     #[command(flatten)]
-    pub call: CallArgs,
+    pub(crate) call: CallArgs,
 
     /// Base URL of extctl or GitLab, e.g. http://127.0.0.1:8080 or https://gitlab.example.com
     /// (a trailing /api/v4 is accepted too).
     #[arg(long, value_name = "URL", value_parser = parse_base_url)]
-    pub url: Url,
+    pub(crate) url: Url,
 
     /// Also print the exact string that is signed (before sending).
     #[arg(long)]
-    pub explain: bool,
+    pub(crate) explain: bool,
 
     /// Time the whole call may take, connection included.
     #[arg(long, default_value = "10s", value_parser = extctl_core::duration::parse_positive)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// How much of an answer is read.

@@ -10,14 +10,14 @@ use super::{CallArgs, endpoint_url, parse_base_url};
 #[derive(Debug, Args)]
 pub(crate) struct SignArgs {
     #[command(flatten)]
-    pub call: CallArgs,
+    pub(crate) call: CallArgs,
 
     /// Also print the exact string that is signed.
     #[arg(long)]
-    pub explain: bool,
+    pub(crate) explain: bool,
     /// Print a complete curl command for this base URL (e.g. http://extctl.extctl.svc).
     #[arg(long, value_name = "URL", value_parser = parse_base_url)]
-    pub curl: Option<Url>,
+    pub(crate) curl: Option<Url>,
 }
 
 /// The text `extctl sign` prints.

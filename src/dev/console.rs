@@ -19,7 +19,7 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn listening(&self, url: &str, metrics_url: &str, controls: usize) {
+    pub(crate) fn listening(&self, url: &str, metrics_url: &str, controls: usize) {
         self.print(
             format!(
                 "extctl dev: {controls} control(s), endpoint {url}, metrics {metrics_url} \
@@ -30,7 +30,12 @@ impl Console {
     }
 
     /// A control as loaded: its ids, status, ping setting, readiness, and how to report for it.
-    pub fn control(&self, control: &ExternalControl, readiness: &Readiness, send: Option<&str>) {
+    pub(crate) fn control(
+        &self,
+        control: &ExternalControl,
+        readiness: &Readiness,
+        send: Option<&str>,
+    ) {
         let spec = &control.spec;
         let ping = spec.ping_enabled.then_some(spec.ping_interval.0.as_str());
         let state = match readiness {

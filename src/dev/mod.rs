@@ -46,22 +46,22 @@ pub use store::MemoryStore;
 /// A control given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ControlIds {
-    pub project_id: i64,
-    pub control_id: i64,
+    pub(crate) project_id: i64,
+    pub(crate) control_id: i64,
 }
 
 /// Everything `extctl dev` needs to know.
 #[derive(Debug, Clone)]
 pub(crate) struct DevSettings {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// `/metrics` on a listener of its own; None: on the endpoint's listener.
-    pub metrics_listen: Option<SocketAddr>,
-    pub manifests: Vec<PathBuf>,
-    pub controls: Vec<ControlIds>,
-    pub token_file: Option<PathBuf>,
-    pub json: bool,
-    pub endpoint: EndpointConfig,
-    pub outbound: OutboundSettings,
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    pub(crate) manifests: Vec<PathBuf>,
+    pub(crate) controls: Vec<ControlIds>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) json: bool,
+    pub(crate) endpoint: EndpointConfig,
+    pub(crate) outbound: OutboundSettings,
 }
 
 /// The Secret that holds the token of `--control` controls.

@@ -187,7 +187,7 @@ impl MemoryStore {
     }
 
     /// Every control, as stored now.
-    pub fn controls(&self) -> Vec<Arc<ExternalControl>> {
+    pub(crate) fn controls(&self) -> Vec<Arc<ExternalControl>> {
         let cells = self.controls.cells.iter();
         cells.map(|cell| lock(cell).current()).collect()
     }

@@ -15,11 +15,11 @@ use extctl_core::protocol::Rejection;
 
 /// Everything the checks need from one request.
 pub(super) struct StatusCall<'a> {
-    pub project: &'a str,
-    pub control: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    pub body: &'a [u8],
+    pub(crate) project: &'a str,
+    pub(crate) control: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: &'a [u8],
 }
 
 impl StatusCall<'_> {

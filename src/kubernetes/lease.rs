@@ -30,10 +30,10 @@ use crate::metrics::Metrics;
 /// `--lease-*` durations).
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseSettings {
-    pub name: String,
+    pub(crate) name: String,
     /// Default: the namespace served, else the client's default namespace.
-    pub namespace: Option<String>,
-    pub timing: Timing,
+    pub(crate) namespace: Option<String>,
+    pub(crate) timing: Timing,
 }
 
 /// Whether this replica leads now; cheap to clone and to ask.
@@ -46,7 +46,7 @@ pub enum Leadership {
 }
 
 impl Leadership {
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         match self {
             Self::Always => true,
             Self::Elected(leading) => *leading.borrow(),
@@ -54,7 +54,7 @@ impl Leadership {
     }
 
     /// Completes when this replica leads (at once if it does).
-    pub async fn gained(&mut self) {
+    pub(crate) async fn gained(&mut self) {
         if let Self::Elected(leading) = self {
             // An error means the elector stopped (shutdown): then leadership never comes.
             if leading.wait_for(|leading| *leading).await.is_err() {
@@ -64,7 +64,7 @@ impl Leadership {
     }
 
     /// Completes when this replica stops leading (never without election).
-    pub async fn lost(&mut self) {
+    pub(crate) async fn lost(&mut self) {
         match self {
             Self::Always => std::future::pending().await,
             Self::Elected(leading) => {

@@ -42,30 +42,30 @@ use watch::Scope;
 /// Everything `extctl run` needs to know.
 #[derive(Debug, Clone)]
 pub(crate) struct RunSettings {
-    pub listen: SocketAddr,
-    pub metrics_listen: SocketAddr,
-    pub scope: Scope,
-    pub endpoint: EndpointConfig,
+    pub(crate) listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) scope: Scope,
+    pub(crate) endpoint: EndpointConfig,
     /// This replica's name in Events, the Lease and `status.history` (the pod name in a
     /// cluster).
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     /// How pings and notifications are sent (the API server's addresses are added to the
     /// destination rules at start).
-    pub outbound: OutboundSettings,
+    pub(crate) outbound: OutboundSettings,
     /// How long a Secret read is used before it is read again.
-    pub secret_ttl: Duration,
+    pub(crate) secret_ttl: Duration,
     /// Controls reconciled at once: bounds the reconciler's status writes, so that checkers'
     /// calls keep headroom when many resets fall due together.
-    pub reconcile_concurrency: u16,
+    pub(crate) reconcile_concurrency: u16,
     /// Leader election: only the Lease holder reconciles. `None`: this replica always does.
-    pub election: Option<LeaseSettings>,
+    pub(crate) election: Option<LeaseSettings>,
     /// Status changes kept per control in `status.history`.
-    pub history_limit: usize,
+    pub(crate) history_limit: usize,
     /// Which compliance report to keep per namespace (`--reports`); `None`: none.
-    pub reports: Option<extctl_core::policy_reports::Flavor>,
+    pub(crate) reports: Option<extctl_core::policy_reports::Flavor>,
     /// A namespace without the `extctl.dev/projects` annotation may claim no project
     /// (`--require-project-allowance`; cluster-wide only).
-    pub require_project_allowance: bool,
+    pub(crate) require_project_allowance: bool,
 }
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.

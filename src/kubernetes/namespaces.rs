@@ -18,7 +18,7 @@ use extctl_core::tenancy::{Allowance, NotAllowed, PROJECTS_ANNOTATION};
 
 /// What each namespace's controls may claim, as last seen.
 #[derive(Clone)]
-pub struct Allowances {
+pub(crate) struct Allowances {
     inner: Arc<Inner>,
 }
 
@@ -32,7 +32,7 @@ struct Inner {
 
 impl Allowances {
     /// Nothing is known until [`watch`] has listed the Namespaces once.
-    pub fn new(required: bool) -> Self {
+    pub(crate) fn new(required: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 unlisted: Allowance::new(None, required),
@@ -43,14 +43,14 @@ impl Allowances {
     }
 
     /// Every namespace may claim any project (a namespace-scoped install: one team).
-    pub fn unrestricted() -> Self {
+    pub(crate) fn unrestricted() -> Self {
         let allowances = Self::new(false);
         allowances.inner.loaded.send_replace(true);
         allowances
     }
 
     /// Whether `control`'s namespace may claim its project.
-    pub fn check(&self, control: &ExternalControl) -> Result<(), NotAllowed> {
+    pub(crate) fn check(&self, control: &ExternalControl) -> Result<(), NotAllowed> {
         let namespace = control.metadata.namespace.as_deref().unwrap_or_default();
         match read(&self.inner.listed).get(namespace) {
             Some(allowance) => allowance.check(&control.spec),
@@ -59,12 +59,12 @@ impl Allowances {
     }
 
     /// Whether the Namespaces have been listed, so [`Self::check`] can be trusted.
-    pub fn loaded(&self) -> bool {
+    pub(crate) fn loaded(&self) -> bool {
         *self.inner.loaded.borrow()
     }
 
     /// Returns once the Namespaces have been listed.
-    pub async fn wait_loaded(&self) {
+    pub(crate) async fn wait_loaded(&self) {
         let mut loaded = self.inner.loaded.subscribe();
         // The sender lives in `self`: `wait_for` only ends with the value.
         let _ = loaded.wait_for(|loaded| *loaded).await;

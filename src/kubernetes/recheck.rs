@@ -17,11 +17,11 @@ use extctl_core::crd::{ExternalControl, REQUESTED_AT_ANNOTATION};
 /// What to ask for.
 #[derive(Debug, Clone)]
 pub(crate) struct RecheckRequest {
-    pub name: String,
+    pub(crate) name: String,
     /// None: the kubeconfig's namespace.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// How long to wait for the operator to act on it; None: do not wait.
-    pub wait: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
 }
 
 /// Sets the annotation (to the current time, so every request is a new value) and, when asked,

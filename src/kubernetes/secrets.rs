@@ -37,7 +37,7 @@ pub const MIN_REREAD: Duration = Duration::from_secs(2);
 pub(crate) type OnChange = Arc<dyn Fn(&ObjectKey) + Send + Sync>;
 
 #[derive(Clone)]
-pub struct SecretCache {
+pub(crate) struct SecretCache {
     client: Client,
     ttl: Duration,
     entries: Arc<Mutex<HashMap<ObjectKey, Slot>>>,
@@ -54,7 +54,7 @@ struct Kept {
 }
 
 impl SecretCache {
-    pub fn new(client: Client, ttl: Duration, on_change: OnChange) -> Self {
+    pub(crate) fn new(client: Client, ttl: Duration, on_change: OnChange) -> Self {
         Self {
             client,
             ttl,
@@ -66,7 +66,7 @@ impl SecretCache {
     /// The Secret (`None` when it does not exist), read from the API server unless a copy
     /// fresh enough is kept. When the API server cannot be reached, an older copy is used
     /// rather than none.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         key: &ObjectKey,
         freshness: Freshness,
@@ -105,12 +105,12 @@ impl SecretCache {
     }
 
     /// How long a copy is used before the Secret is read again.
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
     /// Drops the copy of `key`, if one is kept; a later lookup reads it again.
-    pub fn forget(&self, key: &ObjectKey) {
+    pub(crate) fn forget(&self, key: &ObjectKey) {
         lock(&self.entries).remove(key);
     }
 

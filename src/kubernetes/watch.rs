@@ -38,7 +38,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub fn api<K>(&self, client: Client) -> Api<K>
+    pub(crate) fn api<K>(&self, client: Client) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         K::DynamicType: Default,
@@ -51,21 +51,21 @@ impl Scope {
 }
 
 /// Reconcile requests for controls affected by a change to some other object.
-pub type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
+pub(crate) type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 
 /// The in-memory view of the cluster that lookups are answered from.
 #[derive(Clone)]
 pub struct Reflectors {
-    pub controls: Store<ExternalControl>,
+    pub(crate) controls: Store<ExternalControl>,
     index: Arc<RwLock<ControlIndex<ObjectKey>>>,
-    pub secrets: SecretCache,
-    pub allowances: Allowances,
+    pub(crate) secrets: SecretCache,
+    pub(crate) allowances: Allowances,
     loaded: Arc<AtomicBool>,
 }
 
 impl Reflectors {
     /// The control's Secret, as fresh as asked (`None`: it does not exist).
-    pub async fn secret_of(
+    pub(crate) async fn secret_of(
         &self,
         control: &ExternalControl,
         freshness: Freshness,
@@ -76,7 +76,7 @@ impl Reflectors {
     }
 
     /// The control's signing tokens from its Secret, or why there are none.
-    pub async fn tokens(
+    pub(crate) async fn tokens(
         &self,
         control: &ExternalControl,
         freshness: Freshness,
@@ -90,7 +90,7 @@ impl Reflectors {
 
     /// Every control that claims `control_id` and whose namespace may claim its project,
     /// from the index (no scan).
-    pub fn claimants(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
+    pub(crate) fn claimants(&self, control_id: i64) -> Vec<Arc<ExternalControl>> {
         let keys = read(&self.index).with_id(control_id);
         keys.into_iter()
             .filter_map(|key| self.controls.get(&object_ref(&key)))
@@ -103,7 +103,7 @@ impl Reflectors {
 
     /// Whether the controls' full list (and the Namespaces', for their allowances) has been
     /// loaded, so a lookup that finds nothing means there is nothing (not "not loaded yet").
-    pub fn loaded(&self) -> bool {
+    pub(crate) fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire) && self.allowances.loaded()
     }
 }

@@ -24,7 +24,7 @@ use secret::parse_secret;
 use yaml::{documents, yaml_problem};
 
 /// The namespace of objects whose manifest names none, as with `kubectl apply`.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// What the manifests hold.
 #[derive(Debug, Default)]
