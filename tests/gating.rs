@@ -172,6 +172,33 @@ async fn controls_in_every_state() -> (Cluster, Operator, Controls) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// kstatus
+
+/// kstatus itself (`sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`, built from its Go
+/// module: the code Flux and kpt judge readiness with) on the controls as the real `extctl run`
+/// stored them gives what docs/gating.md's table says for each state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_computes_what_the_docs_say_for_every_state() {
+    let (_cluster, _operator, controls) = controls_in_every_state().await;
+    let judged = [
+        ("passing", &controls.passing, "Current"),
+        ("inapplicable", &controls.inapplicable, "Current"),
+        ("failing", &controls.failing, "Failed"),
+        ("undecided", &controls.undecided, "InProgress"),
+    ];
+    let objects: Vec<&Value> = judged.iter().map(|(_, object, _)| *object).collect();
+    let computed = support::ecosystem::kstatus(&objects).await;
+    for ((name, _, expected), (status, message)) in judged.iter().zip(&computed) {
+        assert_eq!(status, expected, "{name}: {message}");
+    }
+    // Before extctl has seen a control it has no status, which kstatus cannot tell from a
+    // resource without conditions: Current. (The docs tell users to gate on `Compliant`, which
+    // such a control does not have, so `kubectl wait` and the Flux expressions hold.)
+    let unassessed = support::ecosystem::kstatus(&[&controls.unassessed]).await;
+    assert_eq!(unassessed[0].0, "Current", "{:?}", unassessed[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // kubectl
 
 /// The real kubectl, to the server directly over https (client-go sends a token only over

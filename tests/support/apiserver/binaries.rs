@@ -88,17 +88,19 @@ fn build() -> Binaries {
         version("gitTreeState", "clean"),
     ]
     .join(" ");
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube");
     go_build(
+        &module,
         &ldflags,
         "k8s.io/kubernetes/cmd/kube-apiserver",
         &binaries.kube_apiserver,
     );
-    go_build("-s -w", "./etcd", &binaries.etcd);
+    go_build(&module, "-s -w", "./etcd", &binaries.etcd);
     binaries
 }
 
 /// Fails with what to do when there is no Go to build with.
-fn go_version() {
+pub fn go_version() {
     let found = Command::new("go").arg("version").output();
     let works = found.as_ref().is_ok_and(|output| output.status.success());
     assert!(
@@ -109,13 +111,12 @@ fn go_version() {
     );
 }
 
-/// `go build` of `package` in `tests/kube/`, into `output` (written whole, then renamed, so a
-/// build cut short never leaves a binary that looks complete).
-fn go_build(ldflags: &str, package: &str, output: &Path) {
-    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube");
+/// `go build` of `package` in the Go module `module`, into `output` (written whole, then
+/// renamed, so a build cut short never leaves a binary that looks complete).
+pub fn go_build(module: &Path, ldflags: &str, package: &str, output: &Path) {
     let partial = output.with_extension("partial");
     let status = Command::new("go")
-        .current_dir(&module)
+        .current_dir(module)
         .args([
             "build",
             "-mod=readonly",

@@ -4,7 +4,7 @@
 // Each test crate uses a different part of what is re-exported here.
 #![allow(unused_imports)]
 
-mod binaries;
+pub mod binaries;
 pub mod proxy;
 mod server;
 

@@ -1,0 +1,73 @@
+//! The ecosystem's own code, built from its Go modules (pinned in `tests/ecosystem/go.mod`) once
+//! into `target/ecosystem/<pins>/`, as kube-apiserver is (`apiserver::binaries`), so that the
+//! integration claims are judged by the tools that make them: kstatus, for one.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::apiserver::binaries::{go_build, go_version};
+use super::pytools::fnv1a;
+
+/// What the builds depend on: a change to any of them builds again, into a new directory.
+const PINS: [&str; 3] = [
+    include_str!("../ecosystem/go.mod"),
+    include_str!("../ecosystem/go.sum"),
+    include_str!("../ecosystem/kstatus/main.go"),
+];
+
+/// `tests/ecosystem/<package>` built (once per pins; serialised with a file lock).
+fn built(name: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ecosystem");
+    let dir = target.join(format!("{:016x}", fnv1a(&PINS.concat())));
+    let binary = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("creating target/ecosystem");
+    let lock = File::create(target.join("build.lock")).expect("creating its build.lock");
+    lock.lock().expect("locking target/ecosystem/build.lock");
+    if !binary.is_file() {
+        go_version();
+        eprintln!(
+            "building {name} from the Go module proxy into {}",
+            dir.display()
+        );
+        let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ecosystem");
+        go_build(&module, "-s -w", &format!("./{name}"), &binary);
+    }
+    binary
+}
+
+/// What kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`) computes for each of
+/// `objects`: `(status, message)`, in order.
+pub async fn kstatus(objects: &[&Value]) -> Vec<(String, String)> {
+    let binary = tokio::task::spawn_blocking(|| built("kstatus"))
+        .await
+        .expect("building kstatus");
+    let mut child = tokio::process::Command::new(binary)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kstatus starts");
+    let input = serde_json::to_vec(objects).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "kstatus failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).expect("kstatus prints JSON");
+    results
+        .iter()
+        .map(|r| {
+            let field = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+            (field("status"), field("message"))
+        })
+        .collect()
+}
