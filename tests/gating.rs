@@ -179,11 +179,45 @@ async fn controls_in_every_state() -> (Cluster, Operator, Controls) {
 /// stored them gives what docs/gating.md's table says for each state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kstatus_computes_what_the_docs_say_for_every_state() {
-    let (_cluster, _operator, controls) = controls_in_every_state().await;
+    let (cluster, operator, controls) = controls_in_every_state().await;
+    // Stale: a pass kept past `gate.maxStaleness` while its re-check is pending. Timed out: a
+    // checker that accepted its ping and stayed silent past `pendingTimeout`.
+    let receiver = support::PingReceiver::start(cluster.dir.path(), 200).await;
+    for (name, id, spec) in [
+        (
+            "stale",
+            11,
+            json!({"pingInterval": "2s", "gate": {"maxStaleness": "1s"}}),
+        ),
+        (
+            "silent",
+            12,
+            json!({"pingInterval": "3s", "pendingTimeout": "1s",
+                              "externalUrl": receiver.url}),
+        ),
+    ] {
+        let mut spec = spec;
+        spec["projectId"] = json!(42);
+        spec["controlId"] = json!(id);
+        spec["secretRef"] = json!({"name": "token"});
+        cluster
+            .create_control_from(json!({
+                "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
+                "metadata": {"name": name, "namespace": cluster.namespace}, "spec": spec
+            }))
+            .await;
+        cluster.wait_ready_reason(name, "Ready").await;
+    }
+    let token = cluster.token_file("checker", TOKEN);
+    report(&operator, &token, 11, "pass").await;
+    let stale = wait_compliant(&cluster, "stale", "Unknown", "ResultExpired").await;
+    let timed_out = wait_compliant(&cluster, "silent", "False", "PendingTimeout").await;
     let judged = [
         ("passing", &controls.passing, "Current"),
         ("inapplicable", &controls.inapplicable, "Current"),
         ("failing", &controls.failing, "Failed"),
+        ("timed out", &timed_out, "Failed"),
+        ("stale", &stale, "InProgress"),
         ("undecided", &controls.undecided, "InProgress"),
     ];
     let objects: Vec<&Value> = judged.iter().map(|(_, object, _)| *object).collect();
