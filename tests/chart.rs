@@ -1519,3 +1519,63 @@ async fn the_metrics_listed_are_the_ones_the_binary_exports() {
         .collect();
     assert_eq!(listed, exported_families().await);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The PrometheusRule, judged by Prometheus's own promtool (built from its Go module).
+
+/// `promtool check rules` finds the rendered rules valid, and `promtool test rules` runs
+/// `tests/fixtures/prometheus/alerts.test.yaml`: every alert fires when it should, and not
+/// before or otherwise.
+#[test]
+fn promtool_checks_the_alerts_and_their_unit_tests_pass() {
+    let rule = find(&objects("all-on"), "PrometheusRule", RELEASE);
+    let alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| group["rules"].as_array().unwrap())
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, serde_norway::to_string(&rule["spec"]).unwrap()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prometheus");
+    let unit_tests = std::fs::read_to_string(fixture.join("alerts.test.yaml")).unwrap();
+    let tests = dir.path().join("alerts.test.yaml");
+    std::fs::write(&tests, &unit_tests).unwrap();
+    // Every alert has a case that fires and one that does not.
+    for alert in &alerts {
+        let cases = unit_tests.matches(&format!("alertname: {alert}\n")).count();
+        let firing = unit_tests
+            .split("alertname: ")
+            .filter(|case| case.starts_with(&format!("{alert}\n")))
+            .filter(|case| case.contains("exp_labels"))
+            .count();
+        assert!(
+            firing >= 1 && cases > firing,
+            "{alert}: {firing} firing case(s) of {cases}"
+        );
+    }
+    let promtool = support::ecosystem::promtool();
+    let run = |args: &[&str]| {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, checked) = run(&["check", "rules", "rules.yaml"]);
+    assert!(ok, "promtool check rules:\n{checked}");
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "{checked}"
+    );
+    let (ok, tested) = run(&["test", "rules", "alerts.test.yaml"]);
+    assert!(ok, "promtool test rules:\n{tested}");
+}

@@ -1,6 +1,7 @@
 //! The ecosystem's own code, built from its Go modules (pinned in `tests/ecosystem/go.mod`) once
 //! into `target/ecosystem/<pins>/`, as kube-apiserver is (`apiserver::binaries`), so that the
-//! integration claims are judged by the tools that make them: kstatus, for one.
+//! integration claims are judged by the tools that make them: kstatus, and Prometheus's
+//! promtool.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,14 +14,21 @@ use super::apiserver::binaries::{go_build, go_version};
 use super::pytools::fnv1a;
 
 /// What the builds depend on: a change to any of them builds again, into a new directory.
-const PINS: [&str; 3] = [
+const PINS: [&str; 4] = [
     include_str!("../ecosystem/go.mod"),
     include_str!("../ecosystem/go.sum"),
     include_str!("../ecosystem/kstatus/main.go"),
+    include_str!("../ecosystem/tools.go"),
 ];
 
-/// `tests/ecosystem/<package>` built (once per pins; serialised with a file lock).
-fn built(name: &str) -> PathBuf {
+/// Prometheus's own `promtool` (`check rules`, `test rules`), at the version go.mod pins.
+pub fn promtool() -> PathBuf {
+    built("promtool", "github.com/prometheus/prometheus/cmd/promtool")
+}
+
+/// `package` of the module in `tests/ecosystem/`, built as `name` (once per pins; serialised
+/// with a file lock).
+fn built(name: &str, package: &str) -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ecosystem");
     let dir = target.join(format!("{:016x}", fnv1a(&PINS.concat())));
     let binary = dir.join(name);
@@ -34,7 +42,7 @@ fn built(name: &str) -> PathBuf {
             dir.display()
         );
         let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ecosystem");
-        go_build(&module, "-s -w", &format!("./{name}"), &binary);
+        go_build(&module, "-s -w", package, &binary);
     }
     binary
 }
@@ -42,7 +50,7 @@ fn built(name: &str) -> PathBuf {
 /// What kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`) computes for each of
 /// `objects`: `(status, message)`, in order.
 pub async fn kstatus(objects: &[&Value]) -> Vec<(String, String)> {
-    let binary = tokio::task::spawn_blocking(|| built("kstatus"))
+    let binary = tokio::task::spawn_blocking(|| built("kstatus", "./kstatus"))
         .await
         .expect("building kstatus");
     let mut child = tokio::process::Command::new(binary)
