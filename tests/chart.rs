@@ -1029,14 +1029,17 @@ fn alerts_and_dashboard_use_only_the_metrics_extctl_exports() {
     let rule = find(&objects, "PrometheusRule", RELEASE);
     let mut alerts = BTreeSet::new();
     let mut problems = Vec::new();
+    // (where, expression): judged together, by Prometheus's own parser.
+    let mut queries: Vec<(String, String)> = Vec::new();
     for group in rule["spec"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             let alert = rule["alert"].as_str().unwrap();
             alerts.insert(alert);
             assert_eq!(rule["labels"]["team"], "platform", "{alert}: alertLabels");
-            for problem in promql_problems(rule["expr"].as_str().unwrap()) {
-                problems.push(format!("alert {alert}: {problem}"));
-            }
+            queries.push((
+                format!("alert {alert}"),
+                rule["expr"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     assert_eq!(
@@ -1063,13 +1066,17 @@ fn alerts_and_dashboard_use_only_the_metrics_extctl_exports() {
         panels.extend(panel["panels"].as_array().into_iter().flatten()); // rows
         for target in panel["targets"].as_array().into_iter().flatten() {
             targets += 1;
+            // Grafana replaces its variables before Prometheus reads the query.
             let expr = target["expr"].as_str().unwrap_or_default();
-            for problem in promql_problems(expr) {
-                problems.push(format!("panel {:?}: {problem}", panel["title"]));
-            }
+            let expr = expr.replace("$__rate_interval", "5m");
+            queries.push((format!("panel {:?}", panel["title"]), expr));
         }
     }
     assert!(targets >= 10, "the dashboard has {targets} queries");
+    let expressions: Vec<String> = queries.iter().map(|(_, expr)| expr.clone()).collect();
+    for ((at, _), found) in queries.iter().zip(promql_problems(&expressions)) {
+        problems.extend(found.into_iter().map(|problem| format!("{at}: {problem}")));
+    }
     let label_values = regex::Regex::new(r"label_values\(\s*([a-z_:][a-z0-9_:]*)").unwrap();
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         let query = variable["definition"].as_str().unwrap_or_default();
@@ -1101,202 +1108,54 @@ fn series(name: &str) -> Option<(&'static Metric, Vec<&'static str>)> {
     })
 }
 
-const PROMQL_FUNCTIONS: &[&str] = &[
-    "abs",
-    "absent",
-    "absent_over_time",
-    "avg",
-    "avg_over_time",
-    "bottomk",
-    "ceil",
-    "changes",
-    "clamp",
-    "clamp_max",
-    "clamp_min",
-    "count",
-    "count_over_time",
-    "count_values",
-    "delta",
-    "deriv",
-    "floor",
-    "group",
-    "histogram_quantile",
-    "increase",
-    "irate",
-    "label_replace",
-    "last_over_time",
-    "max",
-    "max_over_time",
-    "min",
-    "min_over_time",
-    "quantile",
-    "quantile_over_time",
-    "rate",
-    "resets",
-    "round",
-    "scalar",
-    "sort",
-    "sort_desc",
-    "stddev",
-    "sum",
-    "sum_over_time",
-    "time",
-    "timestamp",
-    "topk",
-    "vector",
-];
-const PROMQL_GROUPING: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-const PROMQL_KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset"];
-
-#[derive(Debug, PartialEq)]
-enum Token {
-    Name(String),
-    Text(String),
-    Punct(String),
-    Other,
-}
-
-fn tokens(expr: &str) -> Vec<Token> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '"' || c == '\'' || c == '`' {
-            let mut text = String::new();
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                if chars[i] == '\\' {
-                    i += 1;
+/// What is wrong with each PromQL expression, as Prometheus's own parser reads it
+/// (`support::ecosystem::promql`): not PromQL (an unknown function, a syntax error), metric
+/// names extctl does not export, labels its metrics do not carry, label values they never
+/// take, grouping by a label none of its metrics has.
+fn promql_problems(expressions: &[String]) -> Vec<Vec<String>> {
+    let parsed = support::ecosystem::promql(expressions);
+    expressions
+        .iter()
+        .zip(parsed)
+        .map(|(expr, parsed)| {
+            if let Some(error) = parsed["error"].as_str() {
+                return vec![format!("{error} in {expr}")];
+            }
+            let mut problems = Vec::new();
+            let mut named: Vec<(&Metric, Vec<&str>)> = Vec::new();
+            for selector in parsed["selectors"].as_array().unwrap() {
+                let name = selector["metric"].as_str().unwrap();
+                if name.is_empty() {
+                    problems.push(format!("a selector without a metric name in {expr}"));
+                    continue;
                 }
-                text.push(chars[i]);
-                i += 1;
-            }
-            i += 1;
-            out.push(Token::Text(text));
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
-                i += 1;
-            }
-            out.push(Token::Name(chars[start..i].iter().collect()));
-        } else if c.is_ascii_digit() || c == '.' || c == '$' {
-            // Numbers, durations, Grafana variables: never metric names.
-            i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "._{}".contains(chars[i]))
-            {
-                i += 1;
-            }
-            out.push(Token::Other);
-        } else {
-            let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-            let op = if ["=~", "!~", "!=", "==", ">=", "<="].contains(&two.as_str()) {
-                two
-            } else {
-                c.to_string()
-            };
-            i += op.len();
-            out.push(Token::Punct(op));
-        }
-    }
-    out
-}
-
-/// What is wrong with a PromQL expression: metric names extctl does not export, labels its
-/// metrics do not carry, label values they never take, unknown functions. (A small reader of
-/// PromQL's lexical structure, not a full parser.)
-fn promql_problems(expr: &str) -> Vec<String> {
-    let tokens = tokens(expr);
-    let punct = |i: usize, p: &str| tokens.get(i) == Some(&Token::Punct(p.into()));
-    let name_at = |i: usize| match tokens.get(i) {
-        Some(Token::Name(name)) => name.as_str(),
-        _ => "",
-    };
-    let grouping_follows = |i: usize| ["by", "without"].contains(&name_at(i + 1));
-    let mut problems = Vec::new();
-    let mut named: Vec<(&Metric, Vec<&str>)> = Vec::new();
-    let mut grouping = Vec::new();
-    let mut i = 0;
-    while i < tokens.len() {
-        match &tokens[i] {
-            Token::Punct(p) if p == "[" => {
-                while i < tokens.len() && !punct(i, "]") {
-                    i += 1;
-                }
-            }
-            Token::Punct(p) if p == "{" => {
-                problems.push(format!("a selector without a metric name in {expr}"))
-            }
-            Token::Name(name) if punct(i + 1, "(") && PROMQL_GROUPING.contains(&name.as_str()) => {
-                i += 2;
-                while i < tokens.len() && !punct(i, ")") {
-                    if let Token::Name(label) = &tokens[i] {
-                        grouping.push(label.clone());
-                    }
-                    i += 1;
-                }
-            }
-            Token::Name(name) if punct(i + 1, "(") => {
-                let known = PROMQL_FUNCTIONS.contains(&name.as_str());
-                problems.extend((!known).then(|| format!("unknown function {name}() in {expr}")));
-            }
-            Token::Name(name) if PROMQL_KEYWORDS.contains(&name.as_str()) => {}
-            // An aggregation with its grouping first: `sum by (le) (...)`.
-            Token::Name(name)
-                if PROMQL_FUNCTIONS.contains(&name.as_str()) && grouping_follows(i) => {}
-            Token::Name(name) => {
-                let found = series(name);
-                if found.is_none() {
+                let Some((metric, labels)) = series(name) else {
                     problems.push(format!("{name} is not a metric extctl exports ({expr})"));
+                    continue;
+                };
+                for matcher in selector["matchers"].as_array().unwrap() {
+                    let text = |key: &str| matcher[key].as_str().unwrap();
+                    let (label, op, value) = (text("label"), text("op"), text("value"));
+                    problems.extend(matcher_problem(metric, &labels, label, op, value));
                 }
-                if punct(i + 1, "{") {
-                    i += 2;
-                    while i < tokens.len() && !punct(i, "}") {
-                        if let (
-                            Some(Token::Name(label)),
-                            Some(Token::Punct(op)),
-                            Some(Token::Text(value)),
-                        ) = (tokens.get(i), tokens.get(i + 1), tokens.get(i + 2))
-                        {
-                            if let Some((metric, labels)) = &found {
-                                problems.extend(matcher_problem(metric, labels, label, op, value));
-                            }
-                            i += 3;
-                        } else {
-                            i += 1;
-                        }
-                    }
-                }
-                named.extend(found);
+                named.push((metric, labels));
             }
-            _ => {}
-        }
-        i += 1;
-    }
-    if named.is_empty() && problems.is_empty() {
-        problems.push(format!("no metric in {expr:?}"));
-    }
-    for label in grouping {
-        let carried = named
-            .iter()
-            .any(|(_, labels)| labels.contains(&label.as_str()))
-            || TARGET_LABELS.contains(&label.as_str());
-        if !carried {
-            problems.push(format!(
-                "grouping by {label}, which none of its metrics has: {expr}"
-            ));
-        }
-    }
-    problems
+            if named.is_empty() && problems.is_empty() {
+                problems.push(format!("no metric in {expr:?}"));
+            }
+            for label in parsed["grouping"].as_array().unwrap() {
+                let label = label.as_str().unwrap();
+                let carried = named.iter().any(|(_, labels)| labels.contains(&label))
+                    || TARGET_LABELS.contains(&label);
+                if !carried {
+                    problems.push(format!(
+                        "grouping by {label}, which none of its metrics has: {expr}"
+                    ));
+                }
+            }
+            problems
+        })
+        .collect()
 }
 
 fn matcher_problem(
@@ -1339,26 +1198,38 @@ fn matcher_problem(
 }
 
 #[test]
-fn the_promql_reader_catches_what_it_should() {
-    assert!(promql_problems(r#"sum(rate(extctl_pings_total{outcome="failed"}[5m]))"#).is_empty());
+fn the_promql_checks_catch_what_they_should() {
     let quantile = r#"histogram_quantile(0.9, sum by (le) (rate(extctl_resets_total[5m])))"#;
-    assert!(!promql_problems(quantile).is_empty(), "le on a counter");
-    let quantile = quantile.replace(
-        "extctl_resets_total",
-        "extctl_reset_lateness_seconds_bucket",
-    );
-    assert!(promql_problems(&quantile).is_empty(), "{quantile}");
-    for bad in [
-        r#"sum(rate(extctl_ping_total[5m]))"#,      // unknown metric
-        r#"extctl_reconcile_duration_seconds > 1"#, // histogram without suffix
-        r#"extctl_controls{status="failing"} > 0"#, // unknown label value
+    let good = [
+        r#"sum(rate(extctl_pings_total{outcome="failed"}[5m]))"#.to_owned(),
+        quantile.replace(
+            "extctl_resets_total",
+            "extctl_reset_lateness_seconds_bucket",
+        ),
+    ];
+    let bad = [
+        quantile,                                           // le on a counter
+        r#"sum(rate(extctl_ping_total[5m]))"#,              // unknown metric
+        r#"extctl_reconcile_duration_seconds > 1"#,         // histogram without suffix
+        r#"extctl_controls{status="failing"} > 0"#,         // unknown label value
         r#"extctl_pings_total{outcome=~"failed|timeout"}"#, // one unknown alternative
-        r#"extctl_pings_total{result="failed"}"#,   // label of another metric
-        r#"max by (cause) (extctl_controls)"#,      // grouping by a foreign label
-        r#"rat(extctl_resets_total[5m])"#,          // unknown function
-        r#"vector(1)"#,                             // no metric at all
-    ] {
-        assert!(!promql_problems(bad).is_empty(), "{bad} passed");
+        r#"extctl_pings_total{result="failed"}"#,           // label of another metric
+        r#"max by (cause) (extctl_controls)"#,              // grouping by a foreign label
+        r#"rat(extctl_resets_total[5m])"#,                  // unknown function
+        r#"vector(1)"#,                                     // no metric at all
+        r#"sum(rate(extctl_resets_total[5m])"#,             // not PromQL
+    ];
+    let expressions: Vec<String> = good
+        .iter()
+        .cloned()
+        .chain(bad.iter().map(|b| b.to_string()))
+        .collect();
+    let found = promql_problems(&expressions);
+    for (expr, problems) in expressions.iter().zip(&found).take(good.len()) {
+        assert!(problems.is_empty(), "{expr}: {problems:?}");
+    }
+    for (expr, problems) in expressions.iter().zip(&found).skip(good.len()) {
+        assert!(!problems.is_empty(), "{expr} passed");
     }
 }
 

@@ -14,16 +14,39 @@ use super::apiserver::binaries::{go_build, go_version};
 use super::pytools::fnv1a;
 
 /// What the builds depend on: a change to any of them builds again, into a new directory.
-const PINS: [&str; 4] = [
+const PINS: [&str; 5] = [
     include_str!("../ecosystem/go.mod"),
     include_str!("../ecosystem/go.sum"),
     include_str!("../ecosystem/kstatus/main.go"),
+    include_str!("../ecosystem/promql/main.go"),
     include_str!("../ecosystem/tools.go"),
 ];
 
 /// Prometheus's own `promtool` (`check rules`, `test rules`), at the version go.mod pins.
 pub fn promtool() -> PathBuf {
     built("promtool", "github.com/prometheus/prometheus/cmd/promtool")
+}
+
+/// What Prometheus's own PromQL parser finds in each of `expressions`, in order: an object with
+/// `error` (when it does not parse), `selectors` (`metric`, `matchers`: `label`, `op`, `value`)
+/// and `grouping` (the labels aggregated or matched by).
+pub fn promql(expressions: &[String]) -> Vec<Value> {
+    let binary = built("promql", "./promql");
+    let mut child = std::process::Command::new(binary)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promql starts");
+    let input = serde_json::to_vec(expressions).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("promql prints JSON")
 }
 
 /// `package` of the module in `tests/ecosystem/`, built as `name` (once per pins; serialised
