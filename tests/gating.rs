@@ -409,54 +409,20 @@ async fn kubectl_wait_returns_once_the_control_is_compliant_and_never_for_a_fail
 // ---------------------------------------------------------------------------------------------
 // Flux
 
-/// What Flux's kstatus reader makes of an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kstatus {
-    Current,
-    Failed,
-    InProgress,
-}
-
-/// One CEL expression of `healthCheckExprs` on `object`, the way Flux evaluates it: the
-/// object's top-level fields are the variables, and the answer must be a bool.
-fn evaluate(expression: &str, object: &Value) -> Result<bool, String> {
-    let program = cel::Program::compile(expression).map_err(|e| format!("{expression}: {e}"))?;
-    let mut context = cel::Context::default();
-    for (name, value) in object.as_object().unwrap() {
-        context
-            .add_variable(name.as_str(), value)
-            .map_err(|e| format!("{name}: {e}"))?;
-    }
-    match program.execute(&context) {
-        Ok(cel::Value::Bool(value)) => Ok(value),
-        Ok(other) => Err(format!("{expression}: not a bool: {other:?}")),
-        Err(error) => Err(format!("{expression}: {error}")),
-    }
-}
-
-/// Flux's reading of `object` with `expressions` (fluxcd/pkg runtime/cel, RFC 0009): a status
-/// for another generation is in progress; then inProgress, failed and current in this order,
-/// the first true one deciding; none: in progress. An evaluation error is Flux's too.
-fn flux_status(expressions: &Value, object: &Value) -> Result<Kstatus, String> {
-    let observed = object["status"]["observedGeneration"].as_i64();
-    let generation = object["metadata"]["generation"].as_i64();
-    if let (Some(observed), Some(generation)) = (observed, generation)
-        && observed != generation
-    {
-        return Ok(Kstatus::InProgress);
-    }
-    for (field, status) in [
-        ("inProgress", Kstatus::InProgress),
-        ("failed", Kstatus::Failed),
-        ("current", Kstatus::Current),
-    ] {
-        if let Some(expression) = expressions[field].as_str()
-            && evaluate(expression, object)?
-        {
-            return Ok(status);
+/// Each expression of `expressions` (inProgress, failed, current) alone, by Flux's own evaluator
+/// (kustomize-controller's fluxcd/pkg/runtime/cel, built from its Go module): given as
+/// `current`, it answers Current exactly when the expression holds.
+async fn holds(expressions: &Value, objects: &[&Value]) -> Vec<Vec<bool>> {
+    let mut each = vec![Vec::new(); objects.len()];
+    for field in ["inProgress", "failed", "current"] {
+        let alone = json!({"current": expressions[field]});
+        let found = support::ecosystem::flux(&alone, objects).await;
+        for (at, result) in found.into_iter().enumerate() {
+            let result = result.unwrap_or_else(|e| panic!("{field}: {e}"));
+            each[at].push(result == "Current");
         }
     }
-    Ok(Kstatus::InProgress)
+    each
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,44 +475,43 @@ async fn flux_health_check_expressions_read_the_real_controls() {
     assert_eq!(app["spec"]["dependsOn"], json!([{"name": gate_name}]));
 
     let (_cluster, _operator, controls) = controls_in_every_state().await;
-    let each = |object: &Value| {
-        ["inProgress", "failed", "current"].map(|field| {
-            let expression = expressions[field].as_str().unwrap();
-            evaluate(expression, object).unwrap_or_else(|e| panic!("{field}: {e}\n{object}"))
-        })
-    };
+    let states = [
+        &controls.passing,
+        &controls.failing,
+        &controls.undecided,
+        &controls.inapplicable,
+    ];
     // [inProgress, failed, current]: exactly one holds for each state.
-    assert_eq!(each(&controls.passing), [false, false, true]);
-    assert_eq!(each(&controls.failing), [false, true, false]);
-    assert_eq!(each(&controls.undecided), [true, false, false]);
-    assert_eq!(each(&controls.inapplicable), [false, false, true]);
-    for (control, expected) in [
-        (&controls.passing, Kstatus::Current),
-        (&controls.inapplicable, Kstatus::Current),
-        (&controls.failing, Kstatus::Failed),
-        (&controls.undecided, Kstatus::InProgress),
-    ] {
-        assert_eq!(flux_status(expressions, control), Ok(expected), "{control}");
-    }
+    assert_eq!(
+        holds(expressions, &states).await,
+        [
+            [false, false, true],
+            [false, true, false],
+            [true, false, false],
+            [false, false, true],
+        ]
+    );
+    // The Kustomization's verdict, all three together, in Flux's order.
+    let verdicts = support::ecosystem::flux(expressions, &states).await;
+    let verdicts: Vec<&str> = verdicts.iter().map(|v| v.as_deref().unwrap()).collect();
+    assert_eq!(verdicts, ["Current", "Failed", "InProgress", "Current"]);
     // Conditions without Compliant: in progress, not current.
     let mut unconditioned = controls.passing.clone();
     let conditions = unconditioned["status"]["conditions"]
         .as_array_mut()
         .unwrap();
     conditions.retain(|c| c["type"] != "Compliant");
-    assert_eq!(each(&unconditioned), [false, false, false]);
-    assert_eq!(
-        flux_status(expressions, &unconditioned),
-        Ok(Kstatus::InProgress)
-    );
     // No status yet: the evaluation fails (Flux keeps waiting), never current.
-    let error = flux_status(expressions, &controls.unassessed).expect_err("no status to read");
-    assert!(error.contains("status"), "{error}");
     // A spec extctl has not seen yet: in progress, whatever the conditions say.
     let mut edited = controls.passing.clone();
     edited["metadata"]["generation"] =
         json!(edited["metadata"]["generation"].as_i64().unwrap() + 1);
-    assert_eq!(flux_status(expressions, &edited), Ok(Kstatus::InProgress));
+    let others = [&unconditioned, &controls.unassessed, &edited];
+    let found = support::ecosystem::flux(expressions, &others).await;
+    assert_eq!(found[0].as_deref(), Ok("InProgress"), "without Compliant");
+    let error = found[1].as_ref().expect_err("no status to read");
+    assert!(error.contains("status"), "{error}");
+    assert_eq!(found[2].as_deref(), Ok("InProgress"), "another generation");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The ecosystem's own code, built from its Go modules (pinned in `tests/ecosystem/go.mod`) once
 //! into `target/ecosystem/<pins>/`, as kube-apiserver is (`apiserver::binaries`), so that the
-//! integration claims are judged by the tools that make them: kstatus, and Prometheus's
-//! promtool.
+//! integration claims are judged by the tools that make them: kstatus, Flux's health check
+//! evaluator, Prometheus's promtool and PromQL parser.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,9 +14,10 @@ use super::apiserver::binaries::{go_build, go_version};
 use super::pytools::fnv1a;
 
 /// What the builds depend on: a change to any of them builds again, into a new directory.
-const PINS: [&str; 5] = [
+const PINS: [&str; 6] = [
     include_str!("../ecosystem/go.mod"),
     include_str!("../ecosystem/go.sum"),
+    include_str!("../ecosystem/flux/main.go"),
     include_str!("../ecosystem/kstatus/main.go"),
     include_str!("../ecosystem/promql/main.go"),
     include_str!("../ecosystem/tools.go"),
@@ -70,30 +71,64 @@ fn built(name: &str, package: &str) -> PathBuf {
     binary
 }
 
-/// What kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`) computes for each of
-/// `objects`: `(status, message)`, in order.
-pub async fn kstatus(objects: &[&Value]) -> Vec<(String, String)> {
-    let binary = tokio::task::spawn_blocking(|| built("kstatus", "./kstatus"))
+/// The status kustomize-controller's own health check evaluator
+/// (`github.com/fluxcd/pkg/runtime/cel.StatusEvaluator`) gives each of `objects` with
+/// `expressions` (a `healthCheckExprs` entry: `current`, and optionally `failed` and
+/// `inProgress`): `Ok("Current" | "Failed" | "InProgress")`, or the error it stops with.
+pub async fn flux(expressions: &Value, objects: &[&Value]) -> Vec<Result<String, String>> {
+    let binary = tokio::task::spawn_blocking(|| built("flux", "./flux"))
         .await
-        .expect("building kstatus");
+        .expect("building flux");
+    let field = |key: &str| expressions[key].as_str().unwrap_or_default();
+    let input = serde_json::json!({
+        "current": field("current"), "failed": field("failed"),
+        "inProgress": field("inProgress"), "objects": objects,
+    });
+    let results = run_json(&binary, &input).await;
+    results
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|r| match r["error"].as_str() {
+            Some(error) => Err(error.to_owned()),
+            None => Ok(r["status"].as_str().unwrap_or_default().to_owned()),
+        })
+        .collect()
+}
+
+/// Runs `binary` with `input` as JSON on stdin; its JSON output.
+async fn run_json(binary: &Path, input: &Value) -> Value {
     let mut child = tokio::process::Command::new(binary)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("kstatus starts");
-    let input = serde_json::to_vec(objects).unwrap();
+        .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()));
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&input).await.unwrap();
+    stdin
+        .write_all(&serde_json::to_vec(input).unwrap())
+        .await
+        .unwrap();
     drop(stdin);
     let output = child.wait_with_output().await.unwrap();
     assert!(
         output.status.success(),
-        "kstatus failed: {}",
+        "{} failed: {}",
+        binary.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    let results: Vec<Value> = serde_json::from_slice(&output.stdout).expect("kstatus prints JSON");
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+/// What kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`) computes for each of
+/// `objects`: `(status, message)`, in order.
+pub async fn kstatus(objects: &[&Value]) -> Vec<(String, String)> {
+    let binary = tokio::task::spawn_blocking(|| built("kstatus", "./kstatus"))
+        .await
+        .expect("building kstatus");
+    let results = run_json(&binary, &serde_json::to_value(objects).unwrap()).await;
+    let results = results.as_array().expect("a JSON array").clone();
     results
         .iter()
         .map(|r| {
