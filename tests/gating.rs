@@ -517,33 +517,15 @@ async fn flux_health_check_expressions_read_the_real_controls() {
 // ---------------------------------------------------------------------------------------------
 // Argo CD
 
-/// Argo CD's health of `object` by the script: `(status, message)`, from a real Lua 5.1 run
-/// the way Argo CD runs it (`tests/support/argocd_health.py`).
+/// Argo CD's health of `object` by the script: `(status, message)`, run in gopher-lua with
+/// the libraries Argo CD opens for health scripts (`support::ecosystem::argocd`); the script
+/// must not fail.
 async fn argocd_health(script: &Path, object: &Value) -> (String, String) {
-    let python = tokio::task::spawn_blocking(pytools::python)
-        .await
-        .expect("installing the Python tools");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(object).unwrap()).unwrap();
-    let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/argocd_health.py");
-    let output = Command::new(python)
-        .arg(program)
-        .arg(script)
-        .arg(file.path())
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "the health script failed on {object}:\n{}",
-        text(&output)
-    );
-    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(keys(&answer), ["message", "status"]);
-    (
-        answer["status"].as_str().unwrap().to_owned(),
-        answer["message"].as_str().unwrap().to_owned(),
-    )
+    let script = std::fs::read_to_string(script).unwrap();
+    let mut found = support::ecosystem::argocd(&script, &[object]).await;
+    found
+        .remove(0)
+        .unwrap_or_else(|error| panic!("the health script failed on {object}: {error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

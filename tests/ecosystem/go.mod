@@ -9,6 +9,7 @@ require (
 	github.com/fluxcd/pkg/apis/kustomize v1.21.0
 	github.com/fluxcd/pkg/runtime v0.117.0
 	github.com/prometheus/prometheus v0.316.0
+	github.com/yuin/gopher-lua v1.1.2
 	k8s.io/apimachinery v0.37.1
 	sigs.k8s.io/cli-utils v0.37.2
 )

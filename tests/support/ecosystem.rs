@@ -1,7 +1,8 @@
 //! The ecosystem's own code, built from its Go modules (pinned in `tests/ecosystem/go.mod`) once
 //! into `target/ecosystem/<pins>/`, as kube-apiserver is (`apiserver::binaries`), so that the
 //! integration claims are judged by the tools that make them: kstatus, Flux's health check
-//! evaluator, Prometheus's promtool and PromQL parser.
+//! evaluator, Argo CD's Lua (gopher-lua with the libraries Argo CD opens), Prometheus's
+//! promtool and PromQL parser.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,10 @@ use super::apiserver::binaries::{go_build, go_version};
 use super::pytools::fnv1a;
 
 /// What the builds depend on: a change to any of them builds again, into a new directory.
-const PINS: [&str; 6] = [
+const PINS: [&str; 7] = [
     include_str!("../ecosystem/go.mod"),
     include_str!("../ecosystem/go.sum"),
+    include_str!("../ecosystem/argocd/main.go"),
     include_str!("../ecosystem/flux/main.go"),
     include_str!("../ecosystem/kstatus/main.go"),
     include_str!("../ecosystem/promql/main.go"),
@@ -92,6 +94,29 @@ pub async fn flux(expressions: &Value, objects: &[&Value]) -> Vec<Result<String,
         .map(|r| match r["error"].as_str() {
             Some(error) => Err(error.to_owned()),
             None => Ok(r["status"].as_str().unwrap_or_default().to_owned()),
+        })
+        .collect()
+}
+
+/// Argo CD's health of each of `objects` by the health script `script`, run in gopher-lua as
+/// Argo CD's application controller runs one (`tests/ecosystem/argocd`): `Ok((status,
+/// message))`, or the script's error.
+pub async fn argocd(script: &str, objects: &[&Value]) -> Vec<Result<(String, String), String>> {
+    let binary = tokio::task::spawn_blocking(|| built("argocd", "./argocd"))
+        .await
+        .expect("building argocd");
+    let input = serde_json::json!({"script": script, "objects": objects});
+    let results = run_json(&binary, &input).await;
+    results
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|r| match r["error"].as_str() {
+            Some(error) => Err(error.to_owned()),
+            None => {
+                let field = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+                Ok((field("status"), field("message")))
+            }
         })
         .collect()
 }
