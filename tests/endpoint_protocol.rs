@@ -793,17 +793,34 @@ async fn stops_cleanly_on_sigterm(kind: Kind, address: Address) {
 
     let mut env = env(kind, address).await;
     let address = env.url().trim_start_matches("http://").to_owned();
-    // In flight: its head and half its body sent.
+    // In flight: its head sent with `Expect: 100-continue`, and the server's `100 Continue`
+    // received, which hyper sends once the handler reads the body: the request is being
+    // served when the signal comes.
     let body = r#"{"status":"pass"}"#;
     let head = format!(
         "PATCH /api/v4/projects/42/compliance_external_controls/{}/status HTTP/1.1\r\n\
-         Host: extctl\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Host: extctl\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
         env.control,
         body.len()
     );
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body.as_bytes()[..8]).await.unwrap();
+    let mut interim = Vec::new();
+    let continued = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut byte = [0_u8; 1];
+        while !interim.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            interim.push(byte[0]);
+        }
+    })
+    .await;
+    assert!(
+        continued.is_ok(),
+        "no 100 Continue: {:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{interim:?}");
     match &env.backend {
         Backend::Run { operator, .. } => operator.send_sigterm(),
         Backend::Dev(dev) => dev.send_sigterm(),
@@ -820,7 +837,7 @@ async fn stops_cleanly_on_sigterm(kind: Kind, address: Address) {
         closed.is_some(),
         "still accepting connections after SIGTERM"
     );
-    stream.write_all(&body.as_bytes()[8..]).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
     read.await.expect("answered within 10 s").unwrap();
