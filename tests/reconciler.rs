@@ -395,3 +395,44 @@ async fn two_reconcilers_in_one_process_count_apart() {
     let count = |setup: &Setup| setup.metric("extctl_reconcile_duration_seconds_count");
     assert_eq!((count(&one), count(&other)), (2.0, 3.0));
 }
+
+/// A control that does not hold its id (another, loaded first, does) is reset on schedule like
+/// any other, but not pinged: its checker's answer would reach the holder, not it.
+#[tokio::test]
+async fn a_control_that_is_not_served_is_reset_but_not_pinged() {
+    let setup = setup();
+    let mut newcomer = (*setup.control()).clone();
+    newcomer.metadata.name = Some("zz-copy".into());
+    newcomer.metadata.uid = None;
+    newcomer.status = None;
+    let secrets = vec![secret("token", TOKEN), secret("hooks", HOOK_TOKEN)];
+    let holder = (*setup.control()).clone();
+    let (store, _changes) =
+        MemoryStore::new(vec![holder, newcomer], secrets, Console { json: true });
+    let reconciler = Reconciler::new(
+        store.clone(),
+        Recorded::default(),
+        FakeNotifier::default(),
+        HistoryPolicy {
+            limit: 10,
+            replica: None,
+        },
+        Arc::new(Metrics::new()),
+    );
+    let copy = || store.get(&ObjectKey::new("default", "zz-copy")).unwrap();
+    let start = Timestamp::now();
+    let first = reconciler.reconcile(&copy(), start).await.unwrap();
+    assert!(first.ping.is_none());
+    let ready = copy().status.clone().unwrap().conditions;
+    let ready = ready.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "ControlIdTaken");
+    let due = copy().status.clone().unwrap().next_ping_time.unwrap().0;
+    let reset = reconciler.reconcile(&copy(), due).await.unwrap();
+    let status = copy().status.clone().unwrap();
+    assert_eq!(
+        status.last_ping_time.map(|t| t.0),
+        Some(due),
+        "reset on schedule"
+    );
+    assert!(reset.ping.is_none(), "but not pinged");
+}

@@ -134,6 +134,16 @@ impl Readiness {
         matches!(self, Self::Ready)
     }
 
+    /// Whether calls for the control's id and project reach it (its Secret may still be
+    /// unusable): not when another control holds them, or its namespace may not claim the
+    /// project. Such a control is not pinged either: its checker's answer would not reach it.
+    pub fn is_served(&self) -> bool {
+        !matches!(
+            self,
+            Self::ControlIdTaken { .. } | Self::ProjectNotAllowed(_)
+        )
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Ready => "Ready",

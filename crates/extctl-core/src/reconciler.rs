@@ -201,7 +201,8 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                 let note = readiness.message();
                 self.journal.warning(control, readiness.reason(), note);
             }
-            if change == Some(Cause::PingReset) && control.spec.external_url.is_some() {
+            let pinged = control.spec.external_url.is_some() && readiness.is_served();
+            if change == Some(Cause::PingReset) && pinged {
                 // Only the writer whose reset won gets here: one ping per reset.
                 ping = Some(Ping {
                     control: control.clone(),
