@@ -25,7 +25,7 @@ const WATCHED: &str = "team-a";
 /// How extctl is exposed to Prometheus: every metric it exports, with its labels and their
 /// values (empty: any value). Alerts and dashboard panels may use only these.
 /// `the_metrics_listed_are_the_ones_the_binary_exports` holds this list to the binary's
-/// `/metrics`; the label values are the README's.
+/// `/metrics`; the label values are docs/operating.md's.
 const METRICS: &[Metric] = &[
     Metric {
         name: "extctl_status_calls_total",
