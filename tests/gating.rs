@@ -9,16 +9,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
+use support::kubectl::Kubectl;
 
 use extctl_core::crd::ExternalControl;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, Cluster, Operator, TOKEN, pytools, wait_for};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use support::{Cluster, Operator, TOKEN, wait_for};
+use tokio::io::AsyncBufReadExt;
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -235,60 +235,6 @@ async fn kstatus_computes_what_the_docs_say_for_every_state() {
 // ---------------------------------------------------------------------------------------------
 // kubectl
 
-/// The real kubectl, to the server directly over https (client-go sends a token only over
-/// TLS), with the test's namespace as the default and a home of its own.
-struct Kubectl {
-    binary: PathBuf,
-    kubeconfig: PathBuf,
-    home: tempfile::TempDir,
-}
-
-impl Kubectl {
-    async fn new(cluster: &Cluster) -> Self {
-        let binary = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
-            .await
-            .expect("installing kubectl");
-        let home = tempfile::tempdir().unwrap();
-        let kubeconfig = home.path().join("kubeconfig");
-        let server = Cluster::server().await;
-        let text = server.kubeconfig(&server.url, ADMIN_TOKEN, &cluster.namespace);
-        std::fs::write(&kubeconfig, text).unwrap();
-        Self {
-            binary,
-            kubeconfig,
-            home,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.binary);
-        command
-            .args(args)
-            .env_clear()
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.path())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// Runs `kubectl args` to completion, feeding it `stdin`.
-    async fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self.command(args).spawn().expect("kubectl starts");
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).await.unwrap();
-        drop(input);
-        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
-            .unwrap()
-    }
-}
-
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -308,7 +254,7 @@ async fn kubectl_wait_returns_once_the_control_is_compliant_and_never_for_a_fail
     cluster.wait_ready_reason("sast", "Ready").await;
     cluster.wait_ready_reason("lint", "Ready").await;
     wait_compliant(&cluster, "sast", "Unknown", "AwaitingResult").await;
-    let kubectl = Kubectl::new(&cluster).await;
+    let kubectl = Kubectl::admin(&cluster).await;
 
     // Undecided: not Compliant, so the wait times out.
     let undecided = kubectl
@@ -667,7 +613,7 @@ async fn admission_policy_holds_deployments_until_the_control_is_compliant() {
         .iter()
         .map(|o| serde_norway::to_string(o).unwrap())
         .collect();
-    let kubectl = Kubectl::new(&cluster).await;
+    let kubectl = Kubectl::admin(&cluster).await;
     let applied = kubectl
         .run(
             &["apply", "--validate=strict", "-f", "-"],

@@ -7,8 +7,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use extctl_core::crd::{ControlStatus, ExternalControl};
@@ -16,64 +16,28 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use regex::Regex;
 use serde_json::Value;
-use support::{ADMIN_TOKEN, Cluster, Operator, checker, pytools};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use support::kubectl::Kubectl;
+use support::{Cluster, Operator, checker};
 
-/// The real kubectl, configured for one test's namespace only: its own kubeconfig (the admin
-/// token, the namespace as the default), and a home of its own so that its discovery and HTTP
-/// caches never outlive the test.
-struct Kubectl {
-    binary: PathBuf,
-    kubeconfig: PathBuf,
-    home: tempfile::TempDir,
+/// kubectl as the administrator (`support::kubectl`); its requests are counted from its own
+/// log ([`requests`]), as it cannot go through the proxy.
+struct Admin(Kubectl);
+
+impl std::ops::Deref for Admin {
+    type Target = Kubectl;
+    fn deref(&self) -> &Kubectl {
+        &self.0
+    }
 }
 
-impl Kubectl {
-    /// kubectl talking to the server directly, over https with the server's CA: kubectl
-    /// (client-go) sends a kubeconfig's token only over TLS, so it cannot authenticate through
-    /// the plain-http proxy; its requests are counted from its own log instead
-    /// ([`Self::requests`]).
+impl Admin {
     async fn new(cluster: &Cluster) -> Self {
-        // The first use installs the tools (a pip install under a file lock): off the runtime.
-        let binary = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
-            .await
-            .expect("installing kubectl");
-        let home = tempfile::tempdir().unwrap();
-        let kubeconfig = home.path().join("kubeconfig");
-        let server = Cluster::server().await;
-        let text = server.kubeconfig(&server.url, ADMIN_TOKEN, &cluster.namespace);
-        std::fs::write(&kubeconfig, text).unwrap();
-        Self {
-            binary,
-            kubeconfig,
-            home,
-        }
+        Self(Kubectl::admin(cluster).await)
     }
 
     /// Runs `kubectl args`, feeding it `stdin`.
     async fn run_with_input(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(&self.binary)
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_clear()
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.path())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl starts");
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).await.unwrap();
-        drop(input);
-        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
-            .unwrap()
+        self.run(args, stdin).await
     }
 
     /// The standard output of `kubectl args`, which must succeed without a word on stderr
@@ -127,9 +91,9 @@ impl Kubectl {
 }
 
 /// A namespace with `examples/` applied by kubectl.
-async fn cluster_with_examples() -> (Cluster, Kubectl) {
+async fn cluster_with_examples() -> (Cluster, Admin) {
     let cluster = Cluster::start().await;
-    let kubectl = Kubectl::new(&cluster).await;
+    let kubectl = Admin::new(&cluster).await;
     kubectl.ok(&["apply", "-f", "examples/"]).await;
     (cluster, kubectl)
 }
@@ -170,7 +134,7 @@ async fn list_objects<K: kube::Resource<DynamicType = ()>>(cluster: &Cluster) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
     let cluster = Cluster::start().await;
-    let kubectl = Kubectl::new(&cluster).await;
+    let kubectl = Admin::new(&cluster).await;
 
     // kubectl asks /openapi/v3 whether the server validates fields, then creates each object
     // with fieldValidation=Strict (in file order: controls.yaml, then secrets.yaml).
@@ -295,7 +259,7 @@ async fn apply_of_the_examples_creates_them_and_a_reapply_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_of_an_invalid_control_fails_with_the_servers_message() {
     let cluster = Cluster::start().await;
-    let kubectl = Kubectl::new(&cluster).await;
+    let kubectl = Admin::new(&cluster).await;
     let manifest = "apiVersion: extctl.dev/v1alpha1\n\
                     kind: ExternalControl\n\
                     metadata:\n  name: zero\n\

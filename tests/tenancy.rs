@@ -16,7 +16,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use extctl_core::crd::{ControlStatus, ExternalControl};
@@ -25,9 +24,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::chart_rbac::{Chart, namespaced_user};
-use support::{Cluster, Operator, pytools, ready_reason, wait_for};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use support::kubectl::Kubectl;
+use support::{Cluster, Operator, ready_reason, wait_for};
 
 const ANNOTATION: &str = "extctl.dev/projects";
 /// GitLab's control ids are unique: team A's control and the ids team B squats on.
@@ -40,9 +38,7 @@ const C_CONTROL_ID: i64 = 7003;
 /// A team: its namespace, and its user's kubectl (only that user's token) and signing token.
 struct Team {
     namespace: String,
-    kubectl: PathBuf,
-    kubeconfig: PathBuf,
-    home: tempfile::TempDir,
+    user: Kubectl,
     token_file: PathBuf,
 }
 
@@ -70,41 +66,17 @@ impl Team {
             .await
             .unwrap();
         let kubeconfig = namespaced_user(cluster, &namespace, "tenant", tenant_rules()).await;
-        let home = tempfile::tempdir().unwrap();
-        let kubectl = tokio::task::spawn_blocking(|| pytools::tool("kubectl"))
-            .await
-            .unwrap();
+        let user = Kubectl::user(kubeconfig).await;
         let token_file = cluster.token_file(&format!("{suffix}-signing-token"), &signing(suffix));
         Self {
             namespace,
-            kubectl,
-            kubeconfig,
-            home,
+            user,
             token_file,
         }
     }
 
     async fn kubectl(&self, args: &[&str], stdin: &str) -> Answered {
-        let mut child = Command::new(&self.kubectl)
-            .args(args)
-            .env_clear()
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.path())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl starts");
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).await.unwrap();
-        drop(input);
-        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
-            .unwrap();
+        let output = self.user.run(args, stdin).await;
         Answered {
             ok: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -236,6 +208,16 @@ async fn report(team: &Team) -> Option<Value> {
     answer
         .ok
         .then(|| serde_json::from_str(&answer.stdout).unwrap())
+}
+
+/// As a cluster admin: sets `namespace`'s allowance to `projects`.
+async fn allow(cluster: &Cluster, namespace: &str, projects: &str) {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let patch = json!({"metadata": {"annotations": { ANNOTATION: projects }}});
+    namespaces
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 async fn metrics(operator: &Operator) -> String {
@@ -455,35 +437,21 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
         "{}",
         ready_message(&dast)
     );
-    let refused = support::report_as_checker(
-        &operator.url,
-        &c.token_file,
-        C_PROJECT,
-        C_CONTROL_ID,
-        "pass",
-    )
-    .await;
+    let c_reports = || {
+        support::report_as_checker(
+            &operator.url,
+            &c.token_file,
+            C_PROJECT,
+            C_CONTROL_ID,
+            "pass",
+        )
+    };
+    let refused = c_reports().await;
     assert_eq!((refused.code, refused.error()), (404, "Control not found"));
     // An admin allows it: served without a restart.
-    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    let allow = |text: &str| json!({"metadata": {"annotations": { ANNOTATION: text }}});
-    namespaces
-        .patch(
-            &c.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(&allow("4203 team-c/*")),
-        )
-        .await
-        .unwrap();
+    allow(&cluster, &c.namespace, "4203 team-c/*").await;
     wait_reason(&cluster, &c.namespace, "dast", "Ready").await;
-    let stored = support::report_as_checker(
-        &operator.url,
-        &c.token_file,
-        C_PROJECT,
-        C_CONTROL_ID,
-        "pass",
-    )
-    .await;
+    let stored = c_reports().await;
     assert_eq!(stored.code, 200, "{:?}", stored.body);
 
     // Throughout, B's impostor stayed refused.
@@ -499,14 +467,7 @@ async fn tenants_cannot_take_block_or_read_each_others_controls() {
 
     // An admin's mistake allows B A's project too: A, which held it first, keeps it; B's
     // impostor is told the id is held, without learning by whom.
-    namespaces
-        .patch(
-            &b.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(&allow("4202 4201 team-b/** team-a/app")),
-        )
-        .await
-        .unwrap();
+    allow(&cluster, &b.namespace, "4202 4201 team-b/** team-a/app").await;
     let held = wait_reason(&cluster, &b.namespace, "impostor", "ControlIdTaken").await;
     let message = ready_message(&held);
     assert!(

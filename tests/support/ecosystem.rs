@@ -78,45 +78,42 @@ fn built(name: &str, package: &str) -> PathBuf {
 /// `expressions` (a `healthCheckExprs` entry: `current`, and optionally `failed` and
 /// `inProgress`): `Ok("Current" | "Failed" | "InProgress")`, or the error it stops with.
 pub async fn flux(expressions: &Value, objects: &[&Value]) -> Vec<Result<String, String>> {
-    let binary = tokio::task::spawn_blocking(|| built("flux", "./flux"))
-        .await
-        .expect("building flux");
     let field = |key: &str| expressions[key].as_str().unwrap_or_default();
     let input = serde_json::json!({
         "current": field("current"), "failed": field("failed"),
         "inProgress": field("inProgress"), "objects": objects,
     });
-    let results = run_json(&binary, &input).await;
-    results
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|r| match r["error"].as_str() {
-            Some(error) => Err(error.to_owned()),
-            None => Ok(r["status"].as_str().unwrap_or_default().to_owned()),
-        })
-        .collect()
+    let results = per_object("flux", &input).await;
+    let status = |r: Value| r["status"].as_str().unwrap_or_default().to_owned();
+    results.into_iter().map(|r| r.map(status)).collect()
 }
 
 /// Argo CD's health of each of `objects` by the health script `script`, run in gopher-lua as
 /// Argo CD's application controller runs one (`tests/ecosystem/argocd`): `Ok((status,
 /// message))`, or the script's error.
 pub async fn argocd(script: &str, objects: &[&Value]) -> Vec<Result<(String, String), String>> {
-    let binary = tokio::task::spawn_blocking(|| built("argocd", "./argocd"))
-        .await
-        .expect("building argocd");
     let input = serde_json::json!({"script": script, "objects": objects});
-    let results = run_json(&binary, &input).await;
+    let results = per_object("argocd", &input).await;
+    let health = |r: Value| {
+        let field = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+        (field("status"), field("message"))
+    };
+    results.into_iter().map(|r| r.map(health)).collect()
+}
+
+/// Runs the tool `name` (built from `tests/ecosystem/<name>`) on `input`; its answer for each
+/// object: the object's result, or `Err` with the `error` it reports.
+async fn per_object(name: &'static str, input: &Value) -> Vec<Result<Value, String>> {
+    let binary = tokio::task::spawn_blocking(move || built(name, &format!("./{name}")))
+        .await
+        .unwrap_or_else(|e| panic!("building {name}: {e}"));
+    let results = run_json(&binary, input).await;
+    let results = results.as_array().expect("a JSON array").clone();
     results
-        .as_array()
-        .expect("a JSON array")
-        .iter()
+        .into_iter()
         .map(|r| match r["error"].as_str() {
             Some(error) => Err(error.to_owned()),
-            None => {
-                let field = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
-                Ok((field("status"), field("message")))
-            }
+            None => Ok(r),
         })
         .collect()
 }

@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 pub mod apiserver;
 pub mod chart_rbac;
 pub mod ecosystem;
+pub mod kubectl;
 pub mod pytools;
 pub mod scrape;
 pub mod upstream_crds;
