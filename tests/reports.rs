@@ -235,11 +235,14 @@ fn keys(object: &Value) -> Vec<&str> {
 }
 
 /// The requests extctl made on reports in `namespace`, as `(method, code)`.
-fn report_requests(cluster: &Cluster, namespace: &str, kind: Kind) -> Vec<(Method, u16)> {
+/// The report requests the proxy has answered, once those it received are all answered (the
+/// write behind a report the test has seen stored is then among them).
+async fn report_requests(cluster: &Cluster, namespace: &str, kind: Kind) -> Vec<(Method, u16)> {
     let path = kind.path(namespace);
     cluster
         .proxy
-        .requests()
+        .answered_requests()
+        .await
         .into_iter()
         .filter(|r: &RequestRecord| r.path.starts_with(&path))
         .map(|r| (r.method, r.code))
@@ -426,6 +429,7 @@ async fn the_report_holds_every_control_with_its_result_and_follows_them() {
     cluster.proxy.reset_requests();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let writes: Vec<_> = report_requests(&cluster, &ns, Kind::OpenReports)
+        .await
         .into_iter()
         .filter(|(method, _)| *method != Method::GET)
         .collect();
@@ -462,7 +466,7 @@ async fn the_report_holds_every_control_with_its_result_and_follows_them() {
     controls[0] = ("passing", PASS);
     let rewritten = wait_report(&cluster, &ns, Kind::OpenReports, &controls).await;
     assert_eq!(rewritten["metadata"]["labels"]["team"], "a");
-    let requests = report_requests(&cluster, &ns, Kind::OpenReports);
+    let requests = report_requests(&cluster, &ns, Kind::OpenReports).await;
     assert!(requests.len() >= 3, "{requests:?}");
     assert_eq!(
         requests[..3],
@@ -500,12 +504,13 @@ async fn the_report_holds_every_control_with_its_result_and_follows_them() {
     }
     wait_no_report(&cluster, &ns, Kind::OpenReports, Duration::from_secs(10)).await;
     let deletes: Vec<_> = report_requests(&cluster, &ns, Kind::OpenReports)
+        .await
         .into_iter()
         .filter(|(method, _)| *method == Method::DELETE)
         .collect();
     assert_eq!(deletes, [(Method::DELETE, 200)]);
     // Nothing was written as a PolicyReport.
-    assert_eq!(report_requests(&cluster, &ns, Kind::PolicyReport), []);
+    assert_eq!(report_requests(&cluster, &ns, Kind::PolicyReport).await, []);
     assert!(
         !operator
             .logs()
@@ -546,6 +551,7 @@ async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
     );
     assert_eq!(stored_report(&cluster, &ns, Kind::OpenReports).await, None);
     let created: Vec<_> = report_requests(&cluster, &ns, Kind::PolicyReport)
+        .await
         .into_iter()
         .filter(|(method, _)| *method == Method::POST)
         .collect();
@@ -554,7 +560,7 @@ async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
     // field was pruned, or every sweep would write it anew).
     cluster.proxy.reset_requests();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(report_requests(&cluster, &ns, Kind::PolicyReport), []);
+    assert_eq!(report_requests(&cluster, &ns, Kind::PolicyReport).await, []);
     let again = stored_report(&cluster, &ns, Kind::PolicyReport)
         .await
         .unwrap();
@@ -562,7 +568,7 @@ async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
         again["metadata"]["resourceVersion"],
         stored["metadata"]["resourceVersion"]
     );
-    assert_eq!(report_requests(&cluster, &ns, Kind::OpenReports), []);
+    assert_eq!(report_requests(&cluster, &ns, Kind::OpenReports).await, []);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,13 +623,13 @@ async fn only_the_lease_holder_writes_the_reports() {
     report(&cluster, &second, 7, "pass").await;
     wait_report(&cluster, &ns, Kind::OpenReports, &[("sast", PASS)]).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(report_requests(&cluster, &ns, Kind::OpenReports), []);
+    assert_eq!(report_requests(&cluster, &ns, Kind::OpenReports).await, []);
 
     // The first stops (and gives up the Lease): the second takes over, lists and writes.
     assert!(first.sigterm().await.success());
     report(&cluster, &second, 7, "fail").await;
     wait_report(&cluster, &ns, Kind::OpenReports, &[("sast", FAIL)]).await;
-    let requests = report_requests(&cluster, &ns, Kind::OpenReports);
+    let requests = report_requests(&cluster, &ns, Kind::OpenReports).await;
     assert!(requests.contains(&(Method::GET, 200)), "{requests:?}");
     assert!(requests.contains(&(Method::PATCH, 200)), "{requests:?}");
 }
@@ -751,7 +757,7 @@ async fn without_the_reports_value_the_chart_grants_nothing_for_reports() {
     })
     .await;
     assert!(said.is_some(), "{}", operator.logs());
-    let requests = report_requests(&cluster, &ns, Kind::OpenReports);
+    let requests = report_requests(&cluster, &ns, Kind::OpenReports).await;
     assert!(
         !requests.is_empty() && requests.iter().all(|(m, c)| *m == Method::GET && *c == 403),
         "{requests:?}"

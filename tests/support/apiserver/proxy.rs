@@ -96,6 +96,9 @@ struct Switches {
 pub struct Faults {
     switches: Mutex<Switches>,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Requests received and not yet answered (logged): a request the server has already
+    /// applied may still be on its way back through the proxy.
+    in_flight: watch::Sender<usize>,
     /// Bumped to end every open watch stream; each stream holds a receiver.
     watch_generation: watch::Sender<u64>,
 }
@@ -105,6 +108,7 @@ impl Faults {
         Self {
             switches: Mutex::default(),
             requests: Mutex::default(),
+            in_flight: watch::Sender::new(0),
             watch_generation: watch::Sender::new(0),
         }
     }
@@ -200,6 +204,16 @@ impl Faults {
     /// Every request answered so far (since the last `reset_requests`), in order of answer.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.log().clone()
+    }
+
+    /// Every request answered so far, once every request received before this call has
+    /// been answered (a write the server has applied is then in the log; a watch counts as
+    /// answered when its stream starts). Gives up waiting after 30 s.
+    pub async fn answered_requests(&self) -> Vec<RequestRecord> {
+        let mut in_flight = self.in_flight.subscribe();
+        let settled = in_flight.wait_for(|n| *n == 0);
+        let _ = tokio::time::timeout(Duration::from_secs(30), settled).await;
+        self.requests()
     }
 
     pub fn reset_requests(&self) {
@@ -323,6 +337,11 @@ impl Proxy {
         self.faults.requests()
     }
 
+    /// See [`Faults::answered_requests`].
+    pub async fn answered_requests(&self) -> Vec<RequestRecord> {
+        self.faults.answered_requests().await
+    }
+
     pub fn reset_requests(&self) {
         self.faults.reset_requests();
     }
@@ -348,6 +367,7 @@ const NOT_FORWARDED: [&str; 8] = [
 
 async fn forward(State(upstream): State<Arc<Upstream>>, request: Request) -> Response {
     let faults = &upstream.faults;
+    let _in_flight = InFlight::enter(faults);
     let method = request.method().clone();
     let uri = request.uri().clone();
     let path = uri.path().to_owned();
@@ -384,6 +404,22 @@ async fn forward(State(upstream): State<Arc<Upstream>>, request: Request) -> Res
         code: response.status().as_u16(),
     });
     response
+}
+
+/// Counts a request in flight until it is answered or dropped (its client went away).
+struct InFlight<'a>(&'a Faults);
+
+impl<'a> InFlight<'a> {
+    fn enter(faults: &'a Faults) -> Self {
+        faults.in_flight.send_modify(|n| *n += 1);
+        Self(faults)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Forwards `request` to the server; the answer's body is streamed (watches never end by
