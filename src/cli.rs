@@ -181,6 +181,12 @@ pub(crate) struct RunArgs {
     /// `reports` value grants that). Only the Lease holder writes.
     #[arg(long, env = "EXTCTL_REPORTS", value_enum, default_value_t = ReportsFlag::Off)]
     pub(crate) reports: ReportsFlag,
+
+    /// The longest a Waiver may last: its `expires` at most this long after its creation. A
+    /// waiver beyond it is refused (phase `Refused`) and opens no gate. Such as `720h` (30
+    /// days); the default is 90 days.
+    #[arg(long, env = "EXTCTL_MAX_WAIVER_DURATION", default_value = "2160h", value_parser = duration::parse_positive)]
+    pub(crate) max_waiver_duration: Duration,
 }
 
 /// `extctl run --reports`.
@@ -315,6 +321,7 @@ impl RunArgs {
             history_limit: usize::from(self.status_history),
             reports: self.reports.flavor(),
             require_project_allowance: self.require_project_allowance,
+            max_waiver_duration: self.max_waiver_duration,
         }
     }
 }

@@ -388,6 +388,8 @@ fn cause_label(cause: Cause) -> &'static str {
         Cause::Reported => "reported",
         Cause::PingReset => "ping_reset",
         Cause::PendingTimeout => "pending_timeout",
+        Cause::WaiverApplied => "waiver_applied",
+        Cause::WaiverEnded => "waiver_ended",
     }
 }
 

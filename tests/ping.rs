@@ -674,6 +674,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
             &Scope::Namespace(cluster.namespace.clone()),
             false,
             triggers,
+            futures::channel::mpsc::unbounded().0,
             Duration::from_secs(60),
             Default::default(),
         )

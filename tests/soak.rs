@@ -663,6 +663,7 @@ fn change(cause: Cause, from: ControlStatus, to: ControlStatus, time: i64) -> St
         from,
         to,
         cause,
+        waiver: None,
         replica: None,
     }
 }

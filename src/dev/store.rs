@@ -342,6 +342,11 @@ impl ControlStore for MemoryStore {
         None
     }
 
+    fn waivers(&self, _: &ExternalControl) -> Vec<Arc<extctl_core::waiver::Waiver>> {
+        // The sandbox has no waivers: they are a Kubernetes resource.
+        Vec::new()
+    }
+
     async fn write_status(
         &self,
         control: &ExternalControl,

@@ -29,6 +29,7 @@ use extctl_core::ports::{Freshness, SecretReadError};
 use extctl_core::readiness::Readiness;
 use extctl_core::reconciler::{Reconciler, duration_until};
 use extctl_core::tokens::{NoTokens, SigningTokens};
+use extctl_core::waiver::Waiver;
 
 pub(crate) type Context = Reconciler<KubeControlStore, StatusEvents, Outbound>;
 
@@ -71,6 +72,9 @@ pub(crate) async fn reconcile(
         // The leader reconciles; this replica looks at every control when it takes over.
         return Ok(Action::await_change());
     }
+    // Before the waivers are listed, which one covers a control is unknown: a restart must not
+    // shut a waived gate for a moment.
+    context.store.reflectors.waivers.wait_loaded().await;
     let now = Timestamp::now();
     let reconciled = context.reconcile(&control, now).await?;
     if let Some(ping) = reconciled.ping {
@@ -142,6 +146,12 @@ impl ControlStore for KubeControlStore {
         Some(self.reflectors.secrets.ttl())
     }
 
+    fn waivers(&self, control: &ExternalControl) -> Vec<Arc<Waiver>> {
+        self.reflectors
+            .waivers
+            .in_namespace(control.metadata.namespace.as_deref())
+    }
+
     async fn write_status(
         &self,
         control: &ExternalControl,
@@ -163,6 +173,7 @@ impl ControlStore for KubeControlStore {
                 "conditions": desired.conditions,
                 "history": desired.history,
                 "notifications": desired.notifications,
+                "waiver": desired.waiver,
             }
         });
         self.patch_status(control, &Patch::Merge(&patch)).await

@@ -10,14 +10,14 @@ use serde_json::json;
 use super::events::StatusEvents;
 use super::watch::Reflectors;
 use extctl_core::crd::{Cause, StatusChange};
-use extctl_core::crd::{ExternalControl, StatusChangeRecord};
+use extctl_core::crd::{ExternalControl, ExternalControlStatus, StatusChangeRecord};
 use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::Journal;
 use extctl_core::ports::{EndpointStore, Freshness, Recorded, the_holder};
 use extctl_core::protocol::Rejection;
 use extctl_core::readiness::holder_rank;
-use extctl_core::report::{self, Report, ReportUpdate};
+use extctl_core::report::{self, Report};
 use extctl_core::tokens::{NoTokens, SigningTokens};
 
 /// How often a write is retried after a 409 Conflict before giving up with 503. Each conflict
@@ -105,13 +105,23 @@ impl EndpointStore for KubeEndpointStore {
             // Checked against the state the write is conditioned on: a nonce another replica
             // stored in between shows up here after the conflict.
             let update = report::apply(current.status.as_ref(), &report)?;
+            let at = update.last_update_time.0;
             let change = StatusChange::between(Cause::Reported, update.previous, update.status)
-                .map(|change| self.history.record(change, update.last_update_time.0));
-            let history = change.as_ref().map(|record| {
+                .map(|change| self.history.record(change, at));
+            let mut next = current.status.clone().unwrap_or_default();
+            update.apply_to(&mut next, current.metadata.generation);
+            // A pass over a failure a waiver held open ends the waiver's effect: on record too.
+            let ended = ended_waiver(current, &next)
+                .map(|name| self.history.record_waiver(Cause::WaiverEnded, name, update.status, at));
+            let records: Vec<_> = change.iter().chain(&ended).collect();
+            let history = (!records.is_empty()).then(|| {
+                let policy = self.history.for_control(control);
                 let kept = current.status.as_ref().map_or(&[][..], |s| &s.history[..]);
-                self.history.for_control(control).appended(kept, record)
+                records
+                    .iter()
+                    .fold(kept.to_vec(), |kept, record| policy.appended(&kept, record))
             });
-            let patch = status_patch(current, &update, history);
+            let patch = status_patch(current, &next, history);
             match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -121,7 +131,7 @@ impl EndpointStore for KubeEndpointStore {
                         previous: update.previous,
                         stored: update.status,
                     };
-                    if let Some(record) = &change {
+                    for record in records {
                         self.events.status_changed(control, record);
                     }
                     tracing::info!(control = %ObjectKey::of(control), from = %update.previous, to = %update.status, "status stored");
@@ -143,11 +153,9 @@ impl EndpointStore for KubeEndpointStore {
 /// the resourceVersion they were computed from; `history` when the status changed.
 fn status_patch(
     current: &ExternalControl,
-    update: &ReportUpdate,
+    next: &ExternalControlStatus,
     history: Option<Vec<StatusChangeRecord>>,
 ) -> serde_json::Value {
-    let mut next = current.status.clone().unwrap_or_default();
-    update.apply_to(&mut next, current.metadata.generation);
     let mut patch = json!({
         "metadata": { "resourceVersion": current.resource_version() },
         "status": {
@@ -156,12 +164,20 @@ fn status_patch(
             "lastResultTime": next.last_result_time,
             "recentNonces": next.recent_nonces,
             "conditions": next.conditions,
+            "waiver": next.waiver,
         }
     });
     if let Some(history) = history {
         patch["status"]["history"] = json!(history);
     }
     patch
+}
+
+/// The waiver whose effect `next` ends (a pass over a failure it held open), if any.
+fn ended_waiver<'a>(current: &ExternalControl, next: &'a ExternalControlStatus) -> Option<&'a str> {
+    let was = current.status.as_ref()?.waiver.as_ref()?;
+    let is = next.waiver.as_ref()?;
+    (was.ended.is_none() && is.ended.is_some()).then_some(is.name.as_str())
 }
 
 pub(crate) fn is_conflict(error: &kube::Error) -> bool {
@@ -276,6 +292,7 @@ mod tests {
             &scope,
             false,
             triggers,
+            futures::channel::mpsc::unbounded().0,
             Duration::from_secs(60),
             Default::default(),
         )

@@ -89,13 +89,16 @@ impl Journal for StatusEvents {
     fn status_changed(&self, control: &ExternalControl, record: &StatusChangeRecord) {
         audit(control, record);
         let change = record.change();
-        let action = format!("{}To{}", pascal(change.from), pascal(change.to));
+        let action = match record.is_status_change() {
+            true => format!("{}To{}", pascal(change.from), pascal(change.to)),
+            false => "Waive".to_owned(),
+        };
         self.publish(
             control,
             "Normal",
             change.cause.reason(),
             action,
-            change.message(),
+            record.message(),
         );
     }
 
@@ -120,9 +123,10 @@ fn audit(control: &ExternalControl, record: &StatusChangeRecord) {
         from = %record.from,
         to = %record.to,
         cause = record.cause.reason(),
+        waiver = record.waiver.as_deref().unwrap_or(""),
         replica = record.replica.as_deref().unwrap_or(""),
         "{}",
-        record.change().message()
+        record.message()
     );
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod namespaces;
 pub(crate) mod policy_reports;
 pub(crate) mod recheck;
 pub(crate) mod secrets;
+pub(crate) mod waivers;
 #[cfg(test)]
 mod test_api;
 pub mod watch;
@@ -66,6 +67,8 @@ pub(crate) struct RunSettings {
     /// A namespace without the `extctl.dev/projects` annotation may claim no project
     /// (`--require-project-allowance`; cluster-wide only).
     pub(crate) require_project_allowance: bool,
+    /// The longest a waiver may last after its creation (`--max-waiver-duration`).
+    pub(crate) max_waiver_duration: Duration,
 }
 
 /// Runs the endpoint, `/metrics` and (while leading) the reconciler until SIGINT or SIGTERM.
@@ -86,11 +89,13 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
     );
 
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
+    let (waiver_triggers, waivers_triggered) = futures::channel::mpsc::unbounded();
     let watches = watch::start(
         client.clone(),
         &settings.scope,
         settings.require_project_allowance,
         triggers,
+        waiver_triggers,
         settings.secret_ttl,
         metrics.clone(),
     );
@@ -160,6 +165,22 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
         }))
     });
 
+    let waiver_status = Controller::for_shared_stream(watches.waiver_events, watches.waiver_store)
+        .reconcile_on(waivers_triggered)
+        .reconcile_all_on(leadership_gained(leadership.clone()))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            waivers::reconcile_status,
+            waivers::status_error_policy,
+            Arc::new(waivers::StatusContext {
+                client: client.clone(),
+                controls: reflectors.controls.clone(),
+                leadership: leadership.clone(),
+                max_duration: settings.max_waiver_duration,
+            }),
+        )
+        .for_each(|_| async {});
+
     let store = KubeControlStore {
         client,
         reflectors: reflectors.clone(),
@@ -171,7 +192,8 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
         Outbound::new(outbound)?,
         history,
         metrics,
-    ));
+    )
+    .with_max_waiver(settings.max_waiver_duration));
 
     let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
     let reconciler = Controller::for_shared_stream(watches.control_events, reflectors.controls)
@@ -186,7 +208,7 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
             }
         });
 
-    tokio::join!(server, reconciler, metrics_server);
+    tokio::join!(server, reconciler, waiver_status, metrics_server);
     let _ = stop_elector.send(());
     if let Some(elector) = elector {
         let _ = elector.await;

@@ -20,6 +20,7 @@ use kube::{Api, Client};
 
 use super::namespaces::{self, Allowances};
 use super::secrets::SecretCache;
+use super::waivers::{self, WaiverTriggers, Waivers};
 use crate::metrics::{Census, ControlCounts, Metrics};
 use extctl_core::crd::ExternalControl;
 use extctl_core::index::{ControlIndex, Entry};
@@ -60,6 +61,7 @@ pub struct Reflectors {
     index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     pub(crate) secrets: SecretCache,
     pub(crate) allowances: Allowances,
+    pub(crate) waivers: Waivers,
     loaded: Arc<AtomicBool>,
 }
 
@@ -123,6 +125,7 @@ impl Reflectors {
                 Arc::new(|_: &ObjectKey| {}),
             ),
             allowances: Allowances::unrestricted(),
+            waivers: Waivers::none(),
             loaded: Arc::new(AtomicBool::new(true)),
         };
         (reflectors, writer)
@@ -156,6 +159,8 @@ impl Census for Reflectors {
 pub struct Watches {
     pub reflectors: Reflectors,
     pub control_events: ReflectHandle<ExternalControl>,
+    pub(crate) waiver_events: ReflectHandle<extctl_core::waiver::Waiver>,
+    pub(crate) waiver_store: Store<extctl_core::waiver::Waiver>,
     pub driver: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -170,6 +175,7 @@ pub fn start(
     scope: &Scope,
     require_allowance: bool,
     triggers: Triggers,
+    waiver_triggers: WaiverTriggers,
     secret_ttl: Duration,
     metrics: Arc<Metrics>,
 ) -> Watches {
@@ -194,6 +200,7 @@ pub fn start(
             trigger_all(&triggers, read(&index).using_secret(secret));
         })
     };
+    let waiver_watch = waivers::start(client.clone(), scope, controls.clone(), triggers.clone());
     let allowances = match scope {
         Scope::Cluster => Allowances::new(require_allowance),
         Scope::Namespace(_) => Allowances::unrestricted(),
@@ -203,6 +210,7 @@ pub fn start(
         index: index.clone(),
         secrets: SecretCache::new(client.clone(), secret_ttl, on_secret_change),
         allowances: allowances.clone(),
+        waivers: waiver_watch.waivers.clone(),
         loaded: Arc::default(),
     };
     // A namespace's allowance moved: its controls may be served or not now, and so may the
@@ -228,25 +236,34 @@ pub fn start(
     let loaded = reflectors.loaded.clone();
     let driver = drive(
         control_stream,
-        IndexKeeper::new(index, triggers, reflectors.secrets.clone()),
+        IndexKeeper::new(
+            index,
+            triggers,
+            reflectors.secrets.clone(),
+            (reflectors.waivers.clone(), waiver_triggers),
+        ),
         move || loaded.store(true, Ordering::Release),
         metrics,
     );
+    let waivers = waiver_watch.driver;
     Watches {
         reflectors,
         control_events,
+        waiver_events: waiver_watch.events,
+        waiver_store: waiver_watch.store,
         driver: Box::pin(async move {
-            futures::join!(driver, namespaces);
+            futures::join!(driver, namespaces, waivers);
         }),
     }
 }
 
-/// Keeps the index current from the watch, triggers the controls a change affects, and
-/// forgets the Secrets no control names any more.
+/// Keeps the index current from the watch, triggers the controls a change affects (and the
+/// waivers whose status it may move), and forgets the Secrets no control names any more.
 struct IndexKeeper {
     index: Arc<RwLock<ControlIndex<ObjectKey>>>,
     triggers: Triggers,
     secrets: SecretCache,
+    waivers: (Waivers, WaiverTriggers),
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
     relisting: Vec<(ObjectKey, Entry)>,
 }
@@ -256,11 +273,13 @@ impl IndexKeeper {
         index: Arc<RwLock<ControlIndex<ObjectKey>>>,
         triggers: Triggers,
         secrets: SecretCache,
+        waivers: (Waivers, WaiverTriggers),
     ) -> Self {
         Self {
             index,
             triggers,
             secrets,
+            waivers,
             relisting: Vec::new(),
         }
     }
@@ -305,6 +324,13 @@ impl IndexKeeper {
     }
 
     fn handle(&mut self, event: watcher::Event<ExternalControl>) {
+        if let watcher::Event::Apply(control) | watcher::Event::Delete(control) = &event {
+            let (waivers, triggers) = &self.waivers;
+            for waiver in waivers.concerning(control) {
+                // The receiver lives as long as the waiver controller.
+                let _ = triggers.unbounded_send(waiver);
+            }
+        }
         match event {
             watcher::Event::Apply(control) => self.applied(&control),
             watcher::Event::Delete(control) => self.deleted(&control),

@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::ControlStatus;
+use crate::waiver::{AppliedWaiver, WaivedOutcome};
 
 pub const COMPLIANT: &str = "Compliant";
 /// kstatus: True means the resource is *Failed*.
@@ -24,6 +25,14 @@ pub const RECONCILING: &str = "Reconciling";
 /// What the gate says, and why (the reason is the condition's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Compliance {
+    /// A covered outcome held open by a waiver (reason `Waived`): `status.status` keeps what
+    /// the checker said.
+    Waived {
+        outcome: WaivedOutcome,
+        waiver: String,
+        because: String,
+        expires: Timestamp,
+    },
     /// `pass` (reason `CheckPassed`) or `not_applicable` (reason `NotApplicable`).
     Compliant { reason: &'static str },
     /// `fail`: reported (`CheckFailed`) or a notified checker that never answered
@@ -40,6 +49,7 @@ pub const CHECK_FAILED: &str = "CheckFailed";
 pub const PENDING_TIMEOUT: &str = "PendingTimeout";
 pub const AWAITING_RESULT: &str = "AwaitingResult";
 pub const RESULT_EXPIRED: &str = "ResultExpired";
+pub const WAIVED: &str = "Waived";
 
 /// The facts the gate is judged from.
 #[derive(Debug, Clone)]
@@ -54,19 +64,62 @@ pub struct GateFacts<'a> {
     pub timed_out: bool,
     /// Set when this very write stores a checker's report (its result replaces any other).
     pub reported: bool,
+    /// The waiver that covers the control now, if any.
+    pub waiver: Option<&'a AppliedWaiver>,
+    /// What the waiver recorded in the stored status held open (the outcome behind a stored
+    /// `Waived`).
+    pub waived_before: Option<WaivedOutcome>,
 }
 
 impl Compliance {
-    /// The gate as of `now`, and when it will change by itself (a kept result expiring).
+    /// The gate as of `now`, and when it will change by itself (a kept result expiring, a
+    /// waiver's expiry).
     pub fn assess(facts: &GateFacts, now: Timestamp) -> (Self, Option<Timestamp>) {
+        let (gate, changes) = Self::unwaived(facts, now);
+        let outcome = match &gate {
+            Self::NotCompliant {
+                reason: PENDING_TIMEOUT,
+            } => WaivedOutcome::PendingTimeout,
+            Self::NotCompliant { .. } => WaivedOutcome::Fail,
+            _ => return (gate, changes),
+        };
+        match facts.waiver {
+            Some(waiver) if waiver.opens(outcome, now) => {
+                let expires = waiver.expires.0;
+                let waived = Self::Waived {
+                    outcome,
+                    waiver: waiver.name.clone(),
+                    because: waiver.reason.clone(),
+                    expires,
+                };
+                let changes = changes.map_or(expires, |at| at.min(expires));
+                (waived, Some(changes))
+            }
+            _ => (gate, changes),
+        }
+    }
+
+    /// The outcome a waiver holds open now, if it does.
+    pub fn waiving(&self) -> Option<WaivedOutcome> {
+        match self {
+            Self::Waived { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+
+    /// The gate the result alone decides.
+    fn unwaived(facts: &GateFacts, now: Timestamp) -> (Self, Option<Timestamp>) {
         let previous = facts.previous.iter().find(|c| c.type_ == COMPLIANT);
         match facts.status {
             ControlStatus::Pass => (Self::compliant(CHECK_PASSED), None),
             ControlStatus::NotApplicable => (Self::compliant(NOT_APPLICABLE), None),
             ControlStatus::Fail => {
                 // A fail kept since the timeout keeps that reason until a report replaces it.
-                let kept_timeout =
-                    previous.is_some_and(|c| c.status == "False" && c.reason == PENDING_TIMEOUT);
+                let kept_timeout = previous
+                    .and_then(|c| Self::decided_from(c, facts.waived_before))
+                    == Some(Self::NotCompliant {
+                        reason: PENDING_TIMEOUT,
+                    });
                 let timed_out = facts.timed_out || (kept_timeout && !facts.reported);
                 let reason = if timed_out {
                     PENDING_TIMEOUT
@@ -89,7 +142,7 @@ impl Compliance {
         previous: Option<&Condition>,
         now: Timestamp,
     ) -> (Self, Option<Timestamp>) {
-        let decided = previous.and_then(Self::decided_from);
+        let decided = previous.and_then(|c| Self::decided_from(c, facts.waived_before));
         let expires = facts
             .last_result_time
             .and_then(|at| at.checked_add(facts.max_staleness).ok());
@@ -119,8 +172,16 @@ impl Compliance {
         }
     }
 
-    /// A stored `Compliant` condition read back, when it holds a decided value.
-    fn decided_from(condition: &Condition) -> Option<Self> {
+    /// A stored `Compliant` condition read back, when it holds a decided value (`waived`: the
+    /// outcome behind a stored `Waived`).
+    fn decided_from(condition: &Condition, waived: Option<WaivedOutcome>) -> Option<Self> {
+        if condition.reason == WAIVED {
+            let reason = match waived? {
+                WaivedOutcome::Fail => CHECK_FAILED,
+                WaivedOutcome::PendingTimeout => PENDING_TIMEOUT,
+            };
+            return Some(Self::NotCompliant { reason });
+        }
         let reason = [CHECK_PASSED, NOT_APPLICABLE, CHECK_FAILED, PENDING_TIMEOUT]
             .into_iter()
             .find(|r| *r == condition.reason)?;
@@ -133,7 +194,7 @@ impl Compliance {
 
     fn status(&self) -> &'static str {
         match self {
-            Self::Compliant { .. } => "True",
+            Self::Compliant { .. } | Self::Waived { .. } => "True",
             Self::NotCompliant { .. } => "False",
             Self::Unknown { .. } => "Unknown",
         }
@@ -144,11 +205,36 @@ impl Compliance {
             Self::Compliant { reason }
             | Self::NotCompliant { reason }
             | Self::Unknown { reason } => reason,
+            Self::Waived { .. } => WAIVED,
         }
     }
 
     fn message(&self, kept: bool) -> String {
-        let message = match self.reason() {
+        let waived;
+        let message = match self {
+            Self::Waived {
+                outcome,
+                waiver,
+                because,
+                expires,
+            } => {
+                waived = format!(
+                    "Waived by {waiver} until {expires} ({because}): {}",
+                    outcome.describe()
+                );
+                &waived
+            }
+            _ => self.plain_message(),
+        };
+        if kept {
+            format!("{message}; kept while a re-check is pending")
+        } else {
+            message.to_owned()
+        }
+    }
+
+    fn plain_message(&self) -> &'static str {
+        match self.reason() {
             CHECK_PASSED => "The checker reported pass",
             NOT_APPLICABLE => "The checker reported not_applicable: the control does not apply",
             CHECK_FAILED => "The checker reported fail",
@@ -157,11 +243,6 @@ impl Compliance {
                 "No result within maxStaleness of the last one: the checker must report again"
             }
             _ => "No result yet: waiting for the checker's first report",
-        };
-        if kept {
-            format!("{message}; kept while a re-check is pending")
-        } else {
-            message.to_owned()
         }
     }
 
@@ -210,7 +291,7 @@ impl Compliance {
                 reason,
                 "Waiting for the checker's result".to_owned(),
             )),
-            Self::Compliant { .. } => {}
+            Self::Compliant { .. } | Self::Waived { .. } => {}
         }
         next
     }
@@ -232,6 +313,8 @@ mod tests {
             previous,
             timed_out: false,
             reported: false,
+            waiver: None,
+            waived_before: None,
         }
     }
 

@@ -12,6 +12,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+use crate::waiver::AppliedWaiver;
 use crate::{duration, project};
 
 /// The name of the generated CustomResourceDefinition.
@@ -33,6 +34,9 @@ pub const CRD_NAME: &str = "externalcontrols.extctl.dev";
     printcolumn = r#"{"name":"Control","type":"integer","jsonPath":".spec.controlId"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.status"}"#,
     printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
+    // Why: `CheckPassed`, `CheckFailed`, `Waived` (a waiver holds a failing control's gate
+    // open), `PendingTimeout`, ...
+    printcolumn = r#"{"name":"Gate","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].reason"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Ping","type":"boolean","jsonPath":".spec.pingEnabled"}"#,
     printcolumn = r#"{"name":"Last Update","type":"date","jsonPath":".status.lastUpdateTime"}"#,
@@ -330,6 +334,11 @@ pub struct ExternalControlStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"], "maxItems" = MAX_NOTIFY_TARGETS))]
     pub notifications: Vec<NotificationStatus>,
+
+    /// The Waiver that covers this control now (its terms, what it holds open, and a pass that
+    /// ended its effect); absent when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiver: Option<AppliedWaiver>,
 }
 
 /// Where a notification target stands.
@@ -377,8 +386,12 @@ pub struct StatusChangeRecord {
     pub time: MicroTime,
     pub from: ControlStatus,
     pub to: ControlStatus,
-    /// `StatusReported` (a checker's call), `PingReset` or `PendingTimeout`.
+    /// `StatusReported` (a checker's call), `PingReset` or `PendingTimeout`; `WaiverApplied`
+    /// and `WaiverEnded` record a waiver's start and end (the status is unchanged then).
     pub cause: Cause,
+    /// The waiver, for `WaiverApplied` and `WaiverEnded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiver: Option<String>,
     /// The replica (pod) that stored it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
@@ -386,6 +399,21 @@ pub struct StatusChangeRecord {
 }
 
 impl StatusChangeRecord {
+    /// What the record tells, as the audit log and Events say it.
+    pub fn message(&self) -> String {
+        let waiver = self.waiver.as_deref().unwrap_or_default();
+        match self.cause {
+            Cause::WaiverApplied => format!("Waiver '{waiver}' applies to the control"),
+            Cause::WaiverEnded => format!("Waiver '{waiver}' no longer applies to the control"),
+            _ => self.change().message(),
+        }
+    }
+
+    /// A change of `status` (not a waiver's start or end).
+    pub fn is_status_change(&self) -> bool {
+        !matches!(self.cause, Cause::WaiverApplied | Cause::WaiverEnded)
+    }
+
     pub fn change(&self) -> StatusChange {
         StatusChange {
             cause: self.cause,
@@ -558,6 +586,11 @@ pub enum Cause {
     PingReset,
     /// A notified checker did not answer within `pendingTimeout`.
     PendingTimeout,
+    /// A waiver began to cover the control (`status.waiver`).
+    WaiverApplied,
+    /// A waiver stopped covering the control: it expired, was deleted or changed, or a pass
+    /// ended its effect.
+    WaiverEnded,
 }
 
 impl Cause {
@@ -567,6 +600,8 @@ impl Cause {
             Self::Reported => "StatusReported",
             Self::PingReset => "PingReset",
             Self::PendingTimeout => "PendingTimeout",
+            Self::WaiverApplied => "WaiverApplied",
+            Self::WaiverEnded => "WaiverEnded",
         }
     }
 }

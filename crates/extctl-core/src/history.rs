@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use super::schedule::to_microsecond;
-use crate::crd::{ExternalControl, StatusChangeRecord};
+use crate::crd::{Cause, ControlStatus, ExternalControl, StatusChangeRecord};
 use crate::crd::{MAX_HISTORY, StatusChange};
 
 /// How many changes each control keeps, and the name this replica signs them with.
@@ -29,6 +29,25 @@ impl HistoryPolicy {
             from: change.from,
             to: change.to,
             cause: change.cause,
+            waiver: None,
+            replica: self.replica.clone(),
+        }
+    }
+
+    /// The record of a waiver's start or end (`cause`) on a control whose status is `status`.
+    pub fn record_waiver(
+        &self,
+        cause: Cause,
+        waiver: &str,
+        status: ControlStatus,
+        at: Timestamp,
+    ) -> StatusChangeRecord {
+        StatusChangeRecord {
+            time: MicroTime(to_microsecond(at)),
+            from: status,
+            to: status,
+            cause,
+            waiver: Some(waiver.to_owned()),
             replica: self.replica.clone(),
         }
     }
@@ -65,7 +84,6 @@ impl HistoryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Cause;
     use crate::crd::ControlStatus::{Fail, Pass, Pending};
 
     fn policy(limit: usize) -> HistoryPolicy {

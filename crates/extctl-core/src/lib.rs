@@ -13,6 +13,7 @@
 //! - outbound: [`destinations`] (SSRF rules), [`retry`], [`webhooks`] and [`notify`]
 //!   (status-change notifications);
 //! - [`policy_reports`]: OpenReports / PolicyReport content;
+//! - [`waiver`]: the `Waiver` resource and which waiver applies to a control;
 //! - [`ports`]: the traits adapters implement; [`reconciler`]: the decisions made on them.
 //! - small shared pieces: [`duration`], [`key`], [`sync`].
 
@@ -41,4 +42,5 @@ pub mod signature;
 pub mod sync;
 pub mod tenancy;
 pub mod tokens;
+pub mod waiver;
 pub mod webhooks;

@@ -48,7 +48,8 @@ pub fn due<'a>(
 ) -> Vec<&'a StatusChangeRecord> {
     history
         .iter()
-        .filter(|record| record.time.0 > entry.since.0 && target.statuses.contains(&record.to))
+        .filter(|record| record.time.0 > entry.since.0 && record.is_status_change())
+        .filter(|record| target.statuses.contains(&record.to))
         .collect()
 }
 
@@ -79,6 +80,7 @@ mod tests {
             from,
             to,
             cause: Cause::Reported,
+            waiver: None,
             replica: None,
         }
     }

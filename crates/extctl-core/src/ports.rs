@@ -142,6 +142,10 @@ pub trait ControlStore: Send + Sync + 'static {
         control: &ExternalControl,
     ) -> impl Future<Output = Result<SigningTokens, NoTokens>> + Send;
 
+    /// The waivers of the control's namespace (every one: which applies is decided in
+    /// [`crate::waiver::applicable`]).
+    fn waivers(&self, control: &ExternalControl) -> Vec<std::sync::Arc<crate::waiver::Waiver>>;
+
     /// How soon a control that is not ready is looked at again, when the store does not tell
     /// of every change to Secrets (`None`: it does).
     fn recheck_not_ready(&self) -> Option<std::time::Duration>;

@@ -38,6 +38,7 @@ use crate::schedule::{self, PingFacts, PingPlan};
 use crate::signature;
 use crate::sync::lock;
 use crate::tokens::SigningTokens;
+use crate::waiver::{self, AppliedWaiver};
 use crate::webhooks::{self, ChangeData};
 
 /// What a reconcile did and leaves to do.
@@ -72,6 +73,10 @@ pub struct Ping {
     reset_at: Timestamp,
 }
 
+/// The longest a waiver may last after its creation, unless `--max-waiver-duration` says
+/// otherwise: 90 days.
+pub const DEFAULT_MAX_WAIVER: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// The status a control reports before anyone has written it.
 pub const INITIAL_STATUS: ControlStatus = ControlStatus::Pending;
 
@@ -83,6 +88,8 @@ pub struct Reconciler<S, J, N> {
     notifier: N,
     history: HistoryPolicy,
     metrics: Arc<dyn Recorder>,
+    /// The longest a waiver may last after its creation (`--max-waiver-duration`).
+    max_waiver: Duration,
     /// Per (control uid, target): one delivery at a time, and the cursor it last wrote.
     targets: Mutex<HashMap<(String, String), TargetState>>,
 }
@@ -112,8 +119,15 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             notifier,
             history,
             metrics,
+            max_waiver: DEFAULT_MAX_WAIVER,
             targets: Mutex::default(),
         }
+    }
+
+    /// The longest a waiver may last after its creation; longer ones are refused.
+    pub fn with_max_waiver(mut self, max: Duration) -> Self {
+        self.max_waiver = max;
+        self
     }
 
     /// Brings `control` up to date as of `now`; returns when it next needs a look (a reset or
@@ -154,8 +168,12 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             _ => None,
         };
         let readiness = self.store.readiness(control).await?;
+        let waivers = self.store.waivers(control);
+        let waiver = waiver::applicable(waivers.iter().map(|w| &**w), control, now, self.max_waiver)
+            .map(|w| waiver::applied(w, current.waiver.as_ref()));
+        let waiver_expires = waiver.as_ref().map(|w| w.expires.0);
         let (mut desired, gate_expires) =
-            desired_status(control, &current, &readiness, plan, change, now);
+            desired_status(control, &current, &readiness, plan, change, waiver, now);
         if let Some(requested) = requested {
             desired.last_handled_requested_at = Some(requested.to_owned());
         }
@@ -166,9 +184,13 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         let record = change
             .and_then(|cause| StatusChange::between(cause, from, to))
             .map(|change| self.history.record(change, now));
+        let history = self.history.for_control(control);
         if let Some(record) = &record {
-            let history = self.history.for_control(control);
             desired.history = history.appended(&current.history, record);
+        }
+        let waiver_records = waiver_changes(&self.history, &current, &desired, now);
+        for record in &waiver_records {
+            desired.history = history.appended(&desired.history, record);
         }
         desired.notifications = notify::entries(
             &control.spec.notify,
@@ -184,6 +206,9 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             }
             if let Some(record) = &record {
                 self.metrics.transition(record.change());
+                self.journal.status_changed(control, record);
+            }
+            for record in &waiver_records {
                 self.journal.status_changed(control, record);
             }
             if !readiness.is_ready() {
@@ -220,6 +245,8 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
             deadline.filter(|d| *d > now),
             recheck,
             gate_expires,
+            // The waiver's end is told on time, whether it holds the gate open or not.
+            waiver_expires.filter(|at| *at > now),
             busy.then(|| now.checked_add(DELIVERY_RECHECK).ok())
                 .flatten(),
         ];
@@ -648,6 +675,27 @@ fn spread_seed(control: &ExternalControl) -> u64 {
     )
 }
 
+/// The records of a waiver ending and another (or the same, changed) beginning between the
+/// stored status and the desired one. A waiver a pass ended was recorded ended by that report.
+fn waiver_changes(
+    history: &HistoryPolicy,
+    current: &ExternalControlStatus,
+    desired: &ExternalControlStatus,
+    now: Timestamp,
+) -> Vec<StatusChangeRecord> {
+    let status = current_status(Some(desired));
+    let (was, is) = (current.waiver.as_ref(), desired.waiver.as_ref());
+    let same = |a: &AppliedWaiver, b: &AppliedWaiver| a.name == b.name;
+    let mut records = Vec::new();
+    if let Some(was) = was.filter(|was| was.ended.is_none() && is.is_none_or(|is| !same(was, is))) {
+        records.push(history.record_waiver(Cause::WaiverEnded, &was.name, status, now));
+    }
+    if let Some(is) = is.filter(|is| was.is_none_or(|was| !same(was, is))) {
+        records.push(history.record_waiver(Cause::WaiverApplied, &is.name, status, now));
+    }
+    records
+}
+
 /// The status the reconciler wants, from the current one (equal to it when nothing is to do),
 /// and when the gate it holds changes by itself (a result kept through a re-check expiring).
 fn desired_status(
@@ -656,6 +704,7 @@ fn desired_status(
     readiness: &Readiness,
     plan: PingPlan,
     change: Option<Cause>,
+    waiver: Option<AppliedWaiver>,
     now: Timestamp,
 ) -> (ExternalControlStatus, Option<Timestamp>) {
     let generation = control.metadata.generation;
@@ -684,7 +733,7 @@ fn desired_status(
             desired.last_update_time = Some(MicroTime(now));
             desired.last_result_time = Some(MicroTime(now));
         }
-        Some(Cause::Reported) | None => {}
+        Some(Cause::Reported | Cause::WaiverApplied | Cause::WaiverEnded) | None => {}
     }
     let status = current_status(Some(&desired));
     let facts = GateFacts {
@@ -696,9 +745,15 @@ fn desired_status(
         previous: &desired.conditions,
         timed_out: change == Some(Cause::PendingTimeout),
         reported: false,
+        waiver: waiver.as_ref(),
+        waived_before: current.waiver.as_ref().and_then(|w| w.waiving),
     };
     let (gate, expires) = Compliance::assess(&facts, now);
     desired.conditions = gate.conditions(status, &desired.conditions, generation, now);
+    desired.waiver = waiver.map(|waiver| AppliedWaiver {
+        waiving: gate.waiving(),
+        ..waiver
+    });
     (desired, expires)
 }
 

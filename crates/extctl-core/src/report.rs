@@ -50,6 +50,7 @@ pub fn record_result(
     status.status = Some(result);
     status.last_update_time = Some(MicroTime(at));
     status.last_result_time = Some(MicroTime(at));
+    let waived_before = status.waiver.as_ref().and_then(|w| w.waiving);
     let facts = GateFacts {
         status: result,
         last_result_time: Some(at),
@@ -58,9 +59,19 @@ pub fn record_result(
         previous: &status.conditions,
         timed_out: false,
         reported: true,
+        waiver: status.waiver.as_ref(),
+        waived_before,
     };
     let (gate, _) = Compliance::assess(&facts, at);
     status.conditions = gate.conditions(result, &status.conditions, generation, at);
+    if let Some(waiver) = status.waiver.as_mut() {
+        // A pass (or not_applicable) over a failure the waiver held open ends its effect.
+        let decided = matches!(result, ControlStatus::Pass | ControlStatus::NotApplicable);
+        if decided && waiver.waiving.is_some() && waiver.ended.is_none() {
+            waiver.ended = Some(MicroTime(at));
+        }
+        waiver.waiving = gate.waiving();
+    }
 }
 
 /// Refuses a nonce that an earlier accepted call used and that has not expired yet.
