@@ -405,7 +405,12 @@ pub async fn run(cli: Cli) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Crd => {
-            print!("{}", extctl_core::crd::crd_yaml());
+            // Every CRD, one YAML document each, as `crds/` holds them.
+            print!(
+                "{}---\n{}",
+                extctl_core::crd::crd_yaml(),
+                extctl_core::waiver::crd_yaml()
+            );
             ExitCode::SUCCESS
         }
         Command::Sign(args) => match crate::checker::sign::run(&args) {

@@ -45,6 +45,19 @@ fn chart_ships_the_same_crd() {
 }
 
 #[test]
+fn committed_waiver_crd_matches_the_rust_definition() {
+    for path in [
+        "crds/waivers.extctl.dev.yaml",
+        "charts/extctl/crds/waivers.extctl.dev.yaml",
+    ] {
+        assert!(
+            committed(path) == extctl_core::waiver::crd_yaml(),
+            "{path} is out of date: run `cargo run -- crd` and copy its second document there"
+        );
+    }
+}
+
+#[test]
 fn chart_sets_every_flag_and_only_real_ones() {
     let deployment = committed("charts/extctl/templates/deployment.yaml");
     let flags = run_flags();

@@ -111,8 +111,10 @@ impl EndpointStore for KubeEndpointStore {
             let mut next = current.status.clone().unwrap_or_default();
             update.apply_to(&mut next, current.metadata.generation);
             // A pass over a failure a waiver held open ends the waiver's effect: on record too.
-            let ended = ended_waiver(current, &next)
-                .map(|name| self.history.record_waiver(Cause::WaiverEnded, name, update.status, at));
+            let ended = ended_waiver(current, &next).map(|name| {
+                self.history
+                    .record_waiver(Cause::WaiverEnded, name, update.status, at)
+            });
             let records: Vec<_> = change.iter().chain(&ended).collect();
             let history = (!records.is_empty()).then(|| {
                 let policy = self.history.for_control(control);

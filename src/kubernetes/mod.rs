@@ -11,9 +11,9 @@ pub(crate) mod namespaces;
 pub(crate) mod policy_reports;
 pub(crate) mod recheck;
 pub(crate) mod secrets;
-pub(crate) mod waivers;
 #[cfg(test)]
 mod test_api;
+pub(crate) mod waivers;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -186,14 +186,10 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
         reflectors: reflectors.clone(),
         leadership: leadership.clone(),
     };
-    let context = Arc::new(Reconciler::new(
-        store,
-        events,
-        Outbound::new(outbound)?,
-        history,
-        metrics,
-    )
-    .with_max_waiver(settings.max_waiver_duration));
+    let context = Arc::new(
+        Reconciler::new(store, events, Outbound::new(outbound)?, history, metrics)
+            .with_max_waiver(settings.max_waiver_duration),
+    );
 
     let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
     let reconciler = Controller::for_shared_stream(watches.control_events, reflectors.controls)

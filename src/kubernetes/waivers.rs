@@ -112,12 +112,8 @@ pub(crate) fn start(
     }
 }
 
-async fn drive<S>(
-    stream: S,
-    waivers: Waivers,
-    controls: Store<ExternalControl>,
-    triggers: Triggers,
-) where
+async fn drive<S>(stream: S, waivers: Waivers, controls: Store<ExternalControl>, triggers: Triggers)
+where
     S: Stream<Item = Result<watcher::Event<Waiver>, watcher::Error>>,
 {
     futures::pin_mut!(stream);

@@ -481,4 +481,142 @@ mod tests {
         let given = spec(serde_json::json!({"maxStaleness": "2h"}));
         assert_eq!(given.max_staleness(), Some(2 * hour));
     }
+
+    fn terms(outcomes: &[WaivedOutcome]) -> AppliedWaiver {
+        AppliedWaiver {
+            name: "accepted-risk".into(),
+            reason: "no fix upstream yet".into(),
+            expires: Time(at(50)),
+            ticket: None,
+            outcomes: outcomes.to_vec(),
+            granted_by: "alice".into(),
+            waiving: None,
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn a_waiver_opens_a_covered_fail_until_it_expires_keeping_the_status() {
+        let waiver = terms(&[WaivedOutcome::Fail]);
+        let mut failing = facts(ControlStatus::Fail, &[]);
+        failing.waiver = Some(&waiver);
+        let (gate, wake) = Compliance::assess(&failing, at(10));
+        assert_eq!(gate.waiving(), Some(WaivedOutcome::Fail));
+        assert_eq!(wake, Some(at(50)), "woken at the expiry");
+        let conditions = gate.conditions(ControlStatus::Fail, &[], Some(1), at(10));
+        let compliant = find(&conditions, COMPLIANT).unwrap();
+        assert_eq!(
+            (compliant.status.as_str(), compliant.reason.as_str()),
+            ("True", WAIVED)
+        );
+        for part in [
+            "accepted-risk",
+            "no fix upstream yet",
+            &at(50).to_string(),
+            "reported fail",
+        ] {
+            assert!(
+                compliant.message.contains(part),
+                "{part}: {}",
+                compliant.message
+            );
+        }
+        // kstatus reads it as Current: neither Stalled nor Reconciling.
+        assert!(find(&conditions, STALLED).is_none() && find(&conditions, RECONCILING).is_none());
+
+        // At the expiry the fail shuts the gate again.
+        let (gate, wake) = Compliance::assess(&failing, at(50));
+        assert_eq!(
+            gate,
+            Compliance::NotCompliant {
+                reason: CHECK_FAILED
+            }
+        );
+        assert_eq!(wake, None);
+    }
+
+    #[test]
+    fn a_waived_fail_is_kept_through_a_re_check_and_a_pass_is_a_pass() {
+        let mut waiver = terms(&[WaivedOutcome::Fail]);
+        let mut failing = facts(ControlStatus::Fail, &[]);
+        failing.waiver = Some(&waiver);
+        let (gate, _) = Compliance::assess(&failing, at(10));
+        let waived = gate.conditions(ControlStatus::Fail, &[], None, at(10));
+        waiver.waiving = gate.waiving();
+
+        let mut pending = facts(ControlStatus::Pending, &waived);
+        pending.waiver = Some(&waiver);
+        pending.waived_before = waiver.waiving;
+        let (kept, wake) = Compliance::assess(&pending, at(20));
+        assert_eq!(kept.waiving(), Some(WaivedOutcome::Fail));
+        assert_eq!(wake, Some(at(50)), "the expiry comes before the staleness");
+        let conditions = kept.conditions(ControlStatus::Pending, &waived, None, at(20));
+        let compliant = find(&conditions, COMPLIANT).unwrap();
+        assert!(
+            compliant
+                .message
+                .ends_with("kept while a re-check is pending")
+        );
+        assert_eq!(compliant.last_transition_time, Time(at(10)), "unmoved");
+        // Without the waiver any more, the kept fail is a fail.
+        pending.waiver = None;
+        let (unwaived, _) = Compliance::assess(&pending, at(20));
+        assert_eq!(
+            unwaived,
+            Compliance::NotCompliant {
+                reason: CHECK_FAILED
+            }
+        );
+
+        let mut passing = facts(ControlStatus::Pass, &waived);
+        passing.waiver = Some(&waiver);
+        passing.waived_before = waiver.waiving;
+        let (gate, _) = Compliance::assess(&passing, at(30));
+        assert_eq!(
+            gate,
+            Compliance::Compliant {
+                reason: CHECK_PASSED
+            }
+        );
+    }
+
+    #[test]
+    fn a_pending_timeout_is_waived_only_when_asked_and_keeps_its_reason() {
+        let mut timed_out = facts(ControlStatus::Fail, &[]);
+        timed_out.timed_out = true;
+        let fail_only = terms(&[WaivedOutcome::Fail]);
+        timed_out.waiver = Some(&fail_only);
+        let (gate, _) = Compliance::assess(&timed_out, at(1));
+        assert_eq!(
+            gate,
+            Compliance::NotCompliant {
+                reason: PENDING_TIMEOUT
+            }
+        );
+
+        let both = terms(&[WaivedOutcome::Fail, WaivedOutcome::PendingTimeout]);
+        timed_out.waiver = Some(&both);
+        let (gate, _) = Compliance::assess(&timed_out, at(1));
+        assert_eq!(gate.waiving(), Some(WaivedOutcome::PendingTimeout));
+        let waived = gate.conditions(ControlStatus::Fail, &[], None, at(1));
+        // A later reconcile of the same fail: still the timeout's, still waived; once the
+        // waiver goes, the timeout's reason is back.
+        let mut later = facts(ControlStatus::Fail, &waived);
+        later.waived_before = Some(WaivedOutcome::PendingTimeout);
+        let (unwaived, _) = Compliance::assess(&later, at(2));
+        assert_eq!(
+            unwaived,
+            Compliance::NotCompliant {
+                reason: PENDING_TIMEOUT
+            }
+        );
+        later.waiver = Some(&fail_only);
+        let (still, _) = Compliance::assess(&later, at(2));
+        assert_eq!(
+            still,
+            Compliance::NotCompliant {
+                reason: PENDING_TIMEOUT
+            }
+        );
+    }
 }

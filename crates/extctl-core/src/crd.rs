@@ -693,6 +693,7 @@ mod tests {
                 "Control",
                 "Status",
                 "Compliant",
+                "Gate",
                 "Ready",
                 "Ping",
                 "Last Update",

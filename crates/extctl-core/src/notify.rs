@@ -114,6 +114,12 @@ mod tests {
             record(20, Pass, Pending),
             record(30, Pending, Fail),
             record(40, Fail, NotApplicable),
+            // A waiver's start is on record, but is no change of status to tell.
+            StatusChangeRecord {
+                cause: Cause::WaiverApplied,
+                waiver: Some("w".into()),
+                ..record(50, NotApplicable, NotApplicable)
+            },
         ];
         let times = |target: &NotifyTarget, since: i64| -> Vec<i64> {
             due(target, &entry(&target.name, since), &history)

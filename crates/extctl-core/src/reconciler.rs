@@ -169,8 +169,9 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         };
         let readiness = self.store.readiness(control).await?;
         let waivers = self.store.waivers(control);
-        let waiver = waiver::applicable(waivers.iter().map(|w| &**w), control, now, self.max_waiver)
-            .map(|w| waiver::applied(w, current.waiver.as_ref()));
+        let waiver =
+            waiver::applicable(waivers.iter().map(|w| &**w), control, now, self.max_waiver)
+                .map(|w| waiver::applied(w, current.waiver.as_ref()));
         let waiver_expires = waiver.as_ref().map(|w| w.expires.0);
         let (mut desired, gate_expires) =
             desired_status(control, &current, &readiness, plan, change, waiver, now);
@@ -815,5 +816,56 @@ mod tests {
             None,
             Some("2026-12-03T10:00:01Z")
         ));
+    }
+
+    #[test]
+    fn a_waiver_starting_changing_or_ending_is_recorded_once() {
+        let policy = HistoryPolicy {
+            limit: 10,
+            replica: None,
+        };
+        let terms = |name: &str, ended: bool| AppliedWaiver {
+            name: name.into(),
+            reason: "r".into(),
+            expires: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::MAX),
+            ticket: None,
+            outcomes: vec![],
+            granted_by: "alice".into(),
+            waiving: None,
+            ended: ended.then(|| MicroTime(Timestamp::UNIX_EPOCH)),
+        };
+        let status = |waiver: Option<AppliedWaiver>| ExternalControlStatus {
+            status: Some(ControlStatus::Fail),
+            waiver,
+            ..Default::default()
+        };
+        let recorded = |was, is| -> Vec<(Cause, String, ControlStatus)> {
+            waiver_changes(&policy, &status(was), &status(is), Timestamp::UNIX_EPOCH)
+                .into_iter()
+                .map(|r| (r.cause, r.waiver.unwrap(), r.to))
+                .collect()
+        };
+        let fail = ControlStatus::Fail;
+        assert_eq!(
+            recorded(None, Some(terms("a", false))),
+            [(Cause::WaiverApplied, "a".into(), fail)]
+        );
+        assert_eq!(
+            recorded(Some(terms("a", false)), Some(terms("a", false))),
+            []
+        );
+        assert_eq!(
+            recorded(Some(terms("a", false)), Some(terms("b", false))),
+            [
+                (Cause::WaiverEnded, "a".into(), fail),
+                (Cause::WaiverApplied, "b".into(), fail)
+            ]
+        );
+        assert_eq!(
+            recorded(Some(terms("a", false)), None),
+            [(Cause::WaiverEnded, "a".into(), fail)]
+        );
+        // A pass ended it, and that report recorded it.
+        assert_eq!(recorded(Some(terms("a", true)), None), []);
     }
 }

@@ -239,4 +239,51 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn a_report_under_a_waiver_keeps_the_truth_and_a_pass_ends_the_waiver() {
+        use crate::compliance::{COMPLIANT, WAIVED};
+        use crate::waiver::{AppliedWaiver, WaivedOutcome};
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let mut status = ExternalControlStatus {
+            waiver: Some(AppliedWaiver {
+                name: "w".into(),
+                reason: "r".into(),
+                expires: Time(at(100)),
+                ticket: None,
+                outcomes: vec![WaivedOutcome::Fail],
+                granted_by: "alice".into(),
+                waiving: None,
+                ended: None,
+            }),
+            ..Default::default()
+        };
+        let compliant = |status: &ExternalControlStatus| {
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == COMPLIANT)
+                .unwrap();
+            (c.status.clone(), c.reason.clone())
+        };
+        record_result(&mut status, ControlStatus::Fail, at(1), None);
+        assert_eq!(status.status, Some(ControlStatus::Fail));
+        assert_eq!(compliant(&status), ("True".into(), WAIVED.into()));
+        assert_eq!(
+            status.waiver.as_ref().unwrap().waiving,
+            Some(WaivedOutcome::Fail)
+        );
+
+        record_result(&mut status, ControlStatus::Pass, at(2), None);
+        assert_eq!(compliant(&status), ("True".into(), "CheckPassed".into()));
+        let waiver = status.waiver.clone().unwrap();
+        assert_eq!(
+            (waiver.waiving, waiver.ended),
+            (None, Some(MicroTime(at(2))))
+        );
+
+        // Ended: a later fail before the expiry shuts the gate.
+        record_result(&mut status, ControlStatus::Fail, at(3), None);
+        assert_eq!(compliant(&status), ("False".into(), "CheckFailed".into()));
+    }
 }

@@ -34,9 +34,6 @@ pub const MAX_NAMED_CONTROLS: usize = 100;
     status = "WaiverStatus",
     category = "compliance",
     doc = "An exception granted to failing ExternalControls in this namespace: their Compliant condition reads True (reason Waived) until the waiver expires, while status.status keeps what the checker said.",
-    validation = r#"
-        has(self.controls) || has(self.selector)
-    "#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Waived","type":"integer","jsonPath":".status.waived"}"#,
     // A string, not a date: the API server renders a date in the future as `<invalid>`.
@@ -46,6 +43,10 @@ pub const MAX_NAMED_CONTROLS: usize = 100;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.controls) || has(self.selector)",
+    "message": "name the controls the waiver covers (controls) or select them by label (selector)"
+}]))]
 pub struct WaiverSpec {
     /// Names of the ExternalControls in this namespace the waiver covers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,7 +114,7 @@ fn selector_schema(generator: &mut SchemaGenerator) -> Schema {
     schema.insert(
         "x-kubernetes-validations".into(),
         serde_json::json!([{
-            "rule": "size(self.?matchLabels.orValue({})) + size(self.?matchExpressions.orValue([])) > 0",
+            "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
             "message": "an empty selector would cover every control in the namespace: name the labels"
         }]),
     );
@@ -127,6 +128,7 @@ pub struct WaiverStatus {
     /// `Active` until `expires`, then `Expired`; `Refused` when its terms are not accepted
     /// (see `message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "phase_schema")]
     pub phase: Option<WaiverPhase>,
 
     /// Why the waiver is refused, or what it does now.
@@ -146,6 +148,16 @@ pub struct WaiverStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The phase without the `null` schemars adds for an `Option<enum>` (a structural schema must
+/// not list `null` among enum values).
+fn phase_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Active", "Expired", "Refused"],
+        "description": "`Active` until `expires`, then `Expired`; `Refused` when its terms are not accepted (see `message`)."
+    })
 }
 
 fn count_schema(_: &mut SchemaGenerator) -> Schema {
@@ -217,9 +229,7 @@ pub fn refusal(waiver: &Waiver, max_duration: Duration) -> Option<String> {
     }
     let created = waiver.metadata.creation_timestamp.as_ref()?.0;
     let expires = waiver.spec.expires.0;
-    let longest = created
-        .checked_add(max_duration)
-        .unwrap_or(Timestamp::MAX);
+    let longest = created.checked_add(max_duration).unwrap_or(Timestamp::MAX);
     if expires > longest {
         let max = crate::duration::format(max_duration);
         return Some(format!(
@@ -330,9 +340,9 @@ pub fn status<'a>(
         WaiverPhase::Active if covered.is_empty() => {
             Some("Covers no control in this namespace".to_owned())
         }
-        WaiverPhase::Active if waived == 0 => Some(
-            "Not needed: no control it covers is failing with an outcome it waives".to_owned(),
-        ),
+        WaiverPhase::Active if waived == 0 => {
+            Some("Not needed: no control it covers is failing with an outcome it waives".to_owned())
+        }
         WaiverPhase::Active => Some(format!(
             "Holds the gate open for {waived} control(s) until {}",
             waiver.spec.expires.0
@@ -350,4 +360,231 @@ pub fn status<'a>(
 /// The CustomResourceDefinition as YAML, exactly as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_norway::to_string(&Waiver::crd()).expect("a CRD always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + second).unwrap()
+    }
+
+    fn waiver(name: &str, namespace: &str, spec: serde_json::Value) -> Waiver {
+        let mut spec = spec;
+        let defaults = json!({"reason": "finding accepted", "grantedBy": "alice",
+                              "expires": at(3600).to_string()});
+        for (key, value) in defaults.as_object().unwrap() {
+            spec.as_object_mut()
+                .unwrap()
+                .entry(key)
+                .or_insert(value.clone());
+        }
+        let mut waiver = Waiver::new(name, serde_json::from_value(spec).unwrap());
+        waiver.metadata.namespace = Some(namespace.into());
+        waiver.metadata.creation_timestamp = Some(Time(at(0)));
+        waiver
+    }
+
+    fn control(name: &str, namespace: &str, labels: &[(&str, &str)]) -> ExternalControl {
+        let mut control = ExternalControl::new(
+            name,
+            serde_json::from_value(json!({
+                "projectId": 1, "controlId": 1, "secretRef": {"name": "s"}
+            }))
+            .unwrap(),
+        );
+        control.metadata.namespace = Some(namespace.into());
+        control.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        control
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn a_waiver_covers_controls_it_names_or_selects_in_its_own_namespace_only() {
+        let named = waiver("w", "team-a", json!({"controls": ["sast"]}));
+        assert!(covers(&named, &control("sast", "team-a", &[])));
+        assert!(!covers(&named, &control("lint", "team-a", &[])));
+        assert!(
+            !covers(&named, &control("sast", "team-b", &[])),
+            "another namespace"
+        );
+
+        let selected = waiver(
+            "w",
+            "team-a",
+            json!({"selector": {"matchLabels": {"tier": "scan"}}}),
+        );
+        assert!(covers(
+            &selected,
+            &control("x", "team-a", &[("tier", "scan")])
+        ));
+        assert!(!covers(
+            &selected,
+            &control("x", "team-a", &[("tier", "lint")])
+        ));
+        assert!(!covers(
+            &selected,
+            &control("x", "team-b", &[("tier", "scan")])
+        ));
+        // An empty selector (the schema refuses one) covers nothing here either.
+        let empty = waiver("w", "team-a", json!({"selector": {}}));
+        assert!(!covers(
+            &empty,
+            &control("x", "team-a", &[("tier", "scan")])
+        ));
+    }
+
+    #[test]
+    fn the_longest_lasting_waiver_in_force_applies_then_the_first_by_name() {
+        let sast = control("sast", "ns", &[]);
+        let short = waiver("b-short", "ns", json!({"controls": ["sast"]}));
+        let long = waiver(
+            "c-long",
+            "ns",
+            json!({"controls": ["sast"], "expires": at(7200).to_string()}),
+        );
+        let also_long = waiver(
+            "a-long",
+            "ns",
+            json!({"controls": ["sast"], "expires": at(7200).to_string()}),
+        );
+        let all = [short.clone(), long.clone(), also_long.clone()];
+        let chosen = applicable(&all, &sast, at(10), DAY).unwrap();
+        assert_eq!(chosen.name_any(), "a-long");
+        // Expired ones do not apply.
+        let chosen = applicable([&short], &sast, at(3600), DAY);
+        assert!(chosen.is_none());
+        // Nor one beyond the longest duration allowed.
+        let too_long = waiver(
+            "far",
+            "ns",
+            json!({"controls": ["sast"], "expires": at(2 * 24 * 3600).to_string()}),
+        );
+        assert!(applicable([&too_long], &sast, at(10), DAY).is_none());
+        let why = refusal(&too_long, DAY).unwrap();
+        assert!(why.contains("--max-waiver-duration"), "{why}");
+        assert!(why.contains("24h"), "{why}");
+        assert_eq!(refusal(&short, DAY), None);
+    }
+
+    #[test]
+    fn the_same_waiver_keeps_what_the_control_recorded_another_starts_afresh() {
+        let w = waiver(
+            "w",
+            "ns",
+            json!({"controls": ["sast"], "ticket": "https://t/1"}),
+        );
+        let recorded = AppliedWaiver {
+            waiving: Some(WaivedOutcome::Fail),
+            ended: Some(MicroTime(at(5))),
+            ..applied(&w, None)
+        };
+        let again = applied(&w, Some(&recorded));
+        assert_eq!(again.waiving, Some(WaivedOutcome::Fail));
+        assert_eq!(again.ended, Some(MicroTime(at(5))));
+        assert_eq!(again.ticket.as_deref(), Some("https://t/1"));
+        let other = applied(
+            &waiver("v", "ns", json!({"controls": ["sast"]})),
+            Some(&recorded),
+        );
+        assert_eq!((other.waiving, other.ended), (None, None));
+    }
+
+    #[test]
+    fn an_applied_waiver_opens_covered_outcomes_until_it_expires_or_a_pass_ends_it() {
+        let w = applied(&waiver("w", "ns", json!({"controls": ["sast"]})), None);
+        assert!(w.opens(WaivedOutcome::Fail, at(3599)));
+        assert!(!w.opens(WaivedOutcome::Fail, at(3600)), "expired");
+        assert!(
+            !w.opens(WaivedOutcome::PendingTimeout, at(1)),
+            "not asked for"
+        );
+        let ended = AppliedWaiver {
+            ended: Some(MicroTime(at(2))),
+            ..w
+        };
+        assert!(!ended.opens(WaivedOutcome::Fail, at(3)));
+    }
+
+    #[test]
+    fn the_status_lists_the_covered_controls_and_the_phase() {
+        let w = waiver("w", "ns", json!({"controls": ["a", "b", "c", "d"]}));
+        let terms = applied(&w, None);
+        let with = |name: &str, applied: Option<AppliedWaiver>| {
+            let mut c = control(name, "ns", &[]);
+            c.status = Some(crate::crd::ExternalControlStatus {
+                waiver: applied,
+                ..Default::default()
+            });
+            c
+        };
+        let controls = [
+            with(
+                "b",
+                Some(AppliedWaiver {
+                    waiving: Some(WaivedOutcome::Fail),
+                    ..terms.clone()
+                }),
+            ),
+            with("a", Some(terms.clone())),
+            with(
+                "c",
+                Some(AppliedWaiver {
+                    name: "other".into(),
+                    ..terms.clone()
+                }),
+            ),
+            with("elsewhere", None),
+            control("d", "other-ns", &[]),
+        ];
+        let status = status(&w, &controls, at(10), DAY);
+        assert_eq!(status.phase, Some(WaiverPhase::Active));
+        assert_eq!(status.waived, 1);
+        let effects: Vec<_> = status
+            .controls
+            .iter()
+            .map(|c| (c.name.as_str(), c.effect))
+            .collect();
+        assert_eq!(
+            effects,
+            [
+                ("a", WaiverEffect::NotNeeded),
+                ("b", WaiverEffect::Waived),
+                ("c", WaiverEffect::Superseded)
+            ]
+        );
+        let expired = super::status(&w, &controls, at(3600), DAY);
+        assert_eq!(expired.phase, Some(WaiverPhase::Expired));
+        assert!(expired.controls.is_empty());
+        let refused = super::status(&w, &controls, at(10), Duration::from_secs(60));
+        assert_eq!(refused.phase, Some(WaiverPhase::Refused));
+        assert!(
+            refused
+                .message
+                .unwrap()
+                .contains("longest a waiver may last")
+        );
+    }
+
+    #[test]
+    fn the_crd_requires_terms_and_a_target() {
+        let crd = serde_json::to_value(Waiver::crd()).unwrap();
+        assert_eq!(crd["metadata"]["name"], CRD_NAME);
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["expires", "grantedBy", "reason"]));
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "has(self.controls) || has(self.selector)"
+        );
+        assert_eq!(spec["properties"]["outcomes"]["default"], json!(["fail"]));
+        assert_eq!(spec["properties"]["expires"]["format"], "date-time");
+    }
 }
