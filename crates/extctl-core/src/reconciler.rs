@@ -832,7 +832,7 @@ mod tests {
             outcomes: vec![],
             granted_by: "alice".into(),
             waiving: None,
-            ended: ended.then(|| MicroTime(Timestamp::UNIX_EPOCH)),
+            ended: ended.then_some(MicroTime(Timestamp::UNIX_EPOCH)),
         };
         let status = |waiver: Option<AppliedWaiver>| ExternalControlStatus {
             status: Some(ControlStatus::Fail),
