@@ -44,6 +44,17 @@ struct StatusLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaiverLabels {
+    namespace: String,
+    waiver: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     namespace: String,
     ready: &'static str,
@@ -109,6 +120,8 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, Counter>,
     controls: Family<StatusLabels, Gauge>,
     controls_ready: Family<ReadyLabels, Gauge>,
+    controls_waived: Family<NamespaceLabel, Gauge>,
+    waiver_expiry: Family<WaiverLabels, Gauge>,
     pings: Family<OutcomeLabel, Counter>,
     deliveries: Family<OutcomeLabel, Counter>,
     resets: Counter,
@@ -145,6 +158,8 @@ impl Metrics {
             transitions: Family::default(),
             controls: Family::default(),
             controls_ready: Family::default(),
+            controls_waived: Family::default(),
+            waiver_expiry: Family::default(),
             pings: Family::default(),
             deliveries: Family::default(),
             resets: Counter::default(),
@@ -225,6 +240,17 @@ impl Metrics {
             "controls_ready",
             "Controls by namespace and Ready condition (its status and reason)",
             self.controls_ready.clone(),
+        );
+        registry.register(
+            "controls_waived",
+            "Controls by namespace whose gate a Waiver holds open (Compliant reason Waived); \
+             they count as failing in extctl_controls too",
+            self.controls_waived.clone(),
+        );
+        registry.register(
+            "waiver_expiry_timestamp_seconds",
+            "When each Waiver in force expires (Unix seconds)",
+            self.waiver_expiry.clone(),
         );
         registry.register(
             "pings",
@@ -342,6 +368,18 @@ impl Metrics {
             };
             self.controls_ready.get_or_create(&labels).set(n);
         }
+        self.controls_waived.clear();
+        for (namespace, n) in counts.waived {
+            self.controls_waived
+                .get_or_create(&NamespaceLabel { namespace })
+                .set(n);
+        }
+        self.waiver_expiry.clear();
+        for (namespace, waiver, at) in counts.waiver_expiries {
+            self.waiver_expiry
+                .get_or_create(&WaiverLabels { namespace, waiver })
+                .set(at);
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -398,6 +436,10 @@ fn cause_label(cause: Cause) -> &'static str {
 pub struct ControlCounts {
     by_status: BTreeMap<(String, &'static str), i64>,
     by_ready: BTreeMap<(String, bool, String), i64>,
+    /// Per namespace with controls (0 when none is waived).
+    waived: BTreeMap<String, i64>,
+    /// (namespace, waiver, expiry in Unix seconds) of the waivers in force.
+    waiver_expiries: Vec<(String, String, i64)>,
 }
 
 impl ControlCounts {
@@ -417,6 +459,18 @@ impl ControlCounts {
             .by_ready
             .entry((namespace.to_string(), ready, reason.to_owned()))
             .or_default() += 1;
+        self.waived.entry(namespace.to_string()).or_default();
+    }
+
+    /// A control of `namespace` (already [added](Self::add)) whose gate a waiver holds open.
+    pub(crate) fn add_waived(&mut self, namespace: &str) {
+        *self.waived.entry(namespace.to_string()).or_default() += 1;
+    }
+
+    /// A waiver in force, expiring at `expires`.
+    pub(crate) fn add_waiver(&mut self, namespace: &str, waiver: &str, expires: jiff::Timestamp) {
+        let entry = (namespace.to_owned(), waiver.to_owned(), expires.as_second());
+        self.waiver_expiries.push(entry);
     }
 }
 
@@ -440,6 +494,9 @@ mod tests {
             counts.add("a", ControlStatus::Pass, true, "Ready");
             counts.add("a", ControlStatus::Pass, false, "ControlIdTaken");
             counts.add("b", ControlStatus::Fail, true, "Ready");
+            counts.add_waived("b");
+            let expires = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+            counts.add_waiver("b", "accepted", expires);
             counts
         }
         fn ready(&self) -> bool {
@@ -488,6 +545,11 @@ mod tests {
         assert!(text.contains(r#"extctl_controls{namespace="b",status="fail"} 1"#));
         assert!(text.contains(
             r#"extctl_controls_ready{namespace="a",ready="false",reason="ControlIdTaken"} 1"#
+        ));
+        assert!(text.contains(r#"extctl_controls_waived{namespace="a"} 0"#));
+        assert!(text.contains(r#"extctl_controls_waived{namespace="b"} 1"#));
+        assert!(text.contains(
+            r#"extctl_waiver_expiry_timestamp_seconds{namespace="b",waiver="accepted"} 1800000000"#
         ));
         assert!(text.contains("extctl_ready 1"));
         assert!(text.ends_with("# EOF\n"));

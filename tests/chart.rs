@@ -82,6 +82,16 @@ const METRICS: &[Metric] = &[
         ],
     },
     Metric {
+        name: "extctl_controls_waived",
+        kind: Kind::Gauge,
+        labels: &[("namespace", &[])],
+    },
+    Metric {
+        name: "extctl_waiver_expiry_timestamp_seconds",
+        kind: Kind::Gauge,
+        labels: &[("namespace", &[]), ("waiver", &[])],
+    },
+    Metric {
         name: "extctl_pings_total",
         kind: Kind::Counter,
         labels: &[("outcome", &["accepted", "refused", "failed", "skipped"])],
@@ -378,7 +388,7 @@ fn helm_lint_strict_finds_nothing() {
 #[test]
 fn every_object_is_valid_for_the_oldest_and_newest_kubernetes_claimed() {
     let versions = &report()["kube_versions"];
-    assert_eq!(versions[0], "1.25", "the oldest version Chart.yaml claims");
+    assert_eq!(versions[0], "1.30", "the oldest version Chart.yaml claims");
     for name in scenario_names() {
         let scenario = &report()["scenarios"][&name];
         assert_eq!(
@@ -490,9 +500,22 @@ fn serving_rules() -> BTreeSet<Rule> {
             &[],
             &["get", "patch"],
         ),
+        rule(&["extctl.dev"], &["waivers"], &[], &["list", "watch"]),
+        rule(&["extctl.dev"], &["waivers/status"], &[], &["patch"]),
         rule(&[""], &["secrets"], &[], &["get"]),
         rule(&["events.k8s.io"], &["events"], &[], &["create"]),
     ])
+}
+
+/// The role an admin binds to those who may grant waivers (never bound by the chart).
+fn granter_role() -> ((String, String, String), BTreeSet<Rule>) {
+    let verbs = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    (
+        id("ClusterRole", "", &format!("{RELEASE}-waiver-granter")),
+        BTreeSet::from([rule(&["extctl.dev"], &["waivers"], &[], &verbs)]),
+    )
 }
 
 /// Cluster-wide, also the Namespaces' metadata (their `extctl.dev/projects` annotation).
@@ -567,6 +590,7 @@ fn rbac_cluster_wide_is_exactly_what_extctl_needs() {
         BTreeMap::from([
             (id("ClusterRole", "", RELEASE), cluster_rules()),
             (id("Role", NAMESPACE, &lease_role), lease_rules()),
+            granter_role(),
         ]),
         "the roles of the default (cluster-wide) install"
     );
@@ -590,6 +614,7 @@ fn rbac_namespaced_is_a_role_in_the_watched_namespace_and_leases_stay_in_the_rel
         BTreeMap::from([
             (id("Role", WATCHED, RELEASE), serving_rules()),
             (id("Role", NAMESPACE, &lease_role), lease_rules()),
+            granter_role(),
         ]),
         "the roles with watchNamespace: {WATCHED}"
     );
@@ -606,7 +631,7 @@ fn rbac_namespaced_is_a_role_in_the_watched_namespace_and_leases_stay_in_the_rel
     let (roles, _) = rbac("tuned");
     assert_eq!(
         roles.keys().collect::<Vec<_>>(),
-        [&id("ClusterRole", "", RELEASE)]
+        [&id("ClusterRole", "", RELEASE), &granter_role().0]
     );
 }
 
@@ -630,6 +655,7 @@ fn rbac_for_compliance_reports_only_when_they_are_on() {
                 )
             ),
             (lease_role.clone(), lease_rules()),
+            granter_role(),
         ])
     );
     let (roles, _) = rbac("reports-namespaced");
@@ -644,6 +670,7 @@ fn rbac_for_compliance_reports_only_when_they_are_on() {
                 )
             ),
             (lease_role.clone(), lease_rules()),
+            granter_role(),
         ])
     );
     // Off, however written: not one rule for reports.
@@ -1046,6 +1073,7 @@ fn alerts_and_dashboard_use_only_the_metrics_extctl_exports() {
         alerts,
         BTreeSet::from([
             "ExtctlControlFailing",
+            "ExtctlWaiverExpiring",
             "ExtctlControlPendingTimeout",
             "ExtctlPingsFailing",
             "ExtctlNotificationsFailing",
@@ -1360,7 +1388,18 @@ async fn exported_families() -> BTreeSet<(String, String)> {
         .create_secret("token", &[("token", support::TOKEN)])
         .await;
     cluster.create_control("sast", 42, 7, "token").await;
+    // A waiver in force, for its expiry's series.
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    cluster
+        .create_waiver_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "Waiver",
+            "metadata": {"name": "accepted", "namespace": cluster.namespace},
+            "spec": {"controls": ["sast"], "reason": "r", "expires": expires.to_string(),
+                     "grantedBy": "admin"}
+        }))
+        .await;
     let operator = support::Operator::start(&cluster, &[]).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
     let text = reqwest::get(&operator.metrics_url)
         .await
         .unwrap()

@@ -36,6 +36,11 @@ pub(crate) struct Waivers {
 }
 
 impl Waivers {
+    /// Every waiver.
+    pub(crate) fn all(&self) -> Vec<Arc<Waiver>> {
+        self.store.state()
+    }
+
     /// The waivers of `namespace`.
     pub(crate) fn in_namespace(&self, namespace: Option<&str>) -> Vec<Arc<Waiver>> {
         self.store

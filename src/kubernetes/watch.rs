@@ -22,6 +22,7 @@ use super::namespaces::{self, Allowances};
 use super::secrets::SecretCache;
 use super::waivers::{self, WaiverTriggers, Waivers};
 use crate::metrics::{Census, ControlCounts, Metrics};
+use extctl_core::compliance::{COMPLIANT, WAIVED};
 use extctl_core::crd::ExternalControl;
 use extctl_core::index::{ControlIndex, Entry};
 use extctl_core::key::ObjectKey;
@@ -30,6 +31,8 @@ use extctl_core::readiness::READY;
 use extctl_core::report::current_status;
 use extctl_core::sync::{read, write};
 use extctl_core::tokens::{NoTokens, SigningTokens};
+use extctl_core::waiver::WaiverPhase;
+use kube::ResourceExt;
 
 /// Which namespaces extctl serves: all, or one (for a namespace-scoped install).
 #[derive(Debug, Clone)]
@@ -145,6 +148,21 @@ impl Census for Reflectors {
             };
             let namespace = control.metadata.namespace.as_deref().unwrap_or_default();
             counts.add(namespace, status, is_ready, reason);
+            let compliant = conditions.and_then(|c| c.iter().find(|c| c.type_ == COMPLIANT));
+            if compliant.is_some_and(|c| c.reason == WAIVED) {
+                counts.add_waived(namespace);
+            }
+        }
+        let now = jiff::Timestamp::now();
+        for waiver in self.waivers.all() {
+            let refused = waiver
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(WaiverPhase::Refused));
+            if waiver.spec.expires.0 > now && !refused {
+                let namespace = waiver.metadata.namespace.as_deref().unwrap_or_default();
+                counts.add_waiver(namespace, &waiver.name_any(), waiver.spec.expires.0);
+            }
         }
         counts
     }

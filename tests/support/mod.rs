@@ -87,6 +87,19 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    pub fn waivers(&self) -> Api<extctl_core::waiver::Waiver> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates a Waiver in the test's namespace from its manifest (as the admin).
+    pub async fn create_waiver_from(&self, manifest: Value) -> extctl_core::waiver::Waiver {
+        let waiver = serde_json::from_value(manifest).unwrap();
+        self.waivers()
+            .create(&PostParams::default(), &waiver)
+            .await
+            .unwrap()
+    }
+
     pub fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }

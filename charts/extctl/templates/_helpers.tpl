@@ -34,3 +34,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "extctl.reports" -}}
 {{- if eq (toString .Values.reports) "false" }}off{{ else }}{{ .Values.reports }}{{ end -}}
 {{- end -}}
+
+{{- /* A duration such as 72h, 30m or 1h30m (the values schema's pattern) in whole seconds. */ -}}
+{{- define "extctl.seconds" -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+[hms]" . -1 -}}
+{{- $n := trimSuffix "h" (trimSuffix "m" (trimSuffix "s" .)) | atoi -}}
+{{- if hasSuffix "h" . -}}
+{{- $total = add $total (mul $n 3600) -}}
+{{- else if hasSuffix "m" . -}}
+{{- $total = add $total (mul $n 60) -}}
+{{- else -}}
+{{- $total = add $total $n -}}
+{{- end -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
