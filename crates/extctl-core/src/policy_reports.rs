@@ -24,8 +24,9 @@ use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::compliance::{COMPLIANT, PENDING_TIMEOUT};
+use super::compliance::{COMPLIANT, PENDING_TIMEOUT, WAIVED};
 use crate::crd::{ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome};
+use crate::waiver::{AppliedWaiver, WaivedOutcome};
 
 /// The most results one report lists.
 pub const MAX_RESULTS: usize = 1000;
@@ -121,8 +122,12 @@ impl Outcome {
     }
 }
 
-/// The mapping table: a control's status (none yet: `pending`) to its result.
+/// The mapping table: a control's status (none yet: `pending`) to its result; a failure a
+/// waiver holds open is `skip` (as Kyverno reports a policy exception).
 pub fn outcome(status: Option<&ExternalControlStatus>) -> Outcome {
+    if waived(status).is_some() {
+        return Outcome::Skip;
+    }
     match status
         .and_then(|s| s.status)
         .unwrap_or(ControlStatus::Pending)
@@ -137,6 +142,15 @@ pub fn outcome(status: Option<&ExternalControlStatus>) -> Outcome {
     }
 }
 
+/// The waiver holding the control's gate open (its `Compliant` reads `Waived`), if one does.
+fn waived(status: Option<&ExternalControlStatus>) -> Option<&AppliedWaiver> {
+    let status = status?;
+    let compliant = status.conditions.iter().find(|c| c.type_ == COMPLIANT)?;
+    (compliant.reason == WAIVED)
+        .then_some(status.waiver.as_ref())
+        .flatten()
+}
+
 /// The last ping, when it was not accepted (no 2xx answer).
 fn failed_ping(status: Option<&ExternalControlStatus>) -> Option<&PingOutcome> {
     status
@@ -147,6 +161,15 @@ fn failed_ping(status: Option<&ExternalControlStatus>) -> Option<&PingOutcome> {
 /// What the result's status means, in words.
 pub fn message(control: &ExternalControl) -> String {
     let status = control.status.as_ref();
+    if let Some(waiver) = waived(status) {
+        let what = waiver.waiving.unwrap_or(WaivedOutcome::Fail).describe();
+        return format!(
+            "waived: {what}; waiver {} accepts it until {} ({}); not scored as a failure",
+            waiver.name,
+            waiver.expires.0,
+            truncate(&waiver.reason, MAX_QUOTED_ERROR)
+        );
+    }
     match outcome(status) {
         Outcome::Pass => "pass: the checker reported that the project meets the control".into(),
         Outcome::Fail if timed_out(status) => format!(
@@ -246,6 +269,10 @@ pub struct ReportResult {
 /// control's uid and the result, so it stays the same across rewrites and changes only with the
 /// result (a control going from `pass` to `fail` is a new result to Policy Reporter).
 pub fn result_id(control: &ExternalControl, outcome: Outcome) -> String {
+    let result = match waived(control.status.as_ref()) {
+        Some(_) => "waived",
+        None => outcome.as_str(),
+    };
     let uid = control.metadata.uid.clone().unwrap_or_else(|| {
         format!(
             "{}/{}",
@@ -253,7 +280,7 @@ pub fn result_id(control: &ExternalControl, outcome: Outcome) -> String {
             control.name_any()
         )
     });
-    format!("{uid}-{}", outcome.as_str())
+    format!("{uid}-{result}")
 }
 
 /// The control's result.
@@ -261,7 +288,7 @@ pub fn result(control: &ExternalControl) -> ReportResult {
     let status = control.status.as_ref();
     let outcome = outcome(status);
     let name = control.name_any();
-    let properties = BTreeMap::from([
+    let mut properties = BTreeMap::from([
         ("resultID".to_owned(), result_id(control, outcome)),
         ("projectId".to_owned(), control.spec.project_id.to_string()),
         ("controlId".to_owned(), control.spec.control_id.to_string()),
@@ -270,6 +297,15 @@ pub fn result(control: &ExternalControl) -> ReportResult {
             super::report::current_status(status).as_str().to_owned(),
         ),
     ]);
+    if let Some(waiver) = waived(status) {
+        properties.insert("waiver".into(), waiver.name.clone());
+        properties.insert("waiverReason".into(), waiver.reason.clone());
+        properties.insert("waiverExpires".into(), waiver.expires.0.to_string());
+        properties.insert("waiverGrantedBy".into(), waiver.granted_by.clone());
+        if let Some(ticket) = &waiver.ticket {
+            properties.insert("waiverTicket".into(), ticket.clone());
+        }
+    }
     let updated = status
         .and_then(|s| s.last_update_time.as_ref())
         .map(|t| t.0)
@@ -555,6 +591,55 @@ mod tests {
                 json!("error"),
                 json!("skip")
             ]
+        );
+    }
+
+    #[test]
+    fn a_waived_failure_is_a_skip_naming_the_waiver() {
+        let mut sast = control("sast", Some(ControlStatus::Fail));
+        let status = sast.status.as_mut().unwrap();
+        status.waiver = Some(AppliedWaiver {
+            name: "cve-1234".into(),
+            reason: "no fix upstream".into(),
+            expires: Time(at(3_600_000_000)),
+            ticket: Some("https://jira.example/SEC-1".into()),
+            outcomes: vec![WaivedOutcome::Fail],
+            granted_by: "alice".into(),
+            waiving: Some(WaivedOutcome::Fail),
+            ended: None,
+        });
+        let failing = result(&sast);
+        // Covered but not (yet) held open: still a fail.
+        assert_eq!(failing.result, Outcome::Fail);
+        sast.status.as_mut().unwrap().conditions = vec![Condition {
+            type_: COMPLIANT.into(),
+            status: "True".into(),
+            reason: WAIVED.into(),
+            message: String::new(),
+            last_transition_time: Time(at(0)),
+            observed_generation: None,
+        }];
+        let waived = result(&sast);
+        assert_eq!((waived.result, waived.scored), (Outcome::Skip, true));
+        assert_eq!(waived.properties["status"], "fail", "the truth stays");
+        assert_eq!(waived.properties["waiver"], "cve-1234");
+        assert_eq!(waived.properties["waiverReason"], "no fix upstream");
+        assert_eq!(
+            waived.properties["waiverExpires"],
+            at(3_600_000_000).to_string()
+        );
+        assert_eq!(
+            waived.properties["waiverTicket"],
+            "https://jira.example/SEC-1"
+        );
+        assert_eq!(waived.properties["waiverGrantedBy"], "alice");
+        assert_eq!(waived.properties["resultID"], "uid-sast-waived");
+        assert!(
+            waived
+                .message
+                .starts_with("waived: the checker reported fail; waiver cve-1234"),
+            "{}",
+            waived.message
         );
     }
 
