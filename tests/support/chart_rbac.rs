@@ -169,9 +169,22 @@ impl Chart {
             format!("system:serviceaccounts:{}", self.namespace),
             "system:authenticated".to_owned(),
         ];
+        // What the chart binds to extctl (the waiver granters' ClusterRole is bound to no one).
+        let bound: Vec<(&str, &str)> = rbac
+            .iter()
+            .filter(|o| kind(o).ends_with("Binding"))
+            .map(|b| {
+                let role = &b["roleRef"];
+                (
+                    role["kind"].as_str().unwrap(),
+                    role["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
         let granted: Vec<Access> = rbac
             .iter()
             .filter(|o| kind(o) == "Role" || kind(o) == "ClusterRole")
+            .filter(|o| bound.contains(&(kind(o), o["metadata"]["name"].as_str().unwrap())))
             .flat_map(|role| Access::granted(role, watched.as_deref(), &cluster.namespace))
             .collect();
         wait_authorised(cluster, &user, &groups, &granted, dropped.as_ref()).await;
@@ -196,13 +209,15 @@ impl Chart {
         let [deployment] = deployments[..] else {
             panic!("the chart renders {} Deployments", deployments.len())
         };
+        let deployment = deployment.clone();
         Install {
+            objects,
             release: self.release,
             namespace: self.namespace,
             watched,
             user,
             rbac,
-            deployment: deployment.clone(),
+            deployment,
             kubeconfig,
             replicas: AtomicUsize::new(0),
         }
@@ -212,6 +227,8 @@ impl Chart {
 /// The chart installed: what was created, and how to run extctl as its Deployment does.
 #[derive(Debug)]
 pub struct Install {
+    /// Every object the chart rendered.
+    pub objects: Vec<Value>,
     pub release: String,
     /// The release namespace: the ServiceAccount's, the Lease's.
     pub namespace: String,

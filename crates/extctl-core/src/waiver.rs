@@ -140,8 +140,9 @@ pub struct WaiverStatus {
     #[schemars(schema_with = "count_schema")]
     pub waived: u32,
 
-    /// The controls it covers now, and what it does for each.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The controls it covers now, and what it does for each (written even when empty: the
+    /// status is merge-patched).
+    #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub controls: Vec<CoveredControl>,
 
@@ -157,6 +158,16 @@ fn phase_schema(_: &mut SchemaGenerator) -> Schema {
         "type": "string",
         "enum": ["Active", "Expired", "Refused"],
         "description": "`Active` until `expires`, then `Expired`; `Refused` when its terms are not accepted (see `message`)."
+    })
+}
+
+/// What a waiver holds open, without the `null` schemars lists among an `Option<enum>`'s values.
+fn waiving_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": ["fail", "pendingTimeout"],
+        "description": "The outcome the waiver holds the gate open over now (absent while the control is not failing)."
     })
 }
 
@@ -199,17 +210,20 @@ pub struct AppliedWaiver {
     pub name: String,
     pub reason: String,
     pub expires: Time,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The optional fields are written as `null` when absent: status writes are merge patches,
+    // in which a missing key would keep the value stored before.
+    #[serde(default)]
     pub ticket: Option<String>,
     pub outcomes: Vec<WaivedOutcome>,
     pub granted_by: String,
     /// The outcome the waiver holds the gate open over now (absent while the control is not
     /// failing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    #[schemars(schema_with = "waiving_schema")]
     pub waiving: Option<WaivedOutcome>,
     /// When a `pass` or `not_applicable` ended the waiver's effect on this control: it is no
     /// longer needed, and does not open the gate again before it expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ended: Option<MicroTime>,
 }
 
