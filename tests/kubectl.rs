@@ -420,6 +420,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             "CONTROL",
             "STATUS",
             "COMPLIANT",
+            "GATE",
             "READY",
             "PING",
             "LAST UPDATE",
@@ -428,27 +429,36 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         ]
     );
     assert_eq!(
-        row[..7],
-        ["sast", "42", "7", "pass", "True", "True", "true"]
+        row[..8],
+        [
+            "sast",
+            "42",
+            "7",
+            "pass",
+            "True",
+            "CheckPassed",
+            "True",
+            "true"
+        ]
     );
     assert_eq!(
-        row[..7],
-        readme_cells[..7],
+        row[..8],
+        readme_cells[..8],
         "the README's values differ:\n{output}"
     );
     // LAST UPDATE and AGE are ages (the README's "3m" and "2d"); NEXT PING is the stored time,
     // as text, in the README's format.
     assert!(
-        is_age(&row[7]) && is_age(&readme_cells[7]),
+        is_age(&row[8]) && is_age(&readme_cells[8]),
         "{row:?} / {readme_cells:?}"
     );
     assert!(
-        is_age(&row[9]) && is_age(&readme_cells[9]),
+        is_age(&row[10]) && is_age(&readme_cells[10]),
         "{row:?} / {readme_cells:?}"
     );
-    assert_eq!(row[8], next_ping);
+    assert_eq!(row[9], next_ping);
     let micro = Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$").unwrap();
-    assert!(micro.is_match(&row[8]) && micro.is_match(&readme_cells[8]));
+    assert!(micro.is_match(&row[9]) && micro.is_match(&readme_cells[9]));
     // The README's line is laid out as kubectl lays out its own: every cell where its column
     // starts (the header being the same, so are the columns' widths).
     assert!(aligned(&header, output.lines().nth(1).unwrap()));
@@ -464,6 +474,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
             "CONTROL",
             "STATUS",
             "COMPLIANT",
+            "GATE",
             "READY",
             "PING",
             "LAST UPDATE",
@@ -477,13 +488,30 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     // Ping off: no NEXT PING.
     // Never decided: Compliant is Unknown.
     assert_eq!(
-        scan[1..7],
-        ["42", "8", "pending", "Unknown", "True", "false"]
+        scan[1..8],
+        [
+            "42",
+            "8",
+            "pending",
+            "Unknown",
+            "AwaitingResult",
+            "True",
+            "false"
+        ]
     );
-    assert_eq!(scan[8], "");
+    assert_eq!(scan[9], "");
     assert_eq!(
-        rows[2][..7],
-        ["sast", "42", "7", "pass", "True", "True", "true"]
+        rows[2][..8],
+        [
+            "sast",
+            "42",
+            "7",
+            "pass",
+            "True",
+            "CheckPassed",
+            "True",
+            "true"
+        ]
     );
     let (header_all, rows_all) = table(&kubectl.ok(&["get", "externalcontrols", "-A"]).await);
     assert_eq!(column_names(&header_all)[0], "NAMESPACE");
@@ -496,12 +524,17 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         .collect();
     assert_eq!(ours.len(), rows.len(), "{rows_all:?}");
     for (all, one) in ours.iter().zip(&rows) {
-        assert_eq!(all[1..8], one[..7]);
+        assert_eq!(all[1..9], one[..8]);
     }
+    // The category holds Waivers too, so kubectl names each row with its kind (none here).
     let (header_category, rows_category) = table(&kubectl.ok(&["get", "compliance"]).await);
-    assert_eq!(header_category, header);
+    assert_eq!(column_names(&header_category), column_names(&header));
     let category_names: Vec<&str> = rows_category.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(category_names, names);
+    let kind_names: Vec<String> = names
+        .iter()
+        .map(|n| format!("externalcontrol.extctl.dev/{n}"))
+        .collect();
+    assert_eq!(category_names, kind_names);
     // `-o wide` adds the project's path after its id.
     let (header_wide, rows_wide) = table(&kubectl.ok(&["get", "ec", "-o", "wide"]).await);
     assert_eq!(

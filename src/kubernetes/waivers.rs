@@ -261,8 +261,13 @@ mod tests {
     #[test]
     fn a_missing_crd_or_forbidden_list_makes_waivers_unavailable() {
         let status = |code: u16| {
+            let reason = match code {
+                404 => "NotFound",
+                403 => "Forbidden",
+                _ => "InternalError",
+            };
             kube::Error::Api(
-                kube::core::Status::failure("no", "NotFound")
+                kube::core::Status::failure("no", reason)
                     .with_code(code)
                     .boxed(),
             )

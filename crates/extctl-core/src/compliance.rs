@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::ControlStatus;
-use crate::waiver::{AppliedWaiver, WaivedOutcome};
+use crate::crd::{AppliedWaiver, WaivedOutcome};
 
 pub const COMPLIANT: &str = "Compliant";
 /// kstatus: True means the resource is *Failed*.

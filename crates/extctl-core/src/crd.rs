@@ -12,7 +12,6 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::waiver::AppliedWaiver;
 use crate::{duration, project};
 
 /// The name of the generated CustomResourceDefinition.
@@ -339,6 +338,69 @@ pub struct ExternalControlStatus {
     /// ended its effect); absent when none does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiver: Option<AppliedWaiver>,
+}
+
+/// An outcome a waiver may cover.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WaivedOutcome {
+    /// The checker reported `fail`.
+    Fail,
+    /// A notified checker did not report within `pendingTimeout` (stored as `fail`).
+    PendingTimeout,
+}
+
+impl WaivedOutcome {
+    /// What the outcome was, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Fail => "the checker reported fail",
+            Self::PendingTimeout => "the checker did not report within pendingTimeout",
+        }
+    }
+}
+
+/// The terms of the waiver that applies to a control, copied into the control's
+/// `status.waiver` so the gate is decided from the control alone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedWaiver {
+    /// The Waiver's name, in the control's namespace.
+    pub name: String,
+    pub reason: String,
+    pub expires: Time,
+    // The optional fields are written as `null` when absent: status writes are merge patches,
+    // in which a missing key would keep the value stored before.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    pub outcomes: Vec<WaivedOutcome>,
+    pub granted_by: String,
+    /// The outcome the waiver holds the gate open over now (absent while the control is not
+    /// failing).
+    #[serde(default)]
+    #[schemars(schema_with = "waiving_schema")]
+    pub waiving: Option<WaivedOutcome>,
+    /// When a `pass` or `not_applicable` ended the waiver's effect on this control: it is no
+    /// longer needed, and does not open the gate again before it expires.
+    #[serde(default)]
+    pub ended: Option<MicroTime>,
+}
+
+impl AppliedWaiver {
+    /// Whether the waiver opens the gate over `outcome` at `now`.
+    pub fn opens(&self, outcome: WaivedOutcome, now: jiff::Timestamp) -> bool {
+        self.ended.is_none() && self.outcomes.contains(&outcome) && now < self.expires.0
+    }
+}
+
+/// What a waiver holds open, without the `null` schemars lists among an `Option<enum>`'s values.
+fn waiving_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": ["fail", "pendingTimeout"],
+        "description": "The outcome the waiver holds the gate open over now (absent while the control is not failing)."
+    })
 }
 
 /// Where a notification target stands.

@@ -25,8 +25,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::compliance::{COMPLIANT, PENDING_TIMEOUT, WAIVED};
+use crate::crd::{AppliedWaiver, WaivedOutcome};
 use crate::crd::{ControlStatus, ExternalControl, ExternalControlStatus, PingOutcome};
-use crate::waiver::{AppliedWaiver, WaivedOutcome};
 
 /// The most results one report lists.
 pub const MAX_RESULTS: usize = 1000;

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::ResourceExt;
 
 use crate::compliance::{Compliance, GateFacts};
+use crate::crd::AppliedWaiver;
 use crate::crd::{
     CaBundleRef, ControlStatus, DeliveryOutcome, ExternalControl, ExternalControlStatus,
     NotificationStatus, NotifyTarget, PingOutcome, REQUESTED_AT_ANNOTATION, StatusChangeRecord,
@@ -38,7 +39,7 @@ use crate::schedule::{self, PingFacts, PingPlan};
 use crate::signature;
 use crate::sync::lock;
 use crate::tokens::SigningTokens;
-use crate::waiver::{self, AppliedWaiver};
+use crate::waiver;
 use crate::webhooks::{self, ChangeData};
 
 /// What a reconcile did and leaves to do.

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn a_report_under_a_waiver_keeps_the_truth_and_a_pass_ends_the_waiver() {
         use crate::compliance::{COMPLIANT, WAIVED};
-        use crate::waiver::{AppliedWaiver, WaivedOutcome};
+        use crate::crd::{AppliedWaiver, WaivedOutcome};
         let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
         let mut status = ExternalControlStatus {
             waiver: Some(AppliedWaiver {

@@ -10,13 +10,13 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::core::{Selector, SelectorExt};
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::crd::ExternalControl;
+use crate::crd::{AppliedWaiver, ExternalControl, WaivedOutcome};
 
 /// The name of the generated CustomResourceDefinition.
 pub const CRD_NAME: &str = "waivers.extctl.dev";
@@ -84,26 +84,6 @@ pub struct WaiverSpec {
     pub granted_by: String,
 }
 
-/// An outcome a waiver may cover.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum WaivedOutcome {
-    /// The checker reported `fail`.
-    Fail,
-    /// A notified checker did not report within `pendingTimeout` (stored as `fail`).
-    PendingTimeout,
-}
-
-impl WaivedOutcome {
-    /// What the outcome was, for messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Fail => "the checker reported fail",
-            Self::PendingTimeout => "the checker did not report within pendingTimeout",
-        }
-    }
-}
-
 fn default_outcomes() -> Vec<WaivedOutcome> {
     vec![WaivedOutcome::Fail]
 }
@@ -161,16 +141,6 @@ fn phase_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// What a waiver holds open, without the `null` schemars lists among an `Option<enum>`'s values.
-fn waiving_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "nullable": true,
-        "enum": ["fail", "pendingTimeout"],
-        "description": "The outcome the waiver holds the gate open over now (absent while the control is not failing)."
-    })
-}
-
 fn count_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "format": "int32", "minimum": 0})
 }
@@ -199,39 +169,6 @@ pub enum WaiverEffect {
     Waived,
     NotNeeded,
     Superseded,
-}
-
-/// The terms of the waiver that applies to a control, copied into the control's
-/// `status.waiver` so the gate is decided from the control alone.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedWaiver {
-    /// The Waiver's name, in the control's namespace.
-    pub name: String,
-    pub reason: String,
-    pub expires: Time,
-    // The optional fields are written as `null` when absent: status writes are merge patches,
-    // in which a missing key would keep the value stored before.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    pub outcomes: Vec<WaivedOutcome>,
-    pub granted_by: String,
-    /// The outcome the waiver holds the gate open over now (absent while the control is not
-    /// failing).
-    #[serde(default)]
-    #[schemars(schema_with = "waiving_schema")]
-    pub waiving: Option<WaivedOutcome>,
-    /// When a `pass` or `not_applicable` ended the waiver's effect on this control: it is no
-    /// longer needed, and does not open the gate again before it expires.
-    #[serde(default)]
-    pub ended: Option<MicroTime>,
-}
-
-impl AppliedWaiver {
-    /// Whether the waiver opens the gate over `outcome` at `now`.
-    pub fn opens(&self, outcome: WaivedOutcome, now: Timestamp) -> bool {
-        self.ended.is_none() && self.outcomes.contains(&outcome) && now < self.expires.0
-    }
 }
 
 /// Why a waiver's terms are refused, if they are.
@@ -379,6 +316,7 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use serde_json::json;
 
     fn at(second: i64) -> Timestamp {
