@@ -210,12 +210,28 @@ async fn kstatus_computes_what_the_docs_say_for_every_state() {
     }
     let token = cluster.token_file("checker", TOKEN);
     report(&operator, &token, 11, "pass").await;
+    // Waived: a failing control whose gate a Waiver holds open.
+    cluster.create_control("waived", 42, 13, "token").await;
+    cluster.wait_ready_reason("waived", "Ready").await;
+    report(&operator, &token, 13, "fail").await;
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    cluster
+        .create_waiver_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "Waiver",
+            "metadata": {"name": "accepted", "namespace": cluster.namespace},
+            "spec": {"controls": ["waived"], "reason": "accepted risk",
+                     "expires": expires.to_string(), "grantedBy": "admin"}
+        }))
+        .await;
+    let waived = wait_compliant(&cluster, "waived", "True", "Waived").await;
+    assert_eq!(waived["status"]["status"], "fail");
     let stale = wait_compliant(&cluster, "stale", "Unknown", "ResultExpired").await;
     let timed_out = wait_compliant(&cluster, "silent", "False", "PendingTimeout").await;
     let judged = [
         ("passing", &controls.passing, "Current"),
         ("inapplicable", &controls.inapplicable, "Current"),
         ("failing", &controls.failing, "Failed"),
+        ("waived", &waived, "Current"),
         ("timed out", &timed_out, "Failed"),
         ("stale", &stale, "InProgress"),
         ("undecided", &controls.undecided, "InProgress"),
