@@ -13,7 +13,6 @@ use extctl_core::crd::ExternalControl;
 use extctl_core::waiver::Waiver;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::chart_rbac::{Chart, namespaced_user, own_namespace};
@@ -23,16 +22,28 @@ use support::{Cluster, Operator, TOKEN, wait_for};
 // ---------------------------------------------------------------------------------------------
 // Controls, their checker, waivers and what the server holds.
 
-/// A control `name` (control `id` of project 42) labelled as the namespace's deploy gate.
-async fn gate_control(cluster: &Cluster, name: &str, id: i64) {
+/// Control `sast` (control 7 of project 42, labelled as the namespace's deploy gate) and its
+/// Secret, served by the real `extctl run` with `args`: ready when this returns.
+async fn serve_sast(cluster: &Cluster, args: &[&str]) -> Operator {
+    cluster.create_secret("token", &[("token", TOKEN)]).await;
     cluster
         .create_control_from(json!({
             "apiVersion": "extctl.dev/v1alpha1", "kind": "ExternalControl",
-            "metadata": {"name": name, "namespace": cluster.namespace,
+            "metadata": {"name": "sast", "namespace": cluster.namespace,
                          "labels": {"extctl.dev/gate": "deployments"}},
-            "spec": {"projectId": 42, "controlId": id, "secretRef": {"name": "token"}}
+            "spec": {"projectId": 42, "controlId": 7, "secretRef": {"name": "token"}}
         }))
         .await;
+    let operator = Operator::start(cluster, args).await;
+    cluster.wait_ready_reason("sast", "Ready").await;
+    operator
+}
+
+/// A test namespace with [`serve_sast`].
+async fn serving_sast(args: &[&str]) -> (Cluster, Operator) {
+    let cluster = Cluster::start().await;
+    let operator = serve_sast(&cluster, args).await;
+    (cluster, operator)
 }
 
 async fn report(cluster: &Cluster, operator: &Operator, id: i64, status: &str) {
@@ -111,34 +122,6 @@ fn waiver_records(control: &ExternalControl) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `(reason, note)` of the Events about control `name`, oldest first.
-async fn events(cluster: &Cluster, name: &str) -> Vec<(String, String)> {
-    let api: Api<Event> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let mut events = api.list(&ListParams::default()).await.unwrap().items;
-    events.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
-    events.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
-    events
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
-}
-
-async fn wait_event(cluster: &Cluster, name: &str, reason: &str, note: &str) {
-    let found = wait_for(Duration::from_secs(20), || async {
-        let events = events(cluster, name).await;
-        events
-            .iter()
-            .any(|(r, n)| r == reason && n == note)
-            .then_some(())
-    })
-    .await;
-    assert!(
-        found.is_some(),
-        "no Event {reason} {note:?}: {:?}",
-        events(cluster, name).await
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // The gate: examples/gating/admission-policy.yaml, bound to this test's namespace.
 
@@ -209,12 +192,8 @@ async fn wait_gate(cluster: &Cluster, admitted: bool) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it_on_time() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
+    let (cluster, operator) = serving_sast(&[]).await;
     let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
-    gate_control(&cluster, "sast", 7).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
     let policy = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples/gating/admission-policy.yaml"),
@@ -286,13 +265,13 @@ async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it
         waiver_records(&waived),
         [("WaiverApplied".into(), "accepted".into())]
     );
-    wait_event(
-        &cluster,
-        "sast",
-        "WaiverApplied",
-        "Waiver 'accepted' applies to the control",
-    )
-    .await;
+    cluster
+        .wait_event_note(
+            "sast",
+            "Waiver 'accepted' applies to the control",
+            Duration::from_secs(20),
+        )
+        .await;
 
     // The expiry: the gate follows the status again, woken at the expiry, not polled.
     let expired = wait_compliant(&cluster, "sast", "False", "CheckFailed").await;
@@ -309,13 +288,13 @@ async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it
         ("WaiverEnded", Some("accepted"))
     );
     assert!(ended.time.0 >= expires, "{} before {expires}", ended.time.0);
-    wait_event(
-        &cluster,
-        "sast",
-        "WaiverEnded",
-        "Waiver 'accepted' no longer applies to the control",
-    )
-    .await;
+    cluster
+        .wait_event_note(
+            "sast",
+            "Waiver 'accepted' no longer applies to the control",
+            Duration::from_secs(20),
+        )
+        .await;
     wait_gate(&cluster, false).await;
     let expired = wait_phase(&cluster, &ns, "accepted", "Expired").await;
     assert_eq!(expired["status"]["waived"], 0);
@@ -325,12 +304,8 @@ async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_during_a_waiver_is_a_pass_and_ends_the_waiver() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
+    let (cluster, operator) = serving_sast(&[]).await;
     let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
-    gate_control(&cluster, "sast", 7).await;
-    let operator = Operator::start(&cluster, &[]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
     report(&cluster, &operator, 7, "fail").await;
     cluster
         .create_waiver_from(waiver(&ns, "accepted", json!({"controls": ["sast"]})))
@@ -379,10 +354,7 @@ async fn a_waiver_of_another_namespace_or_beyond_the_longest_allowed_does_nothin
         .create(&PostParams::default(), &object)
         .await
         .unwrap();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
-    gate_control(&cluster, "sast", 7).await;
-    let operator = Operator::start(&cluster, &["--max-waiver-duration", "2h"]).await;
-    cluster.wait_ready_reason("sast", "Ready").await;
+    let operator = serve_sast(&cluster, &["--max-waiver-duration", "2h"]).await;
     report(&cluster, &operator, 7, "fail").await;
     wait_compliant(&cluster, "sast", "False", "CheckFailed").await;
 
