@@ -459,7 +459,9 @@ impl ControlCounts {
             .by_ready
             .entry((namespace.to_string(), ready, reason.to_owned()))
             .or_default() += 1;
-        self.waived.entry(namespace.to_string()).or_default();
+        if !self.waived.contains_key(namespace) {
+            self.waived.insert(namespace.to_owned(), 0);
+        }
     }
 
     /// A control of `namespace` (already [added](Self::add)) whose gate a waiver holds open.

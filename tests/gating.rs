@@ -106,10 +106,12 @@ struct Controls {
     failing: Value,
     /// Its checker reported not_applicable: Compliant True (NotApplicable).
     inapplicable: Value,
+    /// Its checker reported fail, and a Waiver holds its gate open: Compliant True (Waived).
+    waived: Value,
 }
 
-/// A namespace with `passing` (control 7), `failing` (8), `undecided` (9) and `inapplicable`
-/// (10), served by the real `extctl run`.
+/// A namespace with `passing` (control 7), `failing` (8), `undecided` (9), `inapplicable`
+/// (10) and `waived` (13, failing under a Waiver), served by the real `extctl run`.
 async fn controls_in_every_state() -> (Cluster, Operator, Controls) {
     let cluster = Cluster::start().await;
     cluster.create_secret("token", &[("token", TOKEN)]).await;
@@ -118,6 +120,7 @@ async fn controls_in_every_state() -> (Cluster, Operator, Controls) {
         ("failing", 8),
         ("undecided", 9),
         ("inapplicable", 10),
+        ("waived", 13),
     ];
     for (name, id) in names {
         cluster.create_control(name, 42, id, "token").await;
@@ -132,13 +135,28 @@ async fn controls_in_every_state() -> (Cluster, Operator, Controls) {
     report(&operator, &token, 7, "pass").await;
     report(&operator, &token, 8, "fail").await;
     report(&operator, &token, 10, "not_applicable").await;
+    report(&operator, &token, 13, "fail").await;
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    cluster
+        .create_waiver_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "Waiver",
+            "metadata": {"name": "accepted", "namespace": cluster.namespace},
+            "spec": {"controls": ["waived"], "reason": "accepted risk",
+                     "expires": expires.to_string(), "grantedBy": "admin"}
+        }))
+        .await;
     let controls = Controls {
         unassessed,
         undecided: wait_compliant(&cluster, "undecided", "Unknown", "AwaitingResult").await,
         passing: wait_compliant(&cluster, "passing", "True", "CheckPassed").await,
         failing: wait_compliant(&cluster, "failing", "False", "CheckFailed").await,
         inapplicable: wait_compliant(&cluster, "inapplicable", "True", "NotApplicable").await,
+        waived: wait_compliant(&cluster, "waived", "True", "Waived").await,
     };
+    assert_eq!(
+        controls.waived["status"]["status"], "fail",
+        "the truth stays"
+    );
     // kstatus: the passing one is Current (status for this generation, neither Stalled nor
     // Reconciling), the failing one Failed, the undecided one InProgress.
     let condition = |control: &Value, type_: &str| {
@@ -210,28 +228,13 @@ async fn kstatus_computes_what_the_docs_say_for_every_state() {
     }
     let token = cluster.token_file("checker", TOKEN);
     report(&operator, &token, 11, "pass").await;
-    // Waived: a failing control whose gate a Waiver holds open.
-    cluster.create_control("waived", 42, 13, "token").await;
-    cluster.wait_ready_reason("waived", "Ready").await;
-    report(&operator, &token, 13, "fail").await;
-    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
-    cluster
-        .create_waiver_from(json!({
-            "apiVersion": "extctl.dev/v1alpha1", "kind": "Waiver",
-            "metadata": {"name": "accepted", "namespace": cluster.namespace},
-            "spec": {"controls": ["waived"], "reason": "accepted risk",
-                     "expires": expires.to_string(), "grantedBy": "admin"}
-        }))
-        .await;
-    let waived = wait_compliant(&cluster, "waived", "True", "Waived").await;
-    assert_eq!(waived["status"]["status"], "fail");
     let stale = wait_compliant(&cluster, "stale", "Unknown", "ResultExpired").await;
     let timed_out = wait_compliant(&cluster, "silent", "False", "PendingTimeout").await;
     let judged = [
         ("passing", &controls.passing, "Current"),
         ("inapplicable", &controls.inapplicable, "Current"),
         ("failing", &controls.failing, "Failed"),
-        ("waived", &waived, "Current"),
+        ("waived", &controls.waived, "Current"),
         ("timed out", &timed_out, "Failed"),
         ("stale", &stale, "InProgress"),
         ("undecided", &controls.undecided, "InProgress"),
@@ -442,6 +445,7 @@ async fn flux_health_check_expressions_read_the_real_controls() {
         &controls.failing,
         &controls.undecided,
         &controls.inapplicable,
+        &controls.waived,
     ];
     // [inProgress, failed, current]: exactly one holds for each state.
     assert_eq!(
@@ -451,12 +455,16 @@ async fn flux_health_check_expressions_read_the_real_controls() {
             [false, true, false],
             [true, false, false],
             [false, false, true],
+            [false, false, true],
         ]
     );
     // The Kustomization's verdict, all three together, in Flux's order.
     let verdicts = support::ecosystem::flux(expressions, &states).await;
     let verdicts: Vec<&str> = verdicts.iter().map(|v| v.as_deref().unwrap()).collect();
-    assert_eq!(verdicts, ["Current", "Failed", "InProgress", "Current"]);
+    assert_eq!(
+        verdicts,
+        ["Current", "Failed", "InProgress", "Current", "Current"]
+    );
     // Conditions without Compliant: in progress, not current.
     let mut unconditioned = controls.passing.clone();
     let conditions = unconditioned["status"]["conditions"]
@@ -521,6 +529,7 @@ async fn argocd_health_script_reads_the_real_controls() {
         (&controls.inapplicable, "Healthy", "NotApplicable"),
         (&controls.failing, "Degraded", "CheckFailed"),
         (&controls.undecided, "Progressing", "AwaitingResult"),
+        (&controls.waived, "Healthy", "Waived"),
     ] {
         let (_, stored_reason, message) = compliant(control).unwrap();
         assert_eq!(stored_reason, reason);
