@@ -336,8 +336,9 @@ pub struct ExternalControlStatus {
 
     /// The Waiver that covers this control now (its terms, what it holds open, and a pass that
     /// ended its effect); absent when none does.
+    // Boxed: every control in the watch cache carries this field, few carry a waiver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiver: Option<AppliedWaiver>,
+    pub waiver: Option<Box<AppliedWaiver>>,
 }
 
 /// An outcome a waiver may cover.

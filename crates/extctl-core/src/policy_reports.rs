@@ -147,7 +147,7 @@ fn waived(status: Option<&ExternalControlStatus>) -> Option<&AppliedWaiver> {
     let status = status?;
     let compliant = status.conditions.iter().find(|c| c.type_ == COMPLIANT)?;
     (compliant.reason == WAIVED)
-        .then_some(status.waiver.as_ref())
+        .then_some(status.waiver.as_deref())
         .flatten()
 }
 
@@ -598,7 +598,7 @@ mod tests {
     fn a_waived_failure_is_a_skip_naming_the_waiver() {
         let mut sast = control("sast", Some(ControlStatus::Fail));
         let status = sast.status.as_mut().unwrap();
-        status.waiver = Some(AppliedWaiver {
+        status.waiver = Some(Box::new(AppliedWaiver {
             name: "cve-1234".into(),
             reason: "no fix upstream".into(),
             expires: Time(at(3_600_000_000)),
@@ -607,7 +607,7 @@ mod tests {
             granted_by: "alice".into(),
             waiving: Some(WaivedOutcome::Fail),
             ended: None,
-        });
+        }));
         let failing = result(&sast);
         // Covered but not (yet) held open: still a fail.
         assert_eq!(failing.result, Outcome::Fail);

@@ -172,7 +172,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
         let waivers = self.store.waivers(control);
         let waiver =
             waiver::applicable(waivers.iter().map(|w| &**w), control, now, self.max_waiver)
-                .map(|w| waiver::applied(w, current.waiver.as_ref()));
+                .map(|w| waiver::applied(w, current.waiver.as_deref()));
         let waiver_expires = waiver.as_ref().map(|w| w.expires.0);
         let (mut desired, gate_expires) =
             desired_status(control, &current, &readiness, plan, change, waiver, now);
@@ -752,9 +752,11 @@ fn desired_status(
     };
     let (gate, expires) = Compliance::assess(&facts, now);
     desired.conditions = gate.conditions(status, &desired.conditions, generation, now);
-    desired.waiver = waiver.map(|waiver| AppliedWaiver {
-        waiving: gate.waiving(),
-        ..waiver
+    desired.waiver = waiver.map(|waiver| {
+        Box::new(AppliedWaiver {
+            waiving: gate.waiving(),
+            ..waiver
+        })
     });
     (desired, expires)
 }
@@ -837,7 +839,7 @@ mod tests {
         };
         let status = |waiver: Option<AppliedWaiver>| ExternalControlStatus {
             status: Some(ControlStatus::Fail),
-            waiver,
+            waiver: waiver.map(Box::new),
             ..Default::default()
         };
         let recorded = |was, is| -> Vec<(Cause, String, ControlStatus)> {

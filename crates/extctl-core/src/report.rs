@@ -59,7 +59,7 @@ pub fn record_result(
         previous: &status.conditions,
         timed_out: false,
         reported: true,
-        waiver: status.waiver.as_ref(),
+        waiver: status.waiver.as_deref(),
         waived_before,
     };
     let (gate, _) = Compliance::assess(&facts, at);
@@ -246,7 +246,7 @@ mod tests {
         use crate::crd::{AppliedWaiver, WaivedOutcome};
         let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
         let mut status = ExternalControlStatus {
-            waiver: Some(AppliedWaiver {
+            waiver: Some(Box::new(AppliedWaiver {
                 name: "w".into(),
                 reason: "r".into(),
                 expires: Time(at(100)),
@@ -255,7 +255,7 @@ mod tests {
                 granted_by: "alice".into(),
                 waiving: None,
                 ended: None,
-            }),
+            })),
             ..Default::default()
         };
         let compliant = |status: &ExternalControlStatus| {

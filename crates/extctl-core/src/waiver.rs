@@ -473,7 +473,7 @@ mod tests {
         let with = |name: &str, applied: Option<AppliedWaiver>| {
             let mut c = control(name, "ns", &[]);
             c.status = Some(crate::crd::ExternalControlStatus {
-                waiver: applied,
+                waiver: applied.map(Box::new),
                 ..Default::default()
             });
             c
