@@ -764,3 +764,60 @@ async fn without_the_reports_value_the_chart_grants_nothing_for_reports() {
     );
     assert_eq!(stored_report(&cluster, &ns, Kind::OpenReports).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waived_failure_is_a_skip_naming_the_waiver_and_keeping_the_status() {
+    let _scope = own_namespace().await;
+    let cluster = Cluster::start().await;
+    support::upstream_crds::install(&cluster).await;
+    let ns = cluster.namespace.clone();
+    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    create_control(&cluster, &ns, "sast", 7, json!({})).await;
+    let operator = Operator::start(&cluster, &["--reports", "openreports"]).await;
+    wait_ready(&cluster, &ns, &["sast"]).await;
+    report(&cluster, &operator, 7, "fail").await;
+    wait_report(&cluster, &ns, Kind::OpenReports, &[("sast", FAIL)]).await;
+
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let expires = jiff::Timestamp::from_second(later.as_second()).unwrap();
+    cluster
+        .create_waiver_from(json!({
+            "apiVersion": "extctl.dev/v1alpha1", "kind": "Waiver",
+            "metadata": {"name": "accepted", "namespace": ns},
+            "spec": {"controls": ["sast"], "reason": "no fix upstream",
+                     "expires": expires.to_string(), "grantedBy": "admin",
+                     "ticket": "https://jira.example/SEC-1"}
+        }))
+        .await;
+    let waived = wait_for(Duration::from_secs(30), || async {
+        let report = stored_report(&cluster, &ns, Kind::OpenReports).await?;
+        (report["results"][0]["result"] == "skip").then_some(report)
+    })
+    .await
+    .expect("the waived failure never became a skip");
+    let uid = stored_control(&cluster, &ns, "sast").await["metadata"]["uid"].clone();
+    let result = &waived["results"][0];
+    // As the upstream CRD stored it: every property kept.
+    assert_eq!(
+        result["properties"],
+        json!({
+            "resultID": format!("{}-waived", uid.as_str().unwrap()),
+            "projectId": "42", "controlId": "7", "status": "fail",
+            "waiver": "accepted", "waiverReason": "no fix upstream",
+            "waiverExpires": expires.to_string(), "waiverGrantedBy": "admin",
+            "waiverTicket": "https://jira.example/SEC-1",
+        })
+    );
+    assert_eq!(result["scored"], true);
+    assert_eq!(
+        result["message"],
+        format!(
+            "waived: the checker reported fail; waiver accepted accepts it until {expires} (no \
+             fix upstream); not scored as a failure"
+        )
+    );
+    assert_eq!(
+        waived["summary"],
+        json!({"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 1})
+    );
+}
