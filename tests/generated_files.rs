@@ -29,8 +29,8 @@ fn run_flags() -> Vec<(String, String)> {
 fn committed_crd_matches_the_rust_definition() {
     assert!(
         committed("crds/externalcontrols.extctl.dev.yaml") == extctl_core::crd::crd_yaml(),
-        "crds/externalcontrols.extctl.dev.yaml is out of date: run \
-         `cargo run -- crd > crds/externalcontrols.extctl.dev.yaml`"
+        "crds/externalcontrols.extctl.dev.yaml is out of date: run `cargo run -- crd` and \
+         copy its first document there"
     );
 }
 
@@ -39,8 +39,8 @@ fn chart_ships_the_same_crd() {
     assert!(
         committed("charts/extctl/crds/externalcontrols.extctl.dev.yaml")
             == extctl_core::crd::crd_yaml(),
-        "the chart's CRD is out of date: run \
-         `cargo run -- crd > charts/extctl/crds/externalcontrols.extctl.dev.yaml`"
+        "the chart's CRD is out of date: run `cargo run -- crd` and copy its first document \
+         to charts/extctl/crds/externalcontrols.extctl.dev.yaml"
     );
 }
 
@@ -370,4 +370,21 @@ fn the_release_workflow_publishes_what_the_chart_installs() {
         "{chart_push}"
     );
     assert!(workflow["on"]["push"]["tags"][0] == "v*");
+}
+
+#[test]
+fn the_map_of_the_tests_names_every_test_file() {
+    let map = committed("tests/README.md");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rs") && !map.contains(&format!("`{name}`")) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/README.md does not say what these hold: {missing:?}"
+    );
 }
