@@ -55,7 +55,8 @@ pub(crate) enum Command {
     /// --control and --token-file); every status change is printed, and at start the endpoint's
     /// URL and a ready `extctl send` line for each control.
     Dev(DevArgs),
-    /// Print the ExternalControl CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
+    /// Print the CustomResourceDefinitions (ExternalControl, Waiver) as YAML documents (pipe them
+    /// to `kubectl apply -f -`).
     Crd,
     /// Print the headers of a signed status call, to check a checker's signing code.
     ///
