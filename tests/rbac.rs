@@ -40,6 +40,7 @@ const NO_LEASE_UPDATE_ID: i64 = 907;
 const CONFLICT_ID: i64 = 908;
 const NO_STATUS_GET_ID: i64 = 909;
 const NO_NAMESPACE_LIST_ID: i64 = 910;
+const NO_WAIVER_LIST_ID: i64 = 911;
 
 const PROJECT: i64 = 42;
 const CONTROL: &str = "sast";
@@ -378,6 +379,24 @@ async fn without_create_on_events_a_change_has_no_event() {
     assert_eq!(status.status, Some(ControlStatus::Pass));
     wait_log(&operator, &["could not publish an Event", "forbidden"]).await;
     assert!(events(&cluster).await.is_empty());
+}
+
+/// Waivers are read from a watch of their own: without it (an older chart's RBAC, or no Waiver
+/// CRD) controls are served all the same, no waiver applies, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_list_on_waivers_controls_are_served_and_the_log_says_why() {
+    let _shared = own_namespace().await;
+    let cluster = Cluster::start().await;
+    create_control(&cluster, NO_WAIVER_LIST_ID, None).await;
+    let values = json!({"watchNamespace": cluster.namespace});
+    let (operator, _) = operator_with_chart_rbac(&cluster, values, Some(("waivers", "list"))).await;
+
+    cluster.wait_ready_reason(CONTROL, "Ready").await;
+    let answer = call(&cluster, &operator, NO_WAIVER_LIST_ID).await;
+    assert_eq!(answer.code, 200, "{:?}", answer.body);
+    let status = cluster.control(CONTROL).await.status.unwrap();
+    assert_eq!(status.status, Some(ControlStatus::Pass));
+    wait_log(&operator, &["watch of waivers failed", "no waiver applies"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,8 +148,10 @@ impl Chart {
             .filter(|o| RBAC_KINDS.contains(&kind(o)))
             .cloned()
             .collect();
+        // What the chart binds to extctl (the waiver granters' ClusterRole is bound to no one).
+        let bound = bound_roles(&rbac);
         let dropped = self.dropped.as_ref().map(|(resource, verb)| {
-            let (role, rule) = drop_verb(&mut rbac, resource, verb);
+            let (role, rule) = drop_verb(&mut rbac, &bound, resource, verb);
             Access::of(&role, &rule, verb, watched.as_deref(), &cluster.namespace)
         });
         let accounts: Vec<&Value> = rbac
@@ -169,22 +171,9 @@ impl Chart {
             format!("system:serviceaccounts:{}", self.namespace),
             "system:authenticated".to_owned(),
         ];
-        // What the chart binds to extctl (the waiver granters' ClusterRole is bound to no one).
-        let bound: Vec<(&str, &str)> = rbac
-            .iter()
-            .filter(|o| kind(o).ends_with("Binding"))
-            .map(|b| {
-                let role = &b["roleRef"];
-                (
-                    role["kind"].as_str().unwrap(),
-                    role["name"].as_str().unwrap(),
-                )
-            })
-            .collect();
         let granted: Vec<Access> = rbac
             .iter()
-            .filter(|o| kind(o) == "Role" || kind(o) == "ClusterRole")
-            .filter(|o| bound.contains(&(kind(o), o["metadata"]["name"].as_str().unwrap())))
+            .filter(|o| is_bound(o, &bound))
             .flat_map(|role| Access::granted(role, watched.as_deref(), &cluster.namespace))
             .collect();
         wait_authorised(cluster, &user, &groups, &granted, dropped.as_ref()).await;
@@ -401,14 +390,37 @@ async fn render(release: &str, namespace: &str, values: &Value) -> Vec<Value> {
 
 /// Takes `verb` away from the one rule granting it on `resource`; returns that role and the
 /// rule as it was.
-fn drop_verb(rbac: &mut [Value], resource: &str, verb: &str) -> (Value, Value) {
+/// `(kind, name)` of every role a rendered binding refers to.
+fn bound_roles(rbac: &[Value]) -> Vec<(String, String)> {
+    rbac.iter()
+        .filter(|o| kind(o).ends_with("Binding"))
+        .map(|b| {
+            let role = &b["roleRef"];
+            let text = |key: &str| role[key].as_str().unwrap().to_owned();
+            (text("kind"), text("name"))
+        })
+        .collect()
+}
+
+/// A Role or ClusterRole that a rendered binding refers to.
+fn is_bound(object: &Value, bound: &[(String, String)]) -> bool {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    bound.iter().any(|(k, n)| k == kind(object) && n == name)
+}
+
+fn drop_verb(
+    rbac: &mut [Value],
+    bound: &[(String, String)],
+    resource: &str,
+    verb: &str,
+) -> (Value, Value) {
     let grants = |rule: &Value, key: &str, item: &str| {
         rule[key]
             .as_array()
             .is_some_and(|items| items.iter().any(|i| i == item))
     };
     let mut found = Vec::new();
-    for (r, role) in rbac.iter().enumerate() {
+    for (r, role) in rbac.iter().enumerate().filter(|(_, o)| is_bound(o, bound)) {
         for (i, rule) in role["rules"].as_array().into_iter().flatten().enumerate() {
             if grants(rule, "resources", resource) && grants(rule, "verbs", verb) {
                 found.push((r, i));
