@@ -277,6 +277,33 @@ async fn apply_of_an_invalid_control_fails_with_the_servers_message() {
     assert!(list_objects::<ExternalControl>(&cluster).await.is_empty());
 }
 
+/// `kubectl get ec`'s columns, as the CRD's printer columns make them.
+const COLUMNS: [&str; 11] = [
+    "NAME",
+    "PROJECT",
+    "CONTROL",
+    "STATUS",
+    "COMPLIANT",
+    "GATE",
+    "READY",
+    "PING",
+    "LAST UPDATE",
+    "NEXT PING",
+    "AGE",
+];
+
+/// The first cells of the passing control's row (the times follow).
+const SAST_ROW: [&str; 8] = [
+    "sast",
+    "42",
+    "7",
+    "pass",
+    "True",
+    "CheckPassed",
+    "True",
+    "true",
+];
+
 /// The cells of a kubectl table line, cut at the columns' starting offsets in the header
 /// (kubectl aligns every column; cells may be empty).
 fn cells(header: &str, line: &str) -> Vec<String> {
@@ -412,35 +439,8 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
     let [row] = &rows[..] else {
         panic!("one row expected:\n{output}")
     };
-    assert_eq!(
-        column_names(&header),
-        [
-            "NAME",
-            "PROJECT",
-            "CONTROL",
-            "STATUS",
-            "COMPLIANT",
-            "GATE",
-            "READY",
-            "PING",
-            "LAST UPDATE",
-            "NEXT PING",
-            "AGE"
-        ]
-    );
-    assert_eq!(
-        row[..8],
-        [
-            "sast",
-            "42",
-            "7",
-            "pass",
-            "True",
-            "CheckPassed",
-            "True",
-            "true"
-        ]
-    );
+    assert_eq!(column_names(&header), COLUMNS);
+    assert_eq!(row[..8], SAST_ROW);
     assert_eq!(
         row[..8],
         readme_cells[..8],
@@ -466,22 +466,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
 
     // Every control, by short name, by plural across namespaces and by category.
     let (header, rows) = table(&kubectl.ok(&["get", "ec"]).await);
-    assert_eq!(
-        column_names(&header),
-        [
-            "NAME",
-            "PROJECT",
-            "CONTROL",
-            "STATUS",
-            "COMPLIANT",
-            "GATE",
-            "READY",
-            "PING",
-            "LAST UPDATE",
-            "NEXT PING",
-            "AGE"
-        ]
-    );
+    assert_eq!(column_names(&header), COLUMNS);
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(names, ["dependency-scan", "license-audit", "sast"]);
     let scan = &rows[0];
@@ -500,19 +485,7 @@ async fn a_reported_control_as_kubectl_gets_and_describes_it() {
         ]
     );
     assert_eq!(scan[9], "");
-    assert_eq!(
-        rows[2][..8],
-        [
-            "sast",
-            "42",
-            "7",
-            "pass",
-            "True",
-            "CheckPassed",
-            "True",
-            "true"
-        ]
-    );
+    assert_eq!(rows[2][..8], SAST_ROW);
     let (header_all, rows_all) = table(&kubectl.ok(&["get", "externalcontrols", "-A"]).await);
     assert_eq!(column_names(&header_all)[0], "NAMESPACE");
     assert_eq!(column_names(&header_all)[1..], column_names(&header)[..]);
