@@ -494,11 +494,16 @@ async fn only_a_granter_grants_a_waiver_and_only_as_themselves() {
     let said = String::from_utf8_lossy(&as_bob.stderr).into_owned();
     assert!(!as_bob.status.success());
     assert!(
-        said.contains(&format!(
-            "spec.grantedBy must be the user granting the waiver: \"{}\", not \"{}\"",
-            user("alice"),
-            user("bob")
-        )),
+        said.starts_with("Error from server (Forbidden): ")
+            && said.contains(
+                "waivers.extctl.dev \"claimed\" is forbidden: ValidatingAdmissionPolicy '"
+            )
+            && said.trim_end().ends_with(&format!(
+                "' denied request: spec.grantedBy must be the user granting the waiver: \"{}\", \
+                 not \"{}\"",
+                user("alice"),
+                user("bob")
+            )),
         "{said}"
     );
 
