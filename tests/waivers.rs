@@ -192,7 +192,7 @@ async fn wait_gate(cluster: &Cluster, admitted: bool) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it_on_time() {
     let _scope = own_namespace().await;
-    let (cluster, operator) = serving_sast(&[]).await;
+    let (cluster, operator) = serving_sast(&["--log-format", "json"]).await;
     let ns = cluster.namespace.clone();
     let policy = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -273,6 +273,24 @@ async fn a_waiver_opens_a_failing_gate_keeping_the_truth_and_its_expiry_shuts_it
             Duration::from_secs(20),
         )
         .await;
+    // The audit trail: the waiver's start is one line naming it; a change of status names none.
+    let audit: Vec<Value> = operator
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "extctl::audit")
+        .map(|line| line["fields"].clone())
+        .collect();
+    let of = |cause: &str| audit.iter().find(|fields| fields["cause"] == cause);
+    let began = of("WaiverApplied").unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(began["waiver"], "accepted");
+    assert_eq!(began["message"], "Waiver 'accepted' applies to the control");
+    assert_eq!(
+        (&began["from"], &began["to"]),
+        (&json!("fail"), &json!("fail"))
+    );
+    let reported = of("StatusReported").unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(reported.get("waiver"), None, "{reported}");
 
     // The expiry: the gate follows the status again, woken at the expiry, not polled.
     let left = expires.duration_since(Timestamp::now());

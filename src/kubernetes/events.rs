@@ -123,7 +123,7 @@ fn audit(control: &ExternalControl, record: &StatusChangeRecord) {
         from = %record.from,
         to = %record.to,
         cause = record.cause.reason(),
-        waiver = record.waiver.as_deref().unwrap_or(""),
+        waiver = record.waiver.as_deref(),
         replica = record.replica.as_deref().unwrap_or(""),
         "{}",
         record.message()
