@@ -252,6 +252,15 @@ async fn report_requests(cluster: &Cluster, namespace: &str, kind: Kind) -> Vec<
 // ---------------------------------------------------------------------------------------------
 // Controls and their checkers.
 
+/// A test namespace on a server with the upstream report CRDs, and the Secret `token` there.
+async fn namespace_with_report_crds() -> (Cluster, String) {
+    let cluster = Cluster::start().await;
+    support::upstream_crds::install(&cluster).await;
+    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let namespace = cluster.namespace.clone();
+    (cluster, namespace)
+}
+
 async fn create_control(cluster: &Cluster, namespace: &str, name: &str, id: i64, extra: Value) {
     let mut spec = json!({"projectId": 42, "controlId": id, "secretRef": {"name": "token"}});
     spec.as_object_mut()
@@ -335,10 +344,7 @@ async fn ping_now(cluster: &Cluster, namespace: &str, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_holds_every_control_with_its_result_and_follows_them() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(
         &cluster,
         &ns,
@@ -522,10 +528,7 @@ async fn the_report_holds_every_control_with_its_result_and_follows_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
     create_control(&cluster, &ns, "lint", 8, json!({"displayName": "Lint"})).await;
     let operator = Operator::start(&cluster, &["--reports", "policyreport"]).await;
@@ -574,10 +577,7 @@ async fn as_a_policyreport_the_upstream_crd_takes_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_by_default_no_report_is_written_or_read() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
     let operator = Operator::start(&cluster, &[]).await;
     wait_ready(&cluster, &ns, &["sast"]).await;
@@ -599,10 +599,7 @@ async fn off_by_default_no_report_is_written_or_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_writes_the_reports() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
     // The first replica talks to the server directly (not logged), the second through the
     // proxy: every report request the proxy sees is the second's.
@@ -730,10 +727,7 @@ async fn with_the_charts_rbac_cluster_wide_each_namespace_gets_its_own_report() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_reports_value_the_chart_grants_nothing_for_reports() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
     let install = Chart::new(&cluster)
         .values(json!({"watchNamespace": ns}))
@@ -768,10 +762,7 @@ async fn without_the_reports_value_the_chart_grants_nothing_for_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waived_failure_is_a_skip_naming_the_waiver_and_keeping_the_status() {
     let _scope = own_namespace().await;
-    let cluster = Cluster::start().await;
-    support::upstream_crds::install(&cluster).await;
-    let ns = cluster.namespace.clone();
-    cluster.create_secret("token", &[("token", TOKEN)]).await;
+    let (cluster, ns) = namespace_with_report_crds().await;
     create_control(&cluster, &ns, "sast", 7, json!({})).await;
     let operator = Operator::start(&cluster, &["--reports", "openreports"]).await;
     wait_ready(&cluster, &ns, &["sast"]).await;

@@ -480,11 +480,20 @@ async fn only_a_granter_grants_a_waiver_and_only_as_themselves() {
     let apply = |kubeconfig, manifest| create(kubeconfig, manifest, false);
     // The server enforces a new policy once it has loaded it: until then, a dry run of
     // alice's claim to be bob goes through.
-    let claim = waiver(
-        &ns,
-        "claimed",
-        json!({"controls": ["x"], "grantedBy": user("bob")}),
-    );
+    // A waiver `name` of control `x`, granted by `granter`.
+    let granted_by = |name: &str, granter: &str| {
+        waiver(
+            &ns,
+            name,
+            json!({"controls": ["x"], "grantedBy": user(granter)}),
+        )
+    };
+    // What kubectl said of a create the server refused.
+    let refused = |output: std::process::Output| {
+        assert!(!output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let claim = granted_by("claimed", "bob");
     let enforced = wait_for(Duration::from_secs(30), || async {
         let tried = create(alice.clone(), claim.clone(), true).await;
         (!tried.status.success()).then_some(())
@@ -492,25 +501,13 @@ async fn only_a_granter_grants_a_waiver_and_only_as_themselves() {
     .await;
     assert!(enforced.is_some(), "the admission policy never refused");
 
-    let by_bob = apply(
-        bob,
-        waiver(
-            &ns,
-            "bobs",
-            json!({"controls": ["x"], "grantedBy": user("bob")}),
-        ),
-    )
-    .await;
-    let said = String::from_utf8_lossy(&by_bob.stderr).into_owned();
-    assert!(!by_bob.status.success());
+    let said = refused(apply(bob, granted_by("bobs", "bob")).await);
     assert!(
         said.contains("forbidden") && said.contains("waivers"),
         "{said}"
     );
 
-    let as_bob = apply(alice.clone(), claim).await;
-    let said = String::from_utf8_lossy(&as_bob.stderr).into_owned();
-    assert!(!as_bob.status.success());
+    let said = refused(apply(alice.clone(), claim).await);
     assert!(
         said.starts_with("Error from server (Forbidden): ")
             && said.contains(
@@ -525,15 +522,7 @@ async fn only_a_granter_grants_a_waiver_and_only_as_themselves() {
         "{said}"
     );
 
-    let as_alice = apply(
-        alice,
-        waiver(
-            &ns,
-            "granted",
-            json!({"controls": ["x"], "grantedBy": user("alice")}),
-        ),
-    )
-    .await;
+    let as_alice = apply(alice, granted_by("granted", "alice")).await;
     assert!(as_alice.status.success(), "{as_alice:?}");
     let stored = cluster.waivers().get("granted").await.unwrap();
     assert_eq!(stored.spec.granted_by, user("alice"));

@@ -394,14 +394,20 @@ impl AppliedWaiver {
     }
 }
 
-/// What a waiver holds open, without the `null` schemars lists among an `Option<enum>`'s values.
+/// What a waiver holds open ([`string_enum`]); `null` in a merge patch removes it.
 fn waiving_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "nullable": true,
-        "enum": ["fail", "pendingTimeout"],
-        "description": "The outcome the waiver holds the gate open over now (absent while the control is not failing)."
-    })
+    let mut schema = string_enum(
+        &["fail", "pendingTimeout"],
+        "The outcome the waiver holds the gate open over now (absent while the control is not failing).",
+    );
+    schema.insert("nullable".into(), true.into());
+    schema
+}
+
+/// A string that is one of `values`, for an `Option<enum>` field: without the `null` schemars
+/// would list among the values, which a structural schema must not (extctl never writes one).
+pub(crate) fn string_enum(values: &[&str], description: &str) -> Schema {
+    json_schema!({"type": "string", "enum": values, "description": description})
 }
 
 /// Where a notification target stands.
@@ -573,14 +579,12 @@ fn project_path_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// The status value without the `null` that schemars adds for an `Option<enum>`: a structural
-/// schema must not list `null` among enum values, and extctl never writes a null status.
+/// The status value ([`string_enum`]).
 fn status_value_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "enum": ["pending", "pass", "fail", "not_applicable"],
-        "description": "`pending`, `pass`, `fail` or `not_applicable`; a new control starts `pending`."
-    })
+    string_enum(
+        &["pending", "pass", "fail", "not_applicable"],
+        "`pending`, `pass`, `fail` or `not_applicable`; a new control starts `pending`.",
+    )
 }
 
 /// An HTTP status code as a Kubernetes-known integer format (`uint16`, which schemars derives

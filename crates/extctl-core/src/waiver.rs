@@ -131,14 +131,12 @@ pub struct WaiverStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// The phase without the `null` schemars adds for an `Option<enum>` (a structural schema must
-/// not list `null` among enum values).
+/// The phase ([`crate::crd::string_enum`]).
 fn phase_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "enum": ["Active", "Expired", "Refused"],
-        "description": "`Active` until `expires`, then `Expired`; `Refused` when its terms are not accepted (see `message`)."
-    })
+    crate::crd::string_enum(
+        &["Active", "Expired", "Refused"],
+        "`Active` until `expires`, then `Expired`; `Refused` when its terms are not accepted (see `message`).",
+    )
 }
 
 fn count_schema(_: &mut SchemaGenerator) -> Schema {
