@@ -9,6 +9,7 @@
 //! - `metrics`: the Prometheus metrics; `scrape`: `/metrics` and its listener;
 //! - `checker`: the checker's side (`extctl sign`, `extctl send`);
 //! - `bench`: the load generator (`extctl bench`);
+//! - `schedule`: when each control next falls due (both reconcilers);
 //! - `cli`, `telemetry`, `shutdown`, `serve`: the command line, logging, signals, serving.
 //!
 //! The modules are private. The public surface is what follows: the binary's entry point
@@ -25,6 +26,7 @@ mod endpoint;
 mod kubernetes;
 mod metrics;
 mod outbound;
+mod schedule;
 mod scrape;
 mod serve;
 mod shutdown;

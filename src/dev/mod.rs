@@ -4,14 +4,13 @@
 //! [`MemoryStore`], which implements the same ports as the Kubernetes adapters: the endpoint's
 //! verification and the reconciler's ping logic are the very code `extctl run` uses. Instead of
 //! kube-rs's `Controller`, a loop reconciles every control after each change and when it falls
-//! due (tokio-util's `DelayQueue`).
+//! due ([`crate::schedule`]).
 
 mod console;
 pub mod manifests;
 mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,12 +24,12 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::checker::shell_quote;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{Census, Metrics};
 use crate::outbound::{Outbound, OutboundSettings};
+use crate::schedule::Schedule;
 use crate::scrape;
 use crate::shutdown::shutdown_signal;
 pub use console::Console;
@@ -38,7 +37,7 @@ use extctl_core::crd::ExternalControl;
 use extctl_core::history::HistoryPolicy;
 use extctl_core::key::ObjectKey;
 use extctl_core::ports::{ControlStore, Journal};
-use extctl_core::reconciler::{Reconciler, duration_until};
+use extctl_core::reconciler::Reconciler;
 use extctl_core::tokens::SigningTokens;
 use manifests::{DEFAULT_NAMESPACE, Manifests};
 pub use store::MemoryStore;
@@ -203,44 +202,6 @@ async fn reconcile_forever(
                     ready.push(key);
                 }
             }
-        }
-    }
-}
-
-/// When each control next falls due, on tokio-util's timer wheel.
-#[derive(Default)]
-struct Schedule {
-    queue: DelayQueue<ObjectKey>,
-    entries: HashMap<ObjectKey, delay_queue::Key>,
-}
-
-impl Schedule {
-    fn set(&mut self, key: ObjectKey, at: Timestamp) {
-        let after = duration_until(Timestamp::now(), at);
-        match self.entries.get(&key) {
-            Some(entry) => self.queue.reset(entry, after),
-            None => {
-                let entry = self.queue.insert(key.clone(), after);
-                self.entries.insert(key, entry);
-            }
-        }
-    }
-
-    fn clear(&mut self, key: &ObjectKey) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.queue.remove(&entry);
-        }
-    }
-
-    /// The next control to fall due, when it does (never, while nothing is scheduled).
-    async fn next_due(&mut self) -> ObjectKey {
-        match poll_fn(|cx| self.queue.poll_expired(cx)).await {
-            Some(expired) => {
-                let key = expired.into_inner();
-                self.entries.remove(&key);
-                key
-            }
-            None => std::future::pending().await,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The reconciler on Kubernetes: the shared [`Reconciler`] with a [`ControlStore`] on the API
 //! (reflector stores for reads, status-subresource patches for writes), run by kube-rs's
-//! `Controller`, which wakes each control at its own `nextPingTime` (no polling loop, no
-//! periodic list).
+//! `Controller`; each control falls due again at its own `nextPingTime` (or sooner wake) through
+//! [`crate::schedule::Wakes`] (no polling loop, no periodic list).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use extctl_core::key::ObjectKey;
 use extctl_core::ports::ControlStore;
 use extctl_core::ports::{Freshness, SecretReadError};
 use extctl_core::readiness::Readiness;
-use extctl_core::reconciler::{Reconciler, duration_until};
+use extctl_core::reconciler::Reconciler;
 use extctl_core::tokens::{NoTokens, SigningTokens};
 use extctl_core::waiver::Waiver;
 
@@ -95,10 +95,10 @@ pub(crate) async fn reconcile(
             }
         });
     }
-    Ok(match reconciled.wake {
-        Some(next) => Action::requeue(duration_until(now, next)),
-        None => Action::await_change(),
-    })
+    // Not `Action::requeue`: see `crate::schedule` for why wakes are kept apart.
+    let wakes = &context.store.reflectors.wakes;
+    wakes.set(ObjectKey::of(control.as_ref()), reconciled.wake);
+    Ok(Action::await_change())
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.

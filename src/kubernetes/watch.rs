@@ -22,6 +22,7 @@ use super::namespaces::{self, Allowances};
 use super::secrets::SecretCache;
 use super::waivers::{self, WaiverTriggers, Waivers};
 use crate::metrics::{Census, ControlCounts, Metrics};
+use crate::schedule::Wakes;
 use extctl_core::compliance::{COMPLIANT, WAIVED};
 use extctl_core::crd::ExternalControl;
 use extctl_core::index::{ControlIndex, Entry};
@@ -65,6 +66,9 @@ pub struct Reflectors {
     pub(crate) secrets: SecretCache,
     pub(crate) allowances: Allowances,
     pub(crate) waivers: Waivers,
+    /// When each control next falls due; kept beside the controls so that a deleted control's
+    /// wake goes with it.
+    pub(crate) wakes: Wakes,
     loaded: Arc<AtomicBool>,
 }
 
@@ -129,6 +133,7 @@ impl Reflectors {
             ),
             allowances: Allowances::unrestricted(),
             waivers: Waivers::none(),
+            wakes: Wakes::new(|_| {}).0,
             loaded: Arc::new(AtomicBool::new(true)),
         };
         (reflectors, writer)
@@ -223,12 +228,17 @@ pub fn start(
         Scope::Cluster => Allowances::new(require_allowance),
         Scope::Namespace(_) => Allowances::unrestricted(),
     };
+    let (wakes, schedule) = {
+        let triggers = triggers.clone();
+        Wakes::new(move |control| trigger_all(&triggers, [control]))
+    };
     let reflectors = Reflectors {
         controls: controls.clone(),
         index: index.clone(),
         secrets: SecretCache::new(client.clone(), secret_ttl, on_secret_change),
         allowances: allowances.clone(),
         waivers: waiver_watch.waivers.clone(),
+        wakes: wakes.clone(),
         loaded: Arc::default(),
     };
     // A namespace's allowance moved: its controls may be served or not now, and so may the
@@ -259,6 +269,7 @@ pub fn start(
             triggers,
             reflectors.secrets.clone(),
             (reflectors.waivers.clone(), waiver_triggers),
+            wakes,
         ),
         move || loaded.store(true, Ordering::Release),
         metrics,
@@ -270,7 +281,7 @@ pub fn start(
         waiver_events: waiver_watch.events,
         waiver_store: waiver_watch.store,
         driver: Box::pin(async move {
-            futures::join!(driver, namespaces, waivers);
+            futures::join!(driver, namespaces, waivers, schedule);
         }),
     }
 }
@@ -282,6 +293,7 @@ struct IndexKeeper {
     triggers: Triggers,
     secrets: SecretCache,
     waivers: (Waivers, WaiverTriggers),
+    wakes: Wakes,
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
     relisting: Vec<(ObjectKey, Entry)>,
 }
@@ -292,12 +304,14 @@ impl IndexKeeper {
         triggers: Triggers,
         secrets: SecretCache,
         waivers: (Waivers, WaiverTriggers),
+        wakes: Wakes,
     ) -> Self {
         Self {
             index,
             triggers,
             secrets,
             waivers,
+            wakes,
             relisting: Vec::new(),
         }
     }
@@ -332,6 +346,7 @@ impl IndexKeeper {
 
     fn deleted(&mut self, control: &ExternalControl) {
         let key = ObjectKey::of(control);
+        self.wakes.set(key.clone(), None);
         let mut index = write(&self.index);
         if let Some(entry) = index.remove(&key) {
             self.forget_if_unused(&index, &entry.secret);
