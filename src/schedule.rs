@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,21 +26,29 @@ use extctl_core::reconciler::duration_until;
 /// comes early costs one reconcile, which sets the next.
 const FURTHEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// When each control next falls due.
-#[derive(Default)]
-pub(crate) struct Schedule {
-    queue: DelayQueue<Arc<ObjectKey>>,
-    entries: HashMap<Arc<ObjectKey>, delay_queue::Key>,
+/// When each control next falls due; `K` names a control (a shared `ObjectKey` on
+/// Kubernetes, the one the index keeps).
+pub(crate) struct Schedule<K> {
+    queue: DelayQueue<K>,
+    entries: HashMap<K, delay_queue::Key>,
 }
 
-impl Schedule {
+impl<K> Default for Schedule<K> {
+    fn default() -> Self {
+        Self {
+            queue: DelayQueue::new(),
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Hash + Eq> Schedule<K> {
     /// `key` falls due at `at` (at once if past), instead of when it was to.
-    pub(crate) fn set(&mut self, key: ObjectKey, at: Timestamp) {
+    pub(crate) fn set(&mut self, key: K, at: Timestamp) {
         let after = duration_until(Timestamp::now(), at).min(FURTHEST);
         match self.entries.get(&key) {
             Some(entry) => self.queue.reset(entry, after),
             None => {
-                let key = Arc::new(key);
                 let entry = self.queue.insert(key.clone(), after);
                 self.entries.insert(key, entry);
             }
@@ -47,19 +56,19 @@ impl Schedule {
     }
 
     /// `key` no longer falls due.
-    pub(crate) fn clear(&mut self, key: &ObjectKey) {
+    pub(crate) fn clear(&mut self, key: &K) {
         if let Some(entry) = self.entries.remove(key) {
             self.queue.remove(&entry);
         }
     }
 
     /// The next control to fall due, when it does (never, while nothing is scheduled).
-    pub(crate) async fn next_due(&mut self) -> ObjectKey {
+    pub(crate) async fn next_due(&mut self) -> K {
         match poll_fn(|cx| self.queue.poll_expired(cx)).await {
             Some(expired) => {
                 let key = expired.into_inner();
                 self.entries.remove(&key);
-                Arc::unwrap_or_clone(key)
+                key
             }
             None => std::future::pending().await,
         }
@@ -76,18 +85,18 @@ impl Schedule {
 /// reconciles that set wakes and the watch that forgets deleted controls.
 #[derive(Clone)]
 pub(crate) struct Wakes {
-    requests: mpsc::UnboundedSender<(ObjectKey, Option<Timestamp>)>,
+    requests: mpsc::UnboundedSender<(Arc<ObjectKey>, Option<Timestamp>)>,
 }
 
 impl Wakes {
     /// The handle, and the task to run: it calls `due` with each control as it falls due, and
     /// ends when every handle is dropped.
     pub(crate) fn new(
-        due: impl Fn(ObjectKey) + Send + 'static,
+        due: impl Fn(&ObjectKey) + Send + 'static,
     ) -> (Self, impl Future<Output = ()>) {
         let (requests, mut received) = mpsc::unbounded_channel();
         let task = async move {
-            let mut schedule = Schedule::default();
+            let mut schedule = Schedule::<Arc<ObjectKey>>::default();
             loop {
                 tokio::select! {
                     request = received.recv() => match request {
@@ -95,7 +104,7 @@ impl Wakes {
                         Some((key, None)) => schedule.clear(&key),
                         None => return,
                     },
-                    key = schedule.next_due() => due(key),
+                    key = schedule.next_due() => due(&key),
                 }
             }
         };
@@ -103,7 +112,7 @@ impl Wakes {
     }
 
     /// `control` falls due at `at`, or (`None`) only when something changes.
-    pub(crate) fn set(&self, control: ObjectKey, at: Option<Timestamp>) {
+    pub(crate) fn set(&self, control: Arc<ObjectKey>, at: Option<Timestamp>) {
         // The task lives as long as the watch; after shutdown nothing falls due.
         let _ = self.requests.send((control, at));
     }
@@ -114,8 +123,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new("team", name)
+    fn key(name: &str) -> Arc<ObjectKey> {
+        Arc::new(ObjectKey::new("team", name))
     }
 
     fn in_secs(seconds: i64) -> Timestamp {
@@ -126,7 +135,7 @@ mod tests {
     fn wakes() -> (Wakes, Arc<Mutex<Vec<String>>>) {
         let fallen = Arc::new(Mutex::new(Vec::new()));
         let seen = fallen.clone();
-        let (wakes, task) = Wakes::new(move |key| seen.lock().unwrap().push(key.name));
+        let (wakes, task) = Wakes::new(move |key| seen.lock().unwrap().push(key.name.clone()));
         tokio::spawn(task);
         (wakes, fallen)
     }

@@ -132,6 +132,11 @@ async fn run_metrics_count_resets_pings_api_requests_and_conflicts() {
     let operator = Operator::start(&cluster, &["--outbound-retries", "0"]).await;
     cluster.wait_ready_reason("sast", "Ready").await;
     let token = cluster.token_file("checker", TOKEN).display().to_string();
+    // Transparent huge pages off for extctl (src/main.rs); on for this test's own process, so
+    // the 0 is extctl's doing.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(own.contains("THP_enabled:\t1"), "{own}");
+    assert_eq!(operator.process_status("THP_enabled"), "0");
 
     // A reset and its refused ping (the receiver answers 500): due within 4 s of creation.
     let scraped = wait_for(Duration::from_secs(20), || async {

@@ -145,7 +145,7 @@ async fn reconcile_forever(
     reconciler: Arc<Reconciler<MemoryStore, Console, Outbound>>,
     mut changed: mpsc::UnboundedReceiver<ObjectKey>,
 ) {
-    let mut schedule = Schedule::default();
+    let mut schedule = Schedule::<ObjectKey>::default();
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, ObjectKey> = HashMap::new();
     let mut busy: HashSet<ObjectKey> = HashSet::new();

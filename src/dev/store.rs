@@ -151,7 +151,7 @@ impl MemoryStore {
         let cells: Vec<Mutex<Cell>> = objects
             .into_values()
             .map(|(control, revision)| {
-                let secret = secrets_by_key.get(&Entry::of(&control).secret);
+                let secret = secrets_by_key.get(&*Entry::of(&control).secret);
                 let claimants = index.with_id_iter(control.spec.control_id);
                 let claimants = claimants.map(|at| &all[*at]);
                 // A sandbox serves every namespace's controls: no allowance to check.

@@ -96,8 +96,10 @@ pub(crate) async fn reconcile(
         });
     }
     // Not `Action::requeue`: see `crate::schedule` for why wakes are kept apart.
-    let wakes = &context.store.reflectors.wakes;
-    wakes.set(ObjectKey::of(control.as_ref()), reconciled.wake);
+    let reflectors = &context.store.reflectors;
+    reflectors
+        .wakes
+        .set(reflectors.key_of(&control), reconciled.wake);
     Ok(Action::await_change())
 }
 

@@ -55,6 +55,9 @@ impl Scope {
     }
 }
 
+/// The controls by id and by Secret, each control's key kept once (shared with its wake).
+type Index = Arc<RwLock<ControlIndex<Arc<ObjectKey>>>>;
+
 /// Reconcile requests for controls affected by a change to some other object.
 pub(crate) type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 
@@ -62,7 +65,7 @@ pub(crate) type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
 #[derive(Clone)]
 pub struct Reflectors {
     pub(crate) controls: Store<ExternalControl>,
-    index: Arc<RwLock<ControlIndex<ObjectKey>>>,
+    index: Index,
     pub(crate) secrets: SecretCache,
     pub(crate) allowances: Allowances,
     pub(crate) waivers: Waivers,
@@ -108,6 +111,11 @@ impl Reflectors {
             .filter(|control| control.spec.control_id == control_id)
             .filter(|control| self.allowances.check(control).is_ok())
             .collect()
+    }
+
+    /// `control`'s key as the index keeps it (so a copy costs no allocation), or a new one.
+    pub(crate) fn key_of(&self, control: &ExternalControl) -> Arc<ObjectKey> {
+        kept_key(&read(&self.index), control)
     }
 
     /// Whether the controls' full list (and the Namespaces', for their allowances) has been
@@ -216,7 +224,7 @@ pub fn start(
     .modify(extctl_core::crd::keep_what_extctl_reads)
     .reflect_shared(control_writer);
 
-    let index: Arc<RwLock<ControlIndex<ObjectKey>>> = Arc::default();
+    let index: Index = Arc::default();
     let on_secret_change = {
         let (index, triggers) = (index.clone(), triggers.clone());
         Arc::new(move |secret: &ObjectKey| {
@@ -230,7 +238,7 @@ pub fn start(
     };
     let (wakes, schedule) = {
         let triggers = triggers.clone();
-        Wakes::new(move |control| trigger_all(&triggers, [control]))
+        Wakes::new(move |control| trigger(&triggers, control))
     };
     let reflectors = Reflectors {
         controls: controls.clone(),
@@ -247,7 +255,7 @@ pub fn start(
         let (index, triggers) = (index.clone(), triggers.clone());
         move |namespace: &str| {
             let index = read(&index);
-            let affected: Vec<ObjectKey> = controls
+            let affected: Vec<Arc<ObjectKey>> = controls
                 .state()
                 .iter()
                 .filter(|control| control.metadata.namespace.as_deref() == Some(namespace))
@@ -289,18 +297,18 @@ pub fn start(
 /// Keeps the index current from the watch, triggers the controls a change affects (and the
 /// waivers whose status it may move), and forgets the Secrets no control names any more.
 struct IndexKeeper {
-    index: Arc<RwLock<ControlIndex<ObjectKey>>>,
+    index: Index,
     triggers: Triggers,
     secrets: SecretCache,
     waivers: (Waivers, WaiverTriggers),
     wakes: Wakes,
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
-    relisting: Vec<(ObjectKey, Entry)>,
+    relisting: Vec<(Arc<ObjectKey>, Entry)>,
 }
 
 impl IndexKeeper {
     fn new(
-        index: Arc<RwLock<ControlIndex<ObjectKey>>>,
+        index: Index,
         triggers: Triggers,
         secrets: SecretCache,
         waivers: (Waivers, WaiverTriggers),
@@ -317,7 +325,7 @@ impl IndexKeeper {
     }
 
     /// Forgets `secret` unless a control still names it (`index` as it is now).
-    fn forget_if_unused(&self, index: &ControlIndex<ObjectKey>, secret: &ObjectKey) {
+    fn forget_if_unused(&self, index: &ControlIndex<Arc<ObjectKey>>, secret: &ObjectKey) {
         if !index.uses_secret(secret) {
             self.secrets.forget(secret);
         }
@@ -326,8 +334,8 @@ impl IndexKeeper {
     /// An applied control: when it claims a new id (or is new), the controls of the id it
     /// left and of the id it joined may change their duplicate state.
     fn applied(&mut self, control: &ExternalControl) {
-        let (key, entry) = (ObjectKey::of(control), Entry::of(control));
         let mut index = write(&self.index);
+        let (key, entry) = (kept_key(&index, control), Entry::of(control));
         let previous = index.upsert(key.clone(), entry.clone());
         if previous.as_ref() == Some(&entry) {
             return;
@@ -345,7 +353,7 @@ impl IndexKeeper {
     }
 
     fn deleted(&mut self, control: &ExternalControl) {
-        let key = ObjectKey::of(control);
+        let key = Arc::new(ObjectKey::of(control));
         self.wakes.set(key.clone(), None);
         let mut index = write(&self.index);
         if let Some(entry) = index.remove(&key) {
@@ -368,14 +376,16 @@ impl IndexKeeper {
             watcher::Event::Apply(control) => self.applied(&control),
             watcher::Event::Delete(control) => self.deleted(&control),
             watcher::Event::Init => self.relisting.clear(),
-            watcher::Event::InitApply(control) => self
-                .relisting
-                .push((ObjectKey::of(&control), Entry::of(&control))),
+            // The key already kept, so that the control's wake still shares it afterwards.
+            watcher::Event::InitApply(control) => {
+                let key = kept_key(&read(&self.index), &control);
+                self.relisting.push((key, Entry::of(&control)));
+            }
             // The controller reconciles every listed control, so nothing to trigger here.
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut self.relisting);
                 let mut index = write(&self.index);
-                let before: Vec<ObjectKey> = index.secrets().cloned().collect();
+                let before: Vec<Arc<ObjectKey>> = index.secrets().cloned().collect();
                 index.replace_all(listed);
                 for secret in &before {
                     self.forget_if_unused(&index, secret);
@@ -422,9 +432,22 @@ fn object_ref(key: &ObjectKey) -> ObjectRef<ExternalControl> {
     ObjectRef::new(&key.name).within(&key.namespace)
 }
 
-fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = ObjectKey>) {
+fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = Arc<ObjectKey>>) {
     for key in controls {
-        // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
-        let _ = triggers.unbounded_send(object_ref(&key));
+        trigger(triggers, &key);
+    }
+}
+
+fn trigger(triggers: &Triggers, control: &ObjectKey) {
+    // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
+    let _ = triggers.unbounded_send(object_ref(control));
+}
+
+/// `control`'s key as `index` keeps it, or a new one.
+fn kept_key(index: &ControlIndex<Arc<ObjectKey>>, control: &ExternalControl) -> Arc<ObjectKey> {
+    let key = ObjectKey::of(control);
+    match index.kept_key(&key) {
+        Some(kept) => kept.clone(),
+        None => Arc::new(key),
     }
 }

@@ -357,11 +357,20 @@ impl Operator {
 
     /// Resident memory now, in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
+        let value = self.process_status("VmRSS");
+        let kib = value.trim_end_matches("kB").trim().parse().ok();
+        kib.expect("VmRSS in /proc/PID/status")
+    }
+
+    /// A field of `/proc/PID/status`, as the kernel shows it.
+    pub fn process_status(&self, field: &str) -> String {
         let pid = self.child.id().expect("extctl is running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"));
-        let kib = line.and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok());
-        kib.expect("VmRSS in /proc/PID/status")
+        let prefix = format!("{field}:");
+        let line = status.lines().find_map(|l| l.strip_prefix(&prefix));
+        line.unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+            .trim()
+            .to_owned()
     }
 
     /// Sends SIGTERM and waits for a clean exit.

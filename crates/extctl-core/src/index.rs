@@ -3,11 +3,15 @@
 //! duplicates of an id, or the controls a Secret change affects costs O(1) in the number of
 //! controls rather than a scan of all of them.
 //!
-//! Pure and I/O-free; `K` identifies a control (an [`ObjectKey`] on Kubernetes, a position
-//! in the dev store's table).
+//! Pure and I/O-free; `K` identifies a control (a shared [`ObjectKey`] on Kubernetes, a
+//! position in the dev store's table). Every copy of a key is the same allocation: `K` is cheap
+//! to clone, and each Secret's key is kept once however many controls name it (100,000 controls
+//! cost about 0.2 KiB each here: BENCHMARKS.md, "Memory and scale").
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -18,17 +22,17 @@ use crate::key::ObjectKey;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub control_id: i64,
-    pub secret: ObjectKey,
+    pub secret: Arc<ObjectKey>,
 }
 
 impl Entry {
     pub fn of(control: &ExternalControl) -> Self {
         Self {
             control_id: control.spec.control_id,
-            secret: ObjectKey::new(
+            secret: Arc::new(ObjectKey::new(
                 control.namespace().unwrap_or_default(),
                 &control.spec.secret_ref.name,
-            ),
+            )),
         }
     }
 }
@@ -38,7 +42,7 @@ pub struct ControlIndex<K> {
     entries: HashMap<K, Entry>,
     /// Sorted, without repeats; small (one control per id, unless duplicated), so a vector.
     by_id: HashMap<i64, Vec<K>>,
-    by_secret: HashMap<ObjectKey, Vec<K>>,
+    by_secret: HashMap<Arc<ObjectKey>, Vec<K>>,
 }
 
 impl<K> Default for ControlIndex<K> {
@@ -53,18 +57,31 @@ impl<K> Default for ControlIndex<K> {
 
 impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
     /// Records `key`'s current entry; returns the one it replaces (the id it may have left).
-    pub fn upsert(&mut self, key: K, entry: Entry) -> Option<Entry> {
+    pub fn upsert(&mut self, key: K, mut entry: Entry) -> Option<Entry> {
         if self.entries.get(&key) == Some(&entry) {
             return Some(entry);
         }
         let previous = self.remove(&key);
         insert_into(self.by_id.entry(entry.control_id).or_default(), &key);
+        // The Secret's key as already kept, if another control names it.
+        if let Some((kept, _)) = self.by_secret.get_key_value(&entry.secret) {
+            entry.secret = kept.clone();
+        }
         insert_into(
             self.by_secret.entry(entry.secret.clone()).or_default(),
             &key,
         );
         self.entries.insert(key, entry);
         previous
+    }
+
+    /// The key kept for `key` (a copy of it shares its allocation), if it is indexed.
+    pub fn kept_key<Q>(&self, key: &Q) -> Option<&K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get_key_value(key).map(|(kept, _)| kept)
     }
 
     /// Forgets `key`; returns its entry.
@@ -109,7 +126,7 @@ impl<K: Clone + Eq + Hash + Ord> ControlIndex<K> {
     }
 
     /// The Secrets referenced, each once.
-    pub fn secrets(&self) -> impl Iterator<Item = &ObjectKey> {
+    pub fn secrets(&self) -> impl Iterator<Item = &Arc<ObjectKey>> {
         self.by_secret.keys()
     }
 
@@ -151,7 +168,7 @@ mod tests {
     fn entry(control_id: i64, secret: &str) -> Entry {
         Entry {
             control_id,
-            secret: ObjectKey::new("ns", secret),
+            secret: Arc::new(ObjectKey::new("ns", secret)),
         }
     }
 
@@ -200,8 +217,29 @@ mod tests {
         assert!(index.using_secret(&secret("s")).is_empty());
         assert_eq!(index.with_id(9), ["c"]);
         assert!(!index.uses_secret(&secret("s")) && index.uses_secret(&secret("u")));
-        assert_eq!(index.secrets().collect::<Vec<_>>(), [&secret("u")]);
+        assert_eq!(
+            index.secrets().collect::<Vec<_>>(),
+            [&Arc::new(secret("u"))]
+        );
         assert_eq!(index.len(), 1);
         assert!(!index.is_empty());
+    }
+
+    #[test]
+    fn keys_are_kept_once_and_shared() {
+        let mut index = ControlIndex::default();
+        let (a, b) = (Arc::new(secret("a")), Arc::new(secret("b")));
+        index.upsert(a.clone(), entry(7, "s"));
+        index.upsert(b.clone(), entry(7, "s"));
+        // Each control's key is the one given; looked up by value, the same allocation.
+        let kept = index.kept_key(&secret("a")).unwrap();
+        assert!(Arc::ptr_eq(kept, &a));
+        assert!(index.kept_key(&secret("c")).is_none());
+        // Both controls name Secret s: one key for it, wherever it is kept.
+        let secrets: Vec<_> = index.secrets().collect();
+        assert_eq!(secrets.len(), 1);
+        let a_secret = index.remove(&a).unwrap().secret;
+        assert!(Arc::ptr_eq(&a_secret, index.secrets().next().unwrap()));
+        assert_eq!(index.with_id(7), [b]);
     }
 }
