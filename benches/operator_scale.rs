@@ -14,7 +14,13 @@
 //!    (`VmRSS`) and the peak (`VmHWM`), and the RSS per control above the idle operator; and
 //!    the size of a cached control's fields before any of its heap data (`size_of`, the
 //!    inline part of the per-control figure).
-//! 3. **Catch-up after downtime**: the operator stopped, every control's next reset set to one
+//! 3. **Where a control's memory goes**, counted by this process's allocator (bytes asked for,
+//!    on this thread, not freed) while it builds what the operator keeps per control from
+//!    control `c1` as the server sends it (`managedFields` included), N times: the object as
+//!    the watch caches it (trimmed, behind its `Arc`; its conditions apart), the reflector
+//!    store's key and table, the index, the schedule of wakes. The sum against the per-control
+//!    RSS above leaves the allocator's size classes and free space.
+//! 4. **Catch-up after downtime**: the operator stopped, every control's next reset set to one
 //!    instant in the past (a status merge patch each, 32 at a time: how fast this process gets
 //!    status writes through is the server's own status-write capacity, measured in the same
 //!    run), the operator started again: how fast it carries out the N overdue resets (each a
@@ -29,17 +35,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use extctl::{Project, SignedCall};
+use extctl::{Project, Schedule, SignedCall};
 use extctl_core::crd::{
     ControlStatus, ExternalControl, ExternalControlSpec, ExternalControlStatus,
+    keep_what_extctl_reads,
 };
+use extctl_core::index::{ControlIndex, Entry};
+use extctl_core::key::ObjectKey;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::{Cluster, NAMESPACE, Operator, create_secret, setting};
+
+#[global_allocator]
+static ALLOCATOR: counted::Counting = counted::Counting;
 
 const TOKEN: &[u8] = b"t";
 /// How long the operator is left idle before its memory is read.
@@ -108,7 +121,22 @@ async fn main() {
         size_of::<ExternalControlStatus>()
     );
 
-    // 3. Catch-up after downtime.
+    // 3. Where a control's memory goes.
+    let sample = api.get("c1").await.expect("control c1");
+    let parts = account(&sample, controls as usize);
+    let sum = parts.object + parts.store + parts.index + parts.schedule;
+    println!(
+        "per control, counted: object in the cache {:.0} B (its struct {} B, conditions {:.0} B), store key and table {:.0} B, index {:.0} B, schedule {:.0} B: {sum:.0} B of the {:.0} B of RSS",
+        parts.object,
+        size_of::<ExternalControl>(),
+        parts.conditions,
+        parts.store,
+        parts.index,
+        parts.schedule,
+        rss.saturating_sub(idle_kib) as f64 * 1024.0 / controls as f64,
+    );
+
+    // 4. Catch-up after downtime.
     // To the microsecond, as stored.
     let due = Timestamp::from_microsecond(Timestamp::now().as_microsecond() - 1_000_000).unwrap();
     let started = Instant::now();
@@ -261,4 +289,123 @@ fn mib(kib: u64) -> String {
 
 fn per_control(kib: u64, controls: u64) -> String {
     format!("{:.2} KiB", kib as f64 / controls as f64)
+}
+
+/// What one control costs in each place the operator keeps it, in bytes (averaged over N).
+struct Parts {
+    object: f64,
+    conditions: f64,
+    store: f64,
+    index: f64,
+    schedule: f64,
+}
+
+/// Builds, N times from `sample` (with its own name, uid and id each time, as JSON from the
+/// server), what the operator keeps per control, counting each part apart.
+fn account(sample: &ExternalControl, n: usize) -> Parts {
+    let template = serde_json::to_value(sample).unwrap();
+    let sent = |i: usize| {
+        let mut control = template.clone();
+        control["metadata"]["name"] = json!(format!("c{i}"));
+        control["metadata"]["uid"] = json!(format!("{i:08x}-1111-4222-8333-444455556666"));
+        control["spec"]["controlId"] = json!(i);
+        serde_json::to_vec(&control).unwrap()
+    };
+    let cached = |raw: &[u8]| {
+        let mut control: ExternalControl = serde_json::from_slice(raw).unwrap();
+        keep_what_extctl_reads(&mut control);
+        control
+    };
+    let per = |bytes: isize| bytes as f64 / n as f64;
+
+    // The object as the watch caches it: deserialised, trimmed, behind an `Arc`.
+    let mut objects = Vec::with_capacity(n);
+    let mut object = 0;
+    for i in 1..=n {
+        let raw = sent(i);
+        object += counted::during(|| objects.push(Arc::new(cached(&raw))));
+    }
+    // One control's conditions, copied and kept (leaked: a few hundred bytes).
+    let conditions = counted::during(|| {
+        std::mem::forget(objects[0].status.as_ref().unwrap().conditions.clone());
+    });
+
+    // The reflector store: its key (an `ObjectRef`) and table, beside the object it holds.
+    let mut writer = reflector::store::Writer::<ExternalControl>::default();
+    let mut store = 0;
+    for control in &objects {
+        let event = watcher::Event::Apply(ExternalControl::clone(control));
+        store += counted::during(|| writer.apply_watcher_event(&event));
+    }
+    let store = store - object;
+
+    // The index, and the schedule sharing its keys.
+    let mut index = ControlIndex::default();
+    let index_bytes = counted::during(|| {
+        for control in &objects {
+            index.upsert(
+                Arc::new(ObjectKey::of(control.as_ref())),
+                Entry::of(control),
+            );
+        }
+    });
+    let mut schedule = Schedule::default();
+    let at = Timestamp::now() + jiff::SignedDuration::from_hours(12);
+    let schedule_bytes = counted::during(|| {
+        for control in &objects {
+            let key = index.kept_key(&ObjectKey::of(control.as_ref())).unwrap();
+            schedule.set(key.clone(), at);
+        }
+    });
+    Parts {
+        object: per(object),
+        conditions: conditions as f64,
+        store: per(store),
+        index: per(index_bytes),
+        schedule: per(schedule_bytes),
+    }
+}
+
+/// The bench's allocator: the system's, counting per thread what is allocated and not freed.
+mod counted {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: isize) {
+        // After the thread's locals are gone (at its exit), nothing is counted.
+        let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// The bytes `f` leaves allocated on this thread.
+    pub fn during(f: impl FnOnce()) -> isize {
+        let before = LIVE.with(Cell::get);
+        f();
+        LIVE.with(Cell::get) - before
+    }
 }

@@ -40,6 +40,8 @@ pub use bench::{ControlRange, Figures, Load, measure, measure_bare};
 pub use checker::{Project, SignedCall};
 /// For the benchmarks: outbound calls with their destination rules.
 pub use outbound::{Outbound, OutboundSettings};
+/// For the benchmarks: what a control's wake costs (`operator_scale`).
+pub use schedule::Schedule;
 
 /// For the fuzz targets: the endpoint's router, and the manifest reader of `extctl dev`.
 pub use dev::manifests;

@@ -28,7 +28,7 @@ const FURTHEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// When each control next falls due; `K` names a control (a shared `ObjectKey` on
 /// Kubernetes, the one the index keeps).
-pub(crate) struct Schedule<K> {
+pub struct Schedule<K> {
     queue: DelayQueue<K>,
     entries: HashMap<K, delay_queue::Key>,
 }
@@ -44,7 +44,7 @@ impl<K> Default for Schedule<K> {
 
 impl<K: Clone + Hash + Eq> Schedule<K> {
     /// `key` falls due at `at` (at once if past), instead of when it was to.
-    pub(crate) fn set(&mut self, key: K, at: Timestamp) {
+    pub fn set(&mut self, key: K, at: Timestamp) {
         let after = duration_until(Timestamp::now(), at).min(FURTHEST);
         match self.entries.get(&key) {
             Some(entry) => self.queue.reset(entry, after),
@@ -56,14 +56,14 @@ impl<K: Clone + Hash + Eq> Schedule<K> {
     }
 
     /// `key` no longer falls due.
-    pub(crate) fn clear(&mut self, key: &K) {
+    pub fn clear(&mut self, key: &K) {
         if let Some(entry) = self.entries.remove(key) {
             self.queue.remove(&entry);
         }
     }
 
     /// The next control to fall due, when it does (never, while nothing is scheduled).
-    pub(crate) async fn next_due(&mut self) -> K {
+    pub async fn next_due(&mut self) -> K {
         match poll_fn(|cx| self.queue.poll_expired(cx)).await {
             Some(expired) => {
                 let key = expired.into_inner();

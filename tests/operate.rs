@@ -671,7 +671,7 @@ enum Step {
 fn compliant(control: &ExternalControl) -> Option<(String, String)> {
     let conditions = &control.status.as_ref()?.conditions;
     let condition = conditions.iter().find(|c| c.type_ == "Compliant")?;
-    Some((condition.status.clone(), condition.reason.clone()))
+    Some((condition.status.to_string(), condition.reason.to_string()))
 }
 
 fn step(before: &ExternalControl, after: &ExternalControl) -> Option<Step> {

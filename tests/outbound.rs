@@ -49,7 +49,7 @@ fn pinged_control(name: &str, control_id: i64, url: &str, extra: Value) -> Value
 async fn last_ping(cluster: &Cluster, name: &str) -> PingOutcome {
     wait_for(Duration::from_secs(30), || async {
         let control = cluster.control(name).await;
-        control.status?.last_ping
+        control.status?.last_ping.map(|ping| *ping)
     })
     .await
     .unwrap_or_else(|| panic!("{name}: no ping outcome recorded"))

@@ -494,7 +494,7 @@ async fn a_round_stays_pending(cluster: &Cluster, name: &str) -> extctl_core::cr
             "{name}: {status:?}"
         );
         assert_eq!(status.last_ping.as_ref(), Some(&outcome), "{name}");
-        return outcome;
+        return *outcome;
     }
     panic!("{name}: three rounds ended before each could be checked");
 }
@@ -702,7 +702,7 @@ async fn a_late_ping_outcome_never_overwrites_a_later_rounds() {
         .await
         .unwrap();
     let status = cluster.control("sast").await.status.unwrap();
-    assert_eq!(status.last_ping, Some(outcome(later)));
+    assert_eq!(status.last_ping, Some(Box::new(outcome(later))));
 
     // Any other refusal, a 422 among them, is an error, not a superseded outcome.
     cluster

@@ -167,7 +167,7 @@ async fn wait_reason(
 fn ready_message(control: &ExternalControl) -> String {
     let conditions = &control.status.as_ref().unwrap().conditions;
     let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    ready.message.clone()
+    ready.message.to_string()
 }
 
 /// Team A's checker reports `status` (by id), which must be stored.

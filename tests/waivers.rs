@@ -78,9 +78,9 @@ fn compliant(control: &ExternalControl) -> Option<(String, String, String, Times
     let status = control.status.as_ref()?;
     let c = status.conditions.iter().find(|c| c.type_ == "Compliant")?;
     Some((
-        c.status.clone(),
-        c.reason.clone(),
-        c.message.clone(),
+        c.status.to_string(),
+        c.reason.to_string(),
+        c.message.to_string(),
         c.last_transition_time.0,
     ))
 }

@@ -383,7 +383,7 @@ impl ControlStore for MemoryStore {
             // Only onto the round it belongs to, as on Kubernetes (compared as stored: in
             // microseconds).
             if status.last_ping_time == Some(as_stored(&outcome.time)) {
-                status.last_ping = Some(as_stored(outcome));
+                status.last_ping = Some(Box::new(as_stored(outcome)));
             }
             cell.revision = self.next_revision();
         }
@@ -539,7 +539,7 @@ mod tests {
             .await
             .unwrap();
         let recorded = store.controls()[0].status.clone().unwrap().last_ping;
-        assert_eq!(recorded, Some(as_stored(&outcome(at(60)))));
+        assert_eq!(recorded, Some(Box::new(as_stored(&outcome(at(60))))));
     }
 
     #[test]

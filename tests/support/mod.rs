@@ -202,7 +202,7 @@ impl Cluster {
 pub fn ready_reason(control: &ExternalControl) -> Option<String> {
     let status = control.status.as_ref()?;
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-    Some(ready.reason.clone())
+    Some(ready.reason.to_string())
 }
 
 /// A namespace name for the running test: its name (the test thread's), made a DNS label,

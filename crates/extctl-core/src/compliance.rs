@@ -11,8 +11,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::condition::Condition;
 use crate::crd::ControlStatus;
 use crate::crd::{AppliedWaiver, WaivedOutcome};
 
@@ -227,7 +228,7 @@ impl Compliance {
             _ => self.plain_message(),
         };
         if kept {
-            format!("{message}; kept while a re-check is pending")
+            kept_message(message)
         } else {
             message.to_owned()
         }
@@ -261,11 +262,14 @@ impl Compliance {
             .filter(|c| ![COMPLIANT, STALLED, RECONCILING].contains(&c.type_.as_str()))
             .cloned()
             .collect();
-        let condition = |type_: &str, status: &str, reason: &str, message: String| Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message,
+        let condition = |type_: &'static str,
+                         status: &'static str,
+                         reason: &'static str,
+                         message: String| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
             observed_generation: generation,
             last_transition_time: conditions
                 .iter()
@@ -283,18 +287,53 @@ impl Compliance {
                 STALLED,
                 "True",
                 reason,
-                "The control is not compliant: see the Compliant condition".to_owned(),
+                NOT_COMPLIANT_MESSAGE.to_owned(),
             )),
             Self::Unknown { reason } => next.push(condition(
                 RECONCILING,
                 "True",
                 reason,
-                "Waiting for the checker's result".to_owned(),
+                WAITING_MESSAGE.to_owned(),
             )),
             Self::Compliant { .. } | Self::Waived { .. } => {}
         }
         next
     }
+}
+
+const NOT_COMPLIANT_MESSAGE: &str = "The control is not compliant: see the Compliant condition";
+const WAITING_MESSAGE: &str = "Waiting for the checker's result";
+
+/// A decided result's message while a re-check is pending (the status reset, the gate kept).
+fn kept_message(message: &str) -> String {
+    format!("{message}; kept while a re-check is pending")
+}
+
+/// The words this module writes into a condition that never vary ([`crate::condition`]),
+/// each fixed message also as kept through a re-check (made once per process).
+pub(crate) fn words() -> Vec<&'static str> {
+    let mut words = vec![
+        COMPLIANT,
+        STALLED,
+        RECONCILING,
+        WAIVED,
+        NOT_COMPLIANT_MESSAGE,
+        WAITING_MESSAGE,
+    ];
+    let reasons = [
+        CHECK_PASSED,
+        NOT_APPLICABLE,
+        CHECK_FAILED,
+        PENDING_TIMEOUT,
+        AWAITING_RESULT,
+        RESULT_EXPIRED,
+    ];
+    for reason in reasons {
+        let message = Compliance::Unknown { reason }.plain_message();
+        let kept: &'static str = Box::leak(kept_message(message).into_boxed_str());
+        words.extend([reason, message, kept]);
+    }
+    words
 }
 
 #[cfg(test)]

@@ -7,11 +7,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+use crate::condition::{Condition, conditions_schema};
 use crate::{duration, project};
 
 /// The name of the generated CustomResourceDefinition.
@@ -91,14 +92,16 @@ pub struct ExternalControlSpec {
     pub display_name: Option<String>,
 
     /// How the `Compliant` condition, which deploys are gated on, treats a re-check.
+    // Boxed, as `caSecretRef` and `status.lastPing`: every control in the watch cache carries
+    // these fields, few set them (BENCHMARKS.md, "Memory and scale").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<GateSpec>,
+    pub gate: Option<Box<GateSpec>>,
 
     /// The Secret, in the control's namespace, holding the PEM CA bundle that `externalUrl`'s
     /// certificate is verified with, in addition to the system's roots (for a checker with an
     /// internal CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_secret_ref: Option<CaBundleRef>,
+    pub ca_secret_ref: Option<Box<CaBundleRef>>,
 
     /// Where to send a signed POST when the control's status changes (Standard Webhooks, or a
     /// Flux `generic-hmac` Receiver).
@@ -299,7 +302,7 @@ pub struct ExternalControlStatus {
 
     /// The outcome of the last outbound notification to `externalUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ping: Option<PingOutcome>,
+    pub last_ping: Option<Box<PingOutcome>>,
 
     /// The `pingInterval` that `nextPingTime` was computed with, so that an interval change
     /// reschedules from the same starting point.
@@ -314,8 +317,9 @@ pub struct ExternalControlStatus {
     /// not; `Compliant` whether its last result lets a deploy through; `Stalled` (a failing
     /// control) and `Reconciling` (no result yet) are kstatus's, so tools read a failing
     /// control as Failed and a passing one as Current.
+    // Kubernetes' own `Condition` schema; the words extctl writes are shared in memory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
 
     /// Nonces of accepted calls, kept until their timestamps expire, so that a replayed call is

@@ -18,6 +18,7 @@
 //! - small shared pieces: [`duration`], [`key`], [`sync`].
 
 pub mod compliance;
+pub mod condition;
 pub mod crd;
 pub mod destinations;
 pub mod duration;

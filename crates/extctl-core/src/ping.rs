@@ -174,12 +174,12 @@ mod tests {
         ExternalControlStatus {
             status: Some(ControlStatus::Pending),
             last_ping_time: Some(MicroTime(t(reset_at))),
-            last_ping: Some(PingOutcome {
+            last_ping: Some(Box::new(PingOutcome {
                 time: MicroTime(t(ping_at)),
                 http_status: code,
                 error: code.is_none().then(|| "connection refused".into()),
                 attempts: Some(1),
-            }),
+            })),
             ..Default::default()
         }
     }

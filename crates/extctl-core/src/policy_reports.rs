@@ -154,7 +154,7 @@ fn waived(status: Option<&ExternalControlStatus>) -> Option<&AppliedWaiver> {
 /// The last ping, when it was not accepted (no 2xx answer).
 fn failed_ping(status: Option<&ExternalControlStatus>) -> Option<&PingOutcome> {
     status
-        .and_then(|s| s.last_ping.as_ref())
+        .and_then(|s| s.last_ping.as_deref())
         .filter(|ping| !ping.accepted())
 }
 
@@ -465,7 +465,8 @@ pub fn patch(desired: &Value, resource_version: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+    use crate::condition::Condition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
     fn control(name: &str, status: Option<ControlStatus>) -> ExternalControl {
         let mut control: ExternalControl = serde_json::from_value(json!({
@@ -492,12 +493,12 @@ mod tests {
         code: Option<u16>,
         error: Option<&str>,
     ) -> ExternalControl {
-        control.status.as_mut().unwrap().last_ping = Some(PingOutcome {
+        control.status.as_mut().unwrap().last_ping = Some(Box::new(PingOutcome {
             time: MicroTime(at(1_700_000_000_000_000)),
             http_status: code,
             error: error.map(str::to_owned),
             attempts: Some(1),
-        });
+        }));
         control
     }
 
@@ -615,7 +616,7 @@ mod tests {
             type_: COMPLIANT.into(),
             status: "True".into(),
             reason: WAIVED.into(),
-            message: String::new(),
+            message: String::new().into(),
             last_transition_time: Time(at(0)),
             observed_generation: None,
         }];
@@ -679,7 +680,7 @@ mod tests {
             type_: COMPLIANT.into(),
             status: "False".into(),
             reason: PENDING_TIMEOUT.into(),
-            message: String::new(),
+            message: String::new().into(),
             last_transition_time: Time(at(0)),
             observed_generation: None,
         }];

@@ -2,7 +2,9 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::condition::Condition;
 
 use super::tokens::{SigningTokens, TokenProblem};
 use kube::ResourceExt;
@@ -146,18 +148,18 @@ impl Readiness {
 
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Ready => "Ready",
-            Self::ProjectNotAllowed(_) => "ProjectNotAllowed",
-            Self::ControlIdTaken { .. } => "ControlIdTaken",
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Self::Ready => READY,
+            Self::ProjectNotAllowed(_) => PROJECT_NOT_ALLOWED,
+            Self::ControlIdTaken { .. } => CONTROL_ID_TAKEN,
+            Self::SecretNotFound { .. } => SECRET_NOT_FOUND,
+            Self::SecretKeyMissing { .. } => SECRET_KEY_MISSING,
         }
     }
 
     /// A message for `kubectl describe`: names the Secret and key, never their contents.
     pub fn message(&self) -> String {
         match self {
-            Self::Ready => "Signed status calls for this control are accepted".into(),
+            Self::Ready => READY_MESSAGE.into(),
             Self::ProjectNotAllowed(why) => why.to_string(),
             Self::ControlIdTaken { control_id, holder } => {
                 let by = match holder {
@@ -178,6 +180,7 @@ impl Readiness {
     }
 
     /// The condition to store, keeping `lastTransitionTime` when neither status nor reason moved.
+    /// (Its words are shared: see [`crate::condition`].)
     pub fn condition(
         &self,
         generation: Option<i64>,
@@ -195,11 +198,29 @@ impl Readiness {
             type_: READY.into(),
             status: status.into(),
             reason: reason.into(),
-            message: self.message(),
+            message: self.message().into(),
             observed_generation: generation,
             last_transition_time,
         }
     }
+}
+
+const PROJECT_NOT_ALLOWED: &str = "ProjectNotAllowed";
+const CONTROL_ID_TAKEN: &str = "ControlIdTaken";
+const SECRET_NOT_FOUND: &str = "SecretNotFound";
+const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+const READY_MESSAGE: &str = "Signed status calls for this control are accepted";
+
+/// The words this module writes into a condition that never vary ([`crate::condition`]).
+pub(crate) fn words() -> [&'static str; 6] {
+    [
+        READY,
+        PROJECT_NOT_ALLOWED,
+        CONTROL_ID_TAKEN,
+        SECRET_NOT_FOUND,
+        SECRET_KEY_MISSING,
+        READY_MESSAGE,
+    ]
 }
 
 #[cfg(test)]

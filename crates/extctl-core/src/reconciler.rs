@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+use crate::condition::Condition;
 use kube::ResourceExt;
 
 use crate::compliance::{Compliance, GateFacts};
@@ -341,7 +343,7 @@ impl<S: ControlStore, J: Journal, N: Notifier> Reconciler<S, J, N> {
                 let body = ping::payload(&subject, reset_at);
                 let signature = signature::sign(tokens.current(), &body);
                 let sent = match self
-                    .ca_bundle(control, control.spec.ca_secret_ref.as_ref())
+                    .ca_bundle(control, control.spec.ca_secret_ref.as_deref())
                     .await
                 {
                     Ok(ca_bundle) => {
