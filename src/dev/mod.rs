@@ -10,10 +10,11 @@ mod console;
 pub mod manifests;
 mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use jiff::Timestamp;
@@ -23,13 +24,12 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::checker::shell_quote;
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{Census, Metrics};
 use crate::outbound::{Outbound, OutboundSettings};
-use crate::schedule::Schedule;
+use crate::schedule::{Next, reconcile_each};
 use crate::scrape;
 use crate::shutdown::shutdown_signal;
 pub use console::Console;
@@ -137,73 +137,44 @@ pub(crate) async fn run(settings: DevSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reconciles each control at start, when it falls due, and when the store says so, as kube-rs's
-/// Controller does: every control on its own task, one at a time per control, so a slow ping
-/// to one checker does not hold up another control's reset. Only the controls named are looked
-/// at, so the cost of a change does not grow with the number of controls.
+/// Reconciles each control at start, when it falls due, and when the store says so
+/// ([`reconcile_each`], as `extctl run` does): a slow ping to one checker does not hold up
+/// another control's reset, since the ping is part of its control's reconcile only.
 async fn reconcile_forever(
     reconciler: Arc<Reconciler<MemoryStore, Console, Outbound>>,
     mut changed: mpsc::UnboundedReceiver<ObjectKey>,
 ) {
-    let mut schedule = Schedule::<ObjectKey>::default();
-    let mut tasks = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, ObjectKey> = HashMap::new();
-    let mut busy: HashSet<ObjectKey> = HashSet::new();
-    // Controls to reconcile again once their running task ends.
-    let mut again: HashSet<ObjectKey> = HashSet::new();
-    let mut ready: Vec<ObjectKey> = Vec::new();
-    loop {
-        for key in ready.drain(..) {
-            if busy.contains(&key) {
-                again.insert(key);
-                continue;
-            }
-            let Some(control) = reconciler.store.get(&key) else {
-                schedule.clear(&key);
-                continue;
-            };
+    let changed = futures::stream::poll_fn(move |cx| changed.poll_recv(cx));
+    reconcile_each(
+        changed,
+        usize::MAX,
+        async {},
+        std::future::pending(),
+        move |key| {
             let reconciler = reconciler.clone();
-            let task = tasks.spawn(async move {
-                let reconciled = reconciler
-                    .reconcile(&control, Timestamp::now())
-                    .await
-                    .map_err(|error| error.to_string())?;
-                if let Some(ping) = reconciled.ping {
-                    reconciler.ping(ping).await.map_err(|e| e.to_string())?;
-                }
-                Ok(reconciled.wake)
-            });
-            running.insert(task.id(), key.clone());
-            busy.insert(key);
-        }
-        tokio::select! {
-            key = schedule.next_due() => ready.push(key),
-            key = changed.recv() => match key {
-                Some(key) => ready.push(key),
-                None => return,
-            },
-            Some(done) = tasks.join_next_with_id() => {
-                let (id, outcome) = match done {
-                    Ok((id, outcome)) => (id, outcome),
-                    Err(error) => (error.id(), Err(error.to_string())),
+            async move {
+                let Some(control) = reconciler.store.get(&key) else {
+                    return Next::At(None);
                 };
-                let Some(key) = running.remove(&id) else { continue };
-                busy.remove(&key);
-                match outcome {
-                    Ok(Some(at)) => schedule.set(key.clone(), at),
-                    Ok(None) => schedule.clear(&key),
+                let reconciled = match reconciler.reconcile(&control, Timestamp::now()).await {
+                    Ok(reconciled) => reconciled,
                     // A conflict: a report landed meanwhile. Look again.
                     Err(error) => {
                         tracing::debug!(%error, "reconcile did not complete");
-                        again.insert(key.clone());
+                        return Next::Retry(Duration::ZERO);
                     }
+                };
+                if let Some(ping) = reconciled.ping
+                    && let Err(error) = reconciler.ping(ping).await
+                {
+                    tracing::debug!(%error, "recording a ping's outcome did not complete");
+                    return Next::Retry(Duration::ZERO);
                 }
-                if again.remove(&key) {
-                    ready.push(key);
-                }
+                Next::At(reconciled.wake)
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// The `--control` flags as objects: a control `control-<project>-<id>` each, sharing one

@@ -1,7 +1,7 @@
 //! The reconciler on Kubernetes: the shared [`Reconciler`] with a [`ControlStore`] on the API
-//! (reflector stores for reads, status-subresource patches for writes), run by kube-rs's
-//! `Controller`; each control falls due again at its own `nextPingTime` (or sooner wake) through
-//! [`crate::schedule::Wakes`] (no polling loop, no periodic list).
+//! (reflector stores for reads, status-subresource patches for writes), run by
+//! [`crate::schedule::reconcile_each`] on every change to a control (or to what it depends on)
+//! and at its own `nextPingTime` or sooner wake (no polling loop, no periodic list).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -20,6 +19,7 @@ use super::events::StatusEvents;
 use super::lease::Leadership;
 use super::watch::Reflectors;
 use crate::outbound::Outbound;
+use crate::schedule::Next;
 use extctl_core::crd::{
     DurationString, ExternalControl, ExternalControlStatus, NotificationStatus, PingOutcome,
 };
@@ -64,22 +64,28 @@ impl ReconcileError {
     }
 }
 
-pub(crate) async fn reconcile(
-    control: Arc<ExternalControl>,
-    context: Arc<Context>,
-) -> Result<Action, ReconcileError> {
+/// Reconciles the control named `key` (see [`crate::schedule::reconcile_each`]): when it is
+/// due next, or when to try again.
+pub(crate) async fn reconcile(key: Arc<ObjectKey>, context: Arc<Context>) -> Next {
+    let reflectors = &context.store.reflectors;
+    // Deleted: nothing is due.
+    let Some(control) = reflectors.control(&key) else {
+        return Next::At(None);
+    };
     if !context.store.leadership.is_leader() {
         // The leader reconciles; this replica looks at every control when it takes over.
-        return Ok(Action::await_change());
+        return Next::At(None);
     }
     // Before the waivers are listed, which one covers a control is unknown: a restart must not
     // shut a waived gate for a moment.
-    context.store.reflectors.waivers.wait_loaded().await;
-    let now = Timestamp::now();
-    let reconciled = context.reconcile(&control, now).await?;
+    reflectors.waivers.wait_loaded().await;
+    let reconciled = match context.reconcile(&control, Timestamp::now()).await {
+        Ok(reconciled) => reconciled,
+        Err(error) => return retry_after(&error),
+    };
     if let Some(ping) = reconciled.ping {
-        // Off the reconcile path: the controller's concurrency bound is for API writes, and a
-        // slow checker must not hold a slot for its ping timeout.
+        // Off the reconcile path: the concurrency bound is for API writes, and a slow checker
+        // must not hold a slot for its ping timeout.
         let context = context.clone();
         tokio::spawn(async move {
             if let Err(error) = context.ping(ping).await {
@@ -95,25 +101,16 @@ pub(crate) async fn reconcile(
             }
         });
     }
-    // Not `Action::requeue`: see `crate::schedule` for why wakes are kept apart.
-    let reflectors = &context.store.reflectors;
-    reflectors
-        .wakes
-        .set(reflectors.key_of(&control), reconciled.wake);
-    Ok(Action::await_change())
+    Next::At(reconciled.wake)
 }
 
 /// A conflict means a newer version is already on its way through the watch: retry soon.
-pub(crate) fn error_policy(
-    _: Arc<ExternalControl>,
-    error: &ReconcileError,
-    _: Arc<Context>,
-) -> Action {
+fn retry_after(error: &ReconcileError) -> Next {
     if error.is_conflict() {
-        Action::requeue(Duration::from_millis(200))
+        Next::Retry(Duration::from_millis(200))
     } else {
         tracing::warn!(%error, "reconcile failed");
-        Action::requeue(Duration::from_secs(5))
+        Next::Retry(Duration::from_secs(5))
     }
 }
 

@@ -23,15 +23,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use kube::runtime::Controller;
-use kube::runtime::controller::Config as ControllerConfig;
 use tokio::net::TcpListener;
 
 use crate::endpoint::{self, EndpointConfig};
 use crate::metrics::{Census, Metrics};
 use crate::outbound::{Outbound, OutboundSettings};
+use crate::schedule::reconcile_each;
 use crate::scrape;
 use crate::shutdown::shutdown_signal;
-use controller::{KubeControlStore, error_policy, reconcile};
+use controller::{KubeControlStore, reconcile};
 use endpoint_store::KubeEndpointStore;
 use events::StatusEvents;
 use extctl_core::destinations::Rule;
@@ -191,18 +191,39 @@ pub(crate) async fn run(settings: RunSettings) -> anyhow::Result<()> {
             .with_max_waiver(settings.max_waiver_duration),
     );
 
-    let config = ControllerConfig::default().concurrency(settings.reconcile_concurrency);
-    let reconciler = Controller::for_shared_stream(watches.control_events, reflectors.controls)
-        .with_config(config)
-        .reconcile_on(triggered)
-        .reconcile_all_on(leadership_gained(leadership))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile did not complete");
-            }
-        });
+    // What names a control to reconcile: a change to it (the watch), to something it depends
+    // on (triggers), or this replica becoming leader (every control), each as the index's key.
+    let controls = reflectors.clone();
+    let changed = futures::stream::select(
+        watches
+            .control_events
+            .map(move |control| controls.key_of(&control)),
+        futures::stream::select(
+            triggered.map({
+                let reflectors = reflectors.clone();
+                move |key| reflectors.shared(key)
+            }),
+            leadership_gained(leadership).flat_map({
+                let reflectors = reflectors.clone();
+                move |()| {
+                    let all = reflectors.controls.state();
+                    let keys: Vec<_> = all.iter().map(|c| reflectors.key_of(c)).collect();
+                    futures::stream::iter(keys)
+                }
+            }),
+        ),
+    );
+    let loaded = reflectors.controls.clone();
+    let reconciler = reconcile_each(
+        changed,
+        settings.reconcile_concurrency.into(),
+        async move {
+            // Only fails once the writer is gone, at shutdown.
+            let _ = loaded.wait_until_ready().await;
+        },
+        shutdown_signal(),
+        move |key| reconcile(key, context.clone()),
+    );
 
     tokio::join!(server, reconciler, waiver_status, metrics_server);
     let _ = stop_elector.send(());

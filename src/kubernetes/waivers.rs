@@ -22,6 +22,7 @@ use serde_json::json;
 use super::lease::Leadership;
 use super::watch::{Scope, Triggers};
 use extctl_core::crd::ExternalControl;
+use extctl_core::key::ObjectKey;
 use extctl_core::reconciler::duration_until;
 use extctl_core::waiver::{self, Waiver};
 
@@ -194,7 +195,7 @@ fn trigger_concerned(
     for control in controls.state() {
         if concerned(&control) {
             // The receiver lives as long as the reconciler; after shutdown nothing needs it.
-            let _ = triggers.unbounded_send(ObjectRef::from_obj(&*control));
+            let _ = triggers.unbounded_send(Arc::new(ObjectKey::of(&*control)));
         }
     }
 }

@@ -22,7 +22,6 @@ use super::namespaces::{self, Allowances};
 use super::secrets::SecretCache;
 use super::waivers::{self, WaiverTriggers, Waivers};
 use crate::metrics::{Census, ControlCounts, Metrics};
-use crate::schedule::Wakes;
 use extctl_core::compliance::{COMPLIANT, WAIVED};
 use extctl_core::crd::ExternalControl;
 use extctl_core::index::{ControlIndex, Entry};
@@ -59,7 +58,7 @@ impl Scope {
 type Index = Arc<RwLock<ControlIndex<Arc<ObjectKey>>>>;
 
 /// Reconcile requests for controls affected by a change to some other object.
-pub(crate) type Triggers = UnboundedSender<ObjectRef<ExternalControl>>;
+pub(crate) type Triggers = UnboundedSender<Arc<ObjectKey>>;
 
 /// The in-memory view of the cluster that lookups are answered from.
 #[derive(Clone)]
@@ -69,9 +68,6 @@ pub struct Reflectors {
     pub(crate) secrets: SecretCache,
     pub(crate) allowances: Allowances,
     pub(crate) waivers: Waivers,
-    /// When each control next falls due; kept beside the controls so that a deleted control's
-    /// wake goes with it.
-    pub(crate) wakes: Wakes,
     loaded: Arc<AtomicBool>,
 }
 
@@ -118,6 +114,16 @@ impl Reflectors {
         kept_key(&read(&self.index), control)
     }
 
+    /// `key` as the index keeps it, if it does (else `key` itself).
+    pub(crate) fn shared(&self, key: Arc<ObjectKey>) -> Arc<ObjectKey> {
+        read(&self.index).kept_key(&*key).cloned().unwrap_or(key)
+    }
+
+    /// The control named `key`, as cached.
+    pub(crate) fn control(&self, key: &ObjectKey) -> Option<Arc<ExternalControl>> {
+        self.controls.get(&object_ref(key))
+    }
+
     /// Whether the controls' full list (and the Namespaces', for their allowances) has been
     /// loaded, so a lookup that finds nothing means there is nothing (not "not loaded yet").
     pub(crate) fn loaded(&self) -> bool {
@@ -141,7 +147,6 @@ impl Reflectors {
             ),
             allowances: Allowances::unrestricted(),
             waivers: Waivers::none(),
-            wakes: Wakes::new(|_| {}).0,
             loaded: Arc::new(AtomicBool::new(true)),
         };
         (reflectors, writer)
@@ -236,17 +241,12 @@ pub fn start(
         Scope::Cluster => Allowances::new(require_allowance),
         Scope::Namespace(_) => Allowances::unrestricted(),
     };
-    let (wakes, schedule) = {
-        let triggers = triggers.clone();
-        Wakes::new(move |control| trigger(&triggers, control))
-    };
     let reflectors = Reflectors {
         controls: controls.clone(),
         index: index.clone(),
         secrets: SecretCache::new(client.clone(), secret_ttl, on_secret_change),
         allowances: allowances.clone(),
         waivers: waiver_watch.waivers.clone(),
-        wakes: wakes.clone(),
         loaded: Arc::default(),
     };
     // A namespace's allowance moved: its controls may be served or not now, and so may the
@@ -277,7 +277,6 @@ pub fn start(
             triggers,
             reflectors.secrets.clone(),
             (reflectors.waivers.clone(), waiver_triggers),
-            wakes,
         ),
         move || loaded.store(true, Ordering::Release),
         metrics,
@@ -289,7 +288,7 @@ pub fn start(
         waiver_events: waiver_watch.events,
         waiver_store: waiver_watch.store,
         driver: Box::pin(async move {
-            futures::join!(driver, namespaces, waivers, schedule);
+            futures::join!(driver, namespaces, waivers);
         }),
     }
 }
@@ -301,7 +300,6 @@ struct IndexKeeper {
     triggers: Triggers,
     secrets: SecretCache,
     waivers: (Waivers, WaiverTriggers),
-    wakes: Wakes,
     /// A full list in progress (after start-up or a `410 Gone`): replaces the index when done.
     relisting: Vec<(Arc<ObjectKey>, Entry)>,
 }
@@ -312,14 +310,12 @@ impl IndexKeeper {
         triggers: Triggers,
         secrets: SecretCache,
         waivers: (Waivers, WaiverTriggers),
-        wakes: Wakes,
     ) -> Self {
         Self {
             index,
             triggers,
             secrets,
             waivers,
-            wakes,
             relisting: Vec::new(),
         }
     }
@@ -354,7 +350,8 @@ impl IndexKeeper {
 
     fn deleted(&mut self, control: &ExternalControl) {
         let key = Arc::new(ObjectKey::of(control));
-        self.wakes.set(key.clone(), None);
+        // Its own reconcile finds it gone, and forgets when it was due.
+        trigger(&self.triggers, key.clone());
         let mut index = write(&self.index);
         if let Some(entry) = index.remove(&key) {
             self.forget_if_unused(&index, &entry.secret);
@@ -434,13 +431,13 @@ fn object_ref(key: &ObjectKey) -> ObjectRef<ExternalControl> {
 
 fn trigger_all(triggers: &Triggers, controls: impl IntoIterator<Item = Arc<ObjectKey>>) {
     for key in controls {
-        trigger(triggers, &key);
+        trigger(triggers, key);
     }
 }
 
-fn trigger(triggers: &Triggers, control: &ObjectKey) {
+fn trigger(triggers: &Triggers, control: Arc<ObjectKey>) {
     // The receiver lives as long as the reconciler; after shutdown, nothing needs triggering.
-    let _ = triggers.unbounded_send(object_ref(control));
+    let _ = triggers.unbounded_send(control);
 }
 
 /// `control`'s key as `index` keeps it, or a new one.
