@@ -54,7 +54,7 @@ impl Scope {
     }
 }
 
-/// The controls by id and by Secret, each control's key kept once (shared with its wake).
+/// The controls by id and by Secret, each control's key kept once (the reconcile loop's too).
 type Index = Arc<RwLock<ControlIndex<Arc<ObjectKey>>>>;
 
 /// Reconcile requests for controls affected by a change to some other object.
@@ -378,7 +378,8 @@ impl IndexKeeper {
                 let key = kept_key(&read(&self.index), &control);
                 self.relisting.push((key, Entry::of(&control)));
             }
-            // The controller reconciles every listed control, so nothing to trigger here.
+            // The shared stream names every listed control to the reconcile loop, so nothing
+            // to trigger here.
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut self.relisting);
                 let mut index = write(&self.index);

@@ -17,11 +17,11 @@ use crate::condition::Condition;
 use crate::crd::ControlStatus;
 use crate::crd::{AppliedWaiver, WaivedOutcome};
 
-pub const COMPLIANT: &str = "Compliant";
-/// kstatus: True means the resource is *Failed*.
-pub const STALLED: &str = "Stalled";
-/// kstatus: True means the resource is *InProgress*.
-pub const RECONCILING: &str = "Reconciling";
+use crate::condition::words::{self, kept_message};
+pub use crate::condition::words::{
+    AWAITING_RESULT, CHECK_FAILED, CHECK_PASSED, COMPLIANT, NOT_APPLICABLE, PENDING_TIMEOUT,
+    RECONCILING, RESULT_EXPIRED, STALLED, WAIVED,
+};
 
 /// What the gate says, and why (the reason is the condition's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +43,6 @@ pub enum Compliance {
     /// (`ResultExpired`).
     Unknown { reason: &'static str },
 }
-
-pub const CHECK_PASSED: &str = "CheckPassed";
-pub const NOT_APPLICABLE: &str = "NotApplicable";
-pub const CHECK_FAILED: &str = "CheckFailed";
-pub const PENDING_TIMEOUT: &str = "PendingTimeout";
-pub const AWAITING_RESULT: &str = "AwaitingResult";
-pub const RESULT_EXPIRED: &str = "ResultExpired";
-pub const WAIVED: &str = "Waived";
 
 /// The facts the gate is judged from.
 #[derive(Debug, Clone)]
@@ -236,14 +228,12 @@ impl Compliance {
 
     fn plain_message(&self) -> &'static str {
         match self.reason() {
-            CHECK_PASSED => "The checker reported pass",
-            NOT_APPLICABLE => "The checker reported not_applicable: the control does not apply",
-            CHECK_FAILED => "The checker reported fail",
-            PENDING_TIMEOUT => "The checker was notified and did not report within pendingTimeout",
-            RESULT_EXPIRED => {
-                "No result within maxStaleness of the last one: the checker must report again"
-            }
-            _ => "No result yet: waiting for the checker's first report",
+            CHECK_PASSED => words::PASSED_MESSAGE,
+            NOT_APPLICABLE => words::NOT_APPLICABLE_MESSAGE,
+            CHECK_FAILED => words::FAILED_MESSAGE,
+            PENDING_TIMEOUT => words::PENDING_TIMEOUT_MESSAGE,
+            RESULT_EXPIRED => words::RESULT_EXPIRED_MESSAGE,
+            _ => words::AWAITING_RESULT_MESSAGE,
         }
     }
 
@@ -287,53 +277,18 @@ impl Compliance {
                 STALLED,
                 "True",
                 reason,
-                NOT_COMPLIANT_MESSAGE.to_owned(),
+                words::NOT_COMPLIANT_MESSAGE.to_owned(),
             )),
             Self::Unknown { reason } => next.push(condition(
                 RECONCILING,
                 "True",
                 reason,
-                WAITING_MESSAGE.to_owned(),
+                words::WAITING_MESSAGE.to_owned(),
             )),
             Self::Compliant { .. } | Self::Waived { .. } => {}
         }
         next
     }
-}
-
-const NOT_COMPLIANT_MESSAGE: &str = "The control is not compliant: see the Compliant condition";
-const WAITING_MESSAGE: &str = "Waiting for the checker's result";
-
-/// A decided result's message while a re-check is pending (the status reset, the gate kept).
-fn kept_message(message: &str) -> String {
-    format!("{message}; kept while a re-check is pending")
-}
-
-/// The words this module writes into a condition that never vary ([`crate::condition`]),
-/// each fixed message also as kept through a re-check (made once per process).
-pub(crate) fn words() -> Vec<&'static str> {
-    let mut words = vec![
-        COMPLIANT,
-        STALLED,
-        RECONCILING,
-        WAIVED,
-        NOT_COMPLIANT_MESSAGE,
-        WAITING_MESSAGE,
-    ];
-    let reasons = [
-        CHECK_PASSED,
-        NOT_APPLICABLE,
-        CHECK_FAILED,
-        PENDING_TIMEOUT,
-        AWAITING_RESULT,
-        RESULT_EXPIRED,
-    ];
-    for reason in reasons {
-        let message = Compliance::Unknown { reason }.plain_message();
-        let kept: &'static str = Box::leak(kept_message(message).into_boxed_str());
-        words.extend([reason, message, kept]);
-    }
-    words
 }
 
 #[cfg(test)]
@@ -657,5 +612,58 @@ mod tests {
                 reason: PENDING_TIMEOUT
             }
         );
+    }
+
+    /// What extctl writes when its Secret is fine and no waiver covers it (the conditions
+    /// nearly every control holds), read back from JSON: every string shared.
+    #[test]
+    fn every_condition_of_a_ready_unwaived_control_is_shared_when_read_back() {
+        use crate::readiness::Readiness;
+
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let statuses = [
+            ControlStatus::Pending,
+            ControlStatus::Pass,
+            ControlStatus::Fail,
+            ControlStatus::NotApplicable,
+        ];
+        let mut seen = 0;
+        for before in statuses {
+            for timed_out in [false, true] {
+                // The conditions stored after `before`, then after each status from there.
+                let facts = |status, previous: &'static [Condition], last_result| GateFacts {
+                    status,
+                    last_result_time: last_result,
+                    max_staleness: Duration::from_secs(3600),
+                    previous,
+                    timed_out,
+                    reported: !timed_out,
+                    waiver: None,
+                    waived_before: None,
+                };
+                let stored = |facts: &GateFacts, at: Timestamp| {
+                    let (gate, _) = Compliance::assess(facts, at);
+                    let mut conditions = gate.conditions(facts.status, facts.previous, Some(1), at);
+                    conditions.push(Readiness::Ready.condition(Some(1), &[], at));
+                    conditions
+                };
+                let first: &'static [Condition] =
+                    stored(&facts(before, &[], Some(now)), now).leak();
+                for after in statuses {
+                    for last_result in [Some(now), None] {
+                        let later = now + jiff::SignedDuration::from_secs(60);
+                        for written in stored(&facts(after, first, last_result), later) {
+                            let json = serde_json::to_string(&written).unwrap();
+                            let read: Condition = serde_json::from_str(&json).unwrap();
+                            for text in [&read.type_, &read.status, &read.reason, &read.message] {
+                                assert!(text.is_shared(), "{text:?} of {json}");
+                            }
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen > 100, "{seen} conditions looked at");
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Every control in the watch cache carries its conditions (three, usually), and nearly every
 //! string in them is one extctl writes itself: the types, `True`, `False` and `Unknown`, the
-//! reasons and the fixed messages (the [`vocabulary`], gathered from the modules
-//! that write them). Read back from the API server, each of those is a shared `&'static str`
+//! reasons and the fixed messages ([`words`], used by the modules that decide the conditions;
+//! the [`vocabulary`]). Read back from the API server, each of those is a shared `&'static str`
 //! ([`Text`]) instead of an allocation of its own; anything else (a message naming a Secret, a
 //! condition another tool wrote) is owned as before.
 
@@ -18,8 +18,6 @@ use std::sync::LazyLock;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::{Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::{compliance, readiness};
 
 /// A condition, as `metav1.Condition` has it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -69,12 +67,97 @@ impl Text {
 /// Every string extctl writes into a condition that never varies, each once per process.
 pub fn vocabulary() -> &'static HashSet<&'static str> {
     static WORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-        let mut words: HashSet<&'static str> = ["True", "False", "Unknown"].into();
-        words.extend(readiness::words());
-        words.extend(compliance::words());
-        words
+        let mut vocabulary: HashSet<&'static str> = words::ALL.into();
+        for message in words::DECIDED_MESSAGES {
+            vocabulary.insert(Box::leak(words::kept_message(message).into_boxed_str()));
+        }
+        vocabulary
     });
     &WORDS
+}
+
+/// Every fixed string extctl writes into a condition, defined once.
+pub mod words {
+    pub const READY: &str = "Ready";
+    pub const COMPLIANT: &str = "Compliant";
+    /// kstatus: True means the resource is *Failed*.
+    pub const STALLED: &str = "Stalled";
+    /// kstatus: True means the resource is *InProgress*.
+    pub const RECONCILING: &str = "Reconciling";
+
+    pub const PROJECT_NOT_ALLOWED: &str = "ProjectNotAllowed";
+    pub const CONTROL_ID_TAKEN: &str = "ControlIdTaken";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    pub const READY_MESSAGE: &str = "Signed status calls for this control are accepted";
+
+    pub const CHECK_PASSED: &str = "CheckPassed";
+    pub const NOT_APPLICABLE: &str = "NotApplicable";
+    pub const CHECK_FAILED: &str = "CheckFailed";
+    pub const PENDING_TIMEOUT: &str = "PendingTimeout";
+    pub const AWAITING_RESULT: &str = "AwaitingResult";
+    pub const RESULT_EXPIRED: &str = "ResultExpired";
+    pub const WAIVED: &str = "Waived";
+
+    pub const PASSED_MESSAGE: &str = "The checker reported pass";
+    pub const NOT_APPLICABLE_MESSAGE: &str =
+        "The checker reported not_applicable: the control does not apply";
+    pub const FAILED_MESSAGE: &str = "The checker reported fail";
+    pub const PENDING_TIMEOUT_MESSAGE: &str =
+        "The checker was notified and did not report within pendingTimeout";
+    pub const RESULT_EXPIRED_MESSAGE: &str =
+        "No result within maxStaleness of the last one: the checker must report again";
+    pub const AWAITING_RESULT_MESSAGE: &str =
+        "No result yet: waiting for the checker's first report";
+    pub const NOT_COMPLIANT_MESSAGE: &str =
+        "The control is not compliant: see the Compliant condition";
+    pub const WAITING_MESSAGE: &str = "Waiting for the checker's result";
+
+    /// The messages of a decided gate, also written as kept through a re-check.
+    pub(crate) const DECIDED_MESSAGES: [&str; 6] = [
+        PASSED_MESSAGE,
+        NOT_APPLICABLE_MESSAGE,
+        FAILED_MESSAGE,
+        PENDING_TIMEOUT_MESSAGE,
+        RESULT_EXPIRED_MESSAGE,
+        AWAITING_RESULT_MESSAGE,
+    ];
+
+    /// Every word above, and the statuses.
+    pub(crate) const ALL: [&str; 27] = [
+        "True",
+        "False",
+        "Unknown",
+        READY,
+        COMPLIANT,
+        STALLED,
+        RECONCILING,
+        PROJECT_NOT_ALLOWED,
+        CONTROL_ID_TAKEN,
+        SECRET_NOT_FOUND,
+        SECRET_KEY_MISSING,
+        READY_MESSAGE,
+        CHECK_PASSED,
+        NOT_APPLICABLE,
+        CHECK_FAILED,
+        PENDING_TIMEOUT,
+        AWAITING_RESULT,
+        RESULT_EXPIRED,
+        WAIVED,
+        PASSED_MESSAGE,
+        NOT_APPLICABLE_MESSAGE,
+        FAILED_MESSAGE,
+        PENDING_TIMEOUT_MESSAGE,
+        RESULT_EXPIRED_MESSAGE,
+        AWAITING_RESULT_MESSAGE,
+        NOT_COMPLIANT_MESSAGE,
+        WAITING_MESSAGE,
+    ];
+
+    /// A decided result's message while a re-check is pending (the status reset, the gate kept).
+    pub(crate) fn kept_message(message: &str) -> String {
+        format!("{message}; kept while a re-check is pending")
+    }
 }
 
 impl From<&'static str> for Text {
@@ -202,63 +285,6 @@ mod tests {
             serde_json::to_value(&other).unwrap()["observedGeneration"],
             serde_json::Value::Null
         );
-    }
-
-    /// What extctl writes when its Secret is fine and no waiver covers it (the conditions
-    /// nearly every control holds), read back from JSON: every string shared.
-    #[test]
-    fn every_condition_of_a_ready_unwaived_control_is_shared_when_read_back() {
-        use crate::compliance::{Compliance, GateFacts};
-        use crate::crd::ControlStatus;
-        use crate::readiness::Readiness;
-        use jiff::Timestamp;
-        use std::time::Duration;
-
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let statuses = [
-            ControlStatus::Pending,
-            ControlStatus::Pass,
-            ControlStatus::Fail,
-            ControlStatus::NotApplicable,
-        ];
-        let mut seen = 0;
-        for before in statuses {
-            for timed_out in [false, true] {
-                // The conditions stored after `before`, then after each status from there.
-                let facts = |status, previous: &'static [Condition], last_result| GateFacts {
-                    status,
-                    last_result_time: last_result,
-                    max_staleness: Duration::from_secs(3600),
-                    previous,
-                    timed_out,
-                    reported: !timed_out,
-                    waiver: None,
-                    waived_before: None,
-                };
-                let stored = |facts: &GateFacts, at: Timestamp| {
-                    let (gate, _) = Compliance::assess(facts, at);
-                    let mut conditions = gate.conditions(facts.status, facts.previous, Some(1), at);
-                    conditions.push(Readiness::Ready.condition(Some(1), &[], at));
-                    conditions
-                };
-                let first: &'static [Condition] =
-                    stored(&facts(before, &[], Some(now)), now).leak();
-                for after in statuses {
-                    for last_result in [Some(now), None] {
-                        let later = now + jiff::SignedDuration::from_secs(60);
-                        for written in stored(&facts(after, first, last_result), later) {
-                            let json = serde_json::to_string(&written).unwrap();
-                            let read: Condition = serde_json::from_str(&json).unwrap();
-                            for text in [&read.type_, &read.status, &read.reason, &read.message] {
-                                assert!(text.is_shared(), "{text:?} of {json}");
-                            }
-                            seen += 1;
-                        }
-                    }
-                }
-            }
-        }
-        assert!(seen > 100, "{seen} conditions looked at");
     }
 
     #[test]

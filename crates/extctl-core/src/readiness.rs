@@ -13,7 +13,10 @@ use crate::crd::{ExternalControl, ExternalControlSpec};
 use crate::key::ObjectKey;
 use crate::tenancy::NotAllowed;
 
-pub const READY: &str = "Ready";
+pub use crate::condition::words::READY;
+use crate::condition::words::{
+    CONTROL_ID_TAKEN, PROJECT_NOT_ALLOWED, READY_MESSAGE, SECRET_KEY_MISSING, SECRET_NOT_FOUND,
+};
 
 /// How the controls claiming one `controlId` for one project are ranked: the first holds it
 /// (see [`holders`]), and calls for it reach that one alone. The oldest (`creationTimestamp`; one without comes last), then the
@@ -203,24 +206,6 @@ impl Readiness {
             last_transition_time,
         }
     }
-}
-
-const PROJECT_NOT_ALLOWED: &str = "ProjectNotAllowed";
-const CONTROL_ID_TAKEN: &str = "ControlIdTaken";
-const SECRET_NOT_FOUND: &str = "SecretNotFound";
-const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
-const READY_MESSAGE: &str = "Signed status calls for this control are accepted";
-
-/// The words this module writes into a condition that never vary ([`crate::condition`]).
-pub(crate) fn words() -> [&'static str; 6] {
-    [
-        READY,
-        PROJECT_NOT_ALLOWED,
-        CONTROL_ID_TAKEN,
-        SECRET_NOT_FOUND,
-        SECRET_KEY_MISSING,
-        READY_MESSAGE,
-    ]
 }
 
 #[cfg(test)]
