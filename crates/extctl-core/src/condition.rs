@@ -67,8 +67,9 @@ impl Text {
 /// Every string extctl writes into a condition that never varies, each once per process.
 pub fn vocabulary() -> &'static HashSet<&'static str> {
     static WORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-        let mut vocabulary: HashSet<&'static str> = words::ALL.into();
+        let mut vocabulary: HashSet<&'static str> = words::OTHERS.into();
         for message in words::DECIDED_MESSAGES {
+            vocabulary.insert(message);
             vocabulary.insert(Box::leak(words::kept_message(message).into_boxed_str()));
         }
         vocabulary
@@ -123,8 +124,8 @@ pub mod words {
         AWAITING_RESULT_MESSAGE,
     ];
 
-    /// Every word above, and the statuses.
-    pub(crate) const ALL: [&str; 27] = [
+    /// Every word above but the decided messages, and the statuses.
+    pub(crate) const OTHERS: [&str; 21] = [
         "True",
         "False",
         "Unknown",
@@ -144,12 +145,6 @@ pub mod words {
         AWAITING_RESULT,
         RESULT_EXPIRED,
         WAIVED,
-        PASSED_MESSAGE,
-        NOT_APPLICABLE_MESSAGE,
-        FAILED_MESSAGE,
-        PENDING_TIMEOUT_MESSAGE,
-        RESULT_EXPIRED_MESSAGE,
-        AWAITING_RESULT_MESSAGE,
         NOT_COMPLIANT_MESSAGE,
         WAITING_MESSAGE,
     ];
