@@ -18,9 +18,8 @@ fn main() -> ExitCode {
 
 /// Turns transparent huge pages off for this process, before the runtime allocates. mimalloc
 /// asks for them (and a node may give them unasked), and a 2 MiB page stays resident while any
-/// small object on it lives: with 10,000 controls that was 73 MiB resident for 27 MiB of heap
-/// (idle 30 MiB), without 51 MiB (idle 17 MiB) at the same speed (BENCHMARKS.md, "Memory and
-/// scale"). The kernel honours this over both `madvise` and `always`.
+/// small object on it lives (BENCHMARKS.md, "Memory and scale"). The kernel honours this over
+/// both `madvise` and `always`.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
